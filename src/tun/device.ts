@@ -1,0 +1,33 @@
+/**
+ * The boundary between tunnat and a TUN device. The data plane sees only this interface, so the
+ * whole pipeline runs in unit tests against the in-memory fake (src/tun/fake.ts) and in production
+ * against the native addon (src/tun/native.ts).
+ *
+ * Packets move in batches through one caller-owned buffer: a read fills fixed-size slots
+ * (packet i starts at i * slotSize), a write takes explicit offsets so that translated packets
+ * can be written back from where they were read and generated packets from anywhere else.
+ */
+export interface TunDevice {
+  /** Interface name as the kernel reports it (e.g. "tunnat0"). */
+  readonly name: string;
+
+  /**
+   * Read up to `lens.length` packets without blocking; packet i lands at `buf[i * slotSize]`
+   * and its length in `lens[i]`. Returns how many were read (0 when none wait).
+   * A packet longer than slotSize is truncated by the kernel; callers must treat
+   * lens[i] > slotSize as impossible and size slots to the MTU (+ vnet header when enabled).
+   */
+  readBatch(buf: Buffer, slotSize: number, lens: Uint32Array): number;
+
+  /**
+   * Write `count` packets: packet i is `buf[offsets[i] .. offsets[i] + lens[i])`.
+   * Returns how many the kernel accepted (fewer than count only when its queue is full).
+   */
+  writeBatch(buf: Buffer, offsets: Uint32Array, lens: Uint32Array, count: number): number;
+
+  /** Call `cb` whenever packets are waiting to be read (level-triggered); replaces any earlier callback. */
+  onReadable(cb: () => void): void;
+
+  /** Stop polling and close the file descriptor. Idempotent. */
+  close(): void;
+}
