@@ -1,0 +1,64 @@
+import { FlowTable, DIR_ORIGINAL, DIR_REPLY, FLOW_SEEN_REPLY, FLOW_ASSURED } from './table.js';
+import { TCP_STATE_NAMES } from './tcp.js';
+import { ipToString } from '../wire/addr.js';
+
+/** One flow as /conntrack and `tunnat conntrack` show it. */
+export interface FlowRecord {
+  id: number;
+  protocol: 'tcp' | 'udp' | 'icmp' | string;
+  original: { src: string; dst: string; srcPort: number; dstPort: number };
+  reply: { src: string; dst: string; srcPort: number; dstPort: number };
+  /** TCP: the tracker state; UDP/ICMP: UNREPLIED until a reply was seen, then REPLIED (ASSURED for UDP). */
+  state: string;
+  secondsLeft: number;
+  packets: { original: number; reply: number };
+  bytes: { original: number; reply: number };
+}
+
+const PROTO: Record<number, string> = { 1: 'icmp', 6: 'tcp', 17: 'udp' };
+
+export function flowRecord(t: FlowTable, flow: number, now: number): FlowRecord {
+  const side = (dir: number) => {
+    const e = flow * 2 + dir;
+    return { src: ipToString(t.tSrc[e]!), dst: ipToString(t.tDst[e]!), srcPort: t.tSport[e]!, dstPort: t.tDport[e]! };
+  };
+  const proto = t.proto[flow]!;
+  const flags = t.flags[flow]!;
+  let state: string;
+  if (proto === 6) state = TCP_STATE_NAMES[t.state[flow]!] ?? 'NONE';
+  else if (!(flags & FLOW_SEEN_REPLY)) state = 'UNREPLIED';
+  else state = flags & FLOW_ASSURED && proto === 17 ? 'ASSURED' : 'REPLIED';
+  const o = flow * 2;
+  return {
+    id: flow,
+    protocol: PROTO[proto] ?? String(proto),
+    original: side(DIR_ORIGINAL),
+    reply: side(DIR_REPLY),
+    state,
+    secondsLeft: Math.max(0, Math.round((t.expires[flow]! - now) / 1000)),
+    packets: { original: t.packets[o]!, reply: t.packets[o + 1]! },
+    bytes: { original: t.bytes[o]!, reply: t.bytes[o + 1]! },
+  };
+}
+
+/** Every live flow (expired ones still waiting for the sweep are left out). */
+export function listFlows(t: FlowTable, now: number): FlowRecord[] {
+  const out: FlowRecord[] = [];
+  for (const f of t.flows()) if (t.expires[f]! > now) out.push(flowRecord(t, f, now));
+  return out;
+}
+
+/** One line per flow in the style of `conntrack -L`. */
+export function formatFlow(r: FlowRecord): string {
+  const o = r.original;
+  const p = r.reply;
+  const ports = (s: { srcPort: number; dstPort: number }) =>
+    r.protocol === 'icmp' ? `id=${s.srcPort || s.dstPort}` : `sport=${s.srcPort} dport=${s.dstPort}`;
+  return [
+    r.protocol.padEnd(5),
+    String(r.secondsLeft).padStart(6),
+    r.state.padEnd(11),
+    `src=${o.src} dst=${o.dst} ${ports(o)} packets=${r.packets.original} bytes=${r.bytes.original}`,
+    `src=${p.src} dst=${p.dst} ${ports(p)} packets=${r.packets.reply} bytes=${r.bytes.reply}`,
+  ].join(' ');
+}

@@ -1,0 +1,55 @@
+/**
+ * Idle timeouts per protocol and state, in seconds. These are data, not code, so the CLI and the
+ * config file can override any of them (the equivalents of the kernel's
+ * net.netfilter.nf_conntrack_*_timeout sysctls).
+ *
+ * Defaults sit at or above the NAT RFCs' minimums, where Linux's own defaults are sometimes lower:
+ * - RFC 4787 REQ-5: a UDP mapping MUST NOT expire in less than 2 minutes; 5 minutes RECOMMENDED
+ *   (Linux: 30 s unreplied, 120 s once replied).
+ * - RFC 5382 REQ-5: established TCP idle timeout ≥ 2 h 4 min (Linux: 5 days); transitory states
+ *   (partially open or closing) ≥ 4 min (Linux: 60–120 s).
+ * - RFC 5508 REQ-1: ICMP query mapping ≥ 60 s (Linux: 30 s).
+ */
+export interface Timeouts {
+  tcpSynSent: number;
+  tcpSynRecv: number;
+  tcpEstablished: number;
+  tcpFinWait: number;
+  tcpCloseWait: number;
+  tcpLastAck: number;
+  tcpTimeWait: number;
+  /** After a RST: the connection is gone; keep the entry briefly so stray segments still match. */
+  tcpClose: number;
+  udp: number;
+  icmp: number;
+}
+
+export const DEFAULT_TIMEOUTS: Readonly<Timeouts> = Object.freeze({
+  tcpSynSent: 240,
+  tcpSynRecv: 240,
+  tcpEstablished: 7440, // 2 h 4 min, RFC 5382 REQ-5
+  tcpFinWait: 240,
+  tcpCloseWait: 240,
+  tcpLastAck: 240,
+  tcpTimeWait: 240,
+  tcpClose: 10,
+  udp: 300, // RFC 4787 REQ-5's recommendation
+  icmp: 60, // RFC 5508 REQ-1
+});
+
+export const TIMEOUT_NAMES = Object.keys(DEFAULT_TIMEOUTS) as (keyof Timeouts)[];
+
+/** Merge overrides into the defaults; rejects unknown names and non-positive values with the field named. */
+export function resolveTimeouts(overrides: Record<string, unknown> = {}): Timeouts {
+  const out: Timeouts = { ...DEFAULT_TIMEOUTS };
+  for (const [name, value] of Object.entries(overrides)) {
+    if (!(TIMEOUT_NAMES as string[]).includes(name)) {
+      throw new RangeError(`timeouts.${name}: unknown timeout (known: ${TIMEOUT_NAMES.join(', ')})`);
+    }
+    if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
+      throw new RangeError(`timeouts.${name}: must be a positive number of seconds, got ${JSON.stringify(value)}`);
+    }
+    out[name as keyof Timeouts] = value;
+  }
+  return out;
+}

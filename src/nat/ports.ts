@@ -1,0 +1,111 @@
+/**
+ * The ports (or ICMP query identifiers) of one public address for one protocol: who owns each one,
+ * and which may be handed out at all. `owner[port]` doubles as the external lookup of a mapping
+ * (public port → mapping), so an inbound packet finds its mapping with one array read.
+ *
+ * Allocation follows RFC 4787: keep the client's port when it is free (REQ-3, "port preservation"),
+ * otherwise keep its parity (REQ-4), otherwise anything free. Attempts are bounded: a handful of random
+ * probes, then one pass over the range, so a nearly full pool costs at most one scan of 64 K bytes.
+ */
+export type Rng = () => number;
+
+const NO_OWNER = -1;
+const RANDOM_PROBES = 32;
+
+export class PortPool {
+  /** Mapping id that owns each port, or -1. */
+  readonly owner = new Int32Array(65536).fill(NO_OWNER);
+  /** 1 where the port may be mapped: inside the configured range, not the gateway's own. */
+  readonly allowed = new Uint8Array(65536);
+  private allowedCount = 0;
+  used = 0;
+
+  constructor(
+    readonly lo: number,
+    readonly hi: number,
+    excluded: readonly (readonly [number, number])[] = [],
+  ) {
+    if (!(Number.isInteger(lo) && Number.isInteger(hi) && lo >= 0 && hi <= 65535 && lo <= hi)) {
+      throw new RangeError(`port range ${lo}-${hi} is not within 0-65535`);
+    }
+    this.allowed.fill(1, lo, hi + 1);
+    for (const [a, b] of excluded) this.allowed.fill(0, Math.max(a, lo), Math.min(b, hi) + 1);
+    for (let p = lo; p <= hi; p++) this.allowedCount += this.allowed[p]!;
+  }
+
+  /** Ports that could be mapped at all. */
+  get size(): number {
+    return this.allowedCount;
+  }
+
+  get available(): number {
+    return this.allowedCount - this.used;
+  }
+
+  isFree(port: number): boolean {
+    return this.allowed[port] === 1 && this.owner[port] === NO_OWNER;
+  }
+
+  /**
+   * Take a port for `mapping`, preferring `preferred`. Returns the port, or -1 when none is free.
+   * `outcome` (optional) learns how the port was chosen, for the trace and the tests.
+   */
+  allocate(preferred: number, mapping: number, rng: Rng): number {
+    let port = -1;
+    if (this.isFree(preferred)) port = preferred;
+    else if (this.used < this.allowedCount) port = this.search(preferred & 1, rng);
+    if (port < 0) return -1;
+    this.owner[port] = mapping;
+    this.used++;
+    return port;
+  }
+
+  private search(parity: number, rng: Rng): number {
+    const lo = this.lo;
+    const span = this.hi - lo + 1;
+    for (let i = 0; i < RANDOM_PROBES; i++) {
+      let p = lo + Math.floor(rng() * span);
+      if ((p & 1) !== parity) p = p + 1 <= this.hi ? p + 1 : p - 1;
+      if (p >= lo && this.isFree(p)) return p;
+    }
+    // One pass from a random start, same parity first, then any port at all.
+    const start = Math.floor(rng() * span);
+    let fallback = -1;
+    for (let i = 0; i < span; i++) {
+      const p = lo + ((start + i) % span);
+      if (this.isFree(p)) {
+        if ((p & 1) === parity) return p;
+        if (fallback < 0) fallback = p;
+      }
+    }
+    return fallback;
+  }
+
+  release(port: number, mapping: number): void {
+    if (this.owner[port] === mapping) {
+      this.owner[port] = NO_OWNER;
+      this.used--;
+    }
+  }
+
+  /** Forbid or allow a port for new mappings (the gateway's own listening sockets); existing owners keep it. */
+  setAllowed(port: number, allowed: boolean): void {
+    if (port < this.lo || port > this.hi) return;
+    const v = allowed ? 1 : 0;
+    if (this.allowed[port] === v) return;
+    this.allowed[port] = v;
+    this.allowedCount += allowed ? 1 : -1;
+  }
+}
+
+/** A small seeded PRNG (mulberry32) so tests get the same port choices every run. */
+export function seededRng(seed: number): Rng {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
