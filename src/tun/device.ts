@@ -14,14 +14,16 @@ export interface TunDevice {
   /**
    * Read up to `lens.length` packets without blocking; packet i lands at `buf[i * slotSize]`
    * and its length in `lens[i]`. Returns how many were read (0 when none wait).
-   * A packet longer than slotSize is truncated by the kernel; callers must treat
-   * lens[i] > slotSize as impossible and size slots to the MTU (+ vnet header when enabled).
+   * Linux copies at most slotSize bytes of a longer packet and reports slotSize, so truncation
+   * shows only as an IP total length greater than lens[i]; size slots to the MTU (+ vnet header).
+   * Callers check every length anyway (the fake can report lens[i] > slotSize to exercise that).
    */
   readBatch(buf: Buffer, slotSize: number, lens: Uint32Array): number;
 
   /**
    * Write `count` packets: packet i is `buf[offsets[i] .. offsets[i] + lens[i])`.
-   * Returns how many the kernel accepted (fewer than count only when its queue is full).
+   * Returns how many entries were used up — sent, or refused one by one (counted by the device);
+   * fewer than count only when the kernel's queue was full, and the caller may resume from there.
    */
   writeBatch(buf: Buffer, offsets: Uint32Array, lens: Uint32Array, count: number): number;
 
