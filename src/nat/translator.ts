@@ -68,6 +68,12 @@ export interface Cidr {
 export interface NatOptions {
   internal: readonly Cidr[];
   publicIp: number;
+  /**
+   * Whether the gateway itself has the public address (masquerade, or a static address it owns).
+   * When it does not, nothing local can want an unmatched packet for it: those are dropped, because
+   * written back they would be routed straight out of the WAN again.
+   */
+  publicIpOwned?: boolean;
   /** Range public ports are taken from (inclusive). */
   ports: readonly [number, number];
   /** Ports never mapped (the gateway's own ephemeral range). */
@@ -93,6 +99,7 @@ export class Translator {
   readonly stats: NatStats;
   timeouts: Timeouts;
   private publicIp: number;
+  private readonly publicIpOwned: boolean;
   private readonly rng: Rng;
   private readonly internalNet: Uint32Array;
   private readonly internalMask: Uint32Array;
@@ -107,6 +114,7 @@ export class Translator {
   constructor(opts: NatOptions) {
     this.timeouts = opts.timeouts;
     this.publicIp = opts.publicIp >>> 0;
+    this.publicIpOwned = opts.publicIpOwned ?? true;
     this.rng = opts.rng;
     this.internalNet = new Uint32Array(opts.internal.length);
     this.internalMask = new Uint32Array(opts.internal.length);
@@ -176,13 +184,23 @@ export class Translator {
     return Verdict.FORWARD;
   }
 
+  /** An inbound packet no flow claims: the gateway's own, if it owns the address; otherwise nobody's. */
+  private toGateway(len: number): number {
+    return this.publicIpOwned ? this.forward(Path.LOCAL, len) : this.drop(DropReason.NO_MAPPING);
+  }
+
   /**
    * Translate one packet in place. `len` is what the TUN read returned (never trusted beyond the buffer).
    * Returns Verdict.FORWARD (write the packet back; its length is unchanged) or Verdict.DROP.
    */
   process(buf: Uint8Array, off: number, len: number, now: number): number {
     const ip = this.ip;
-    if (ip.wrap(buf, off, len) !== Ipv4Verdict.OK) return this.drop(DropReason.MALFORMED);
+    const verdict = ip.wrap(buf, off, len);
+    if (verdict !== Ipv4Verdict.OK) {
+      // IPv6 is well-formed, just not translated (tunnat is an IPv4 NAT); everything else is garbage.
+      const v6 = verdict === Ipv4Verdict.BAD_VERSION && len > 0 && buf[off]! >>> 4 === 6;
+      return this.drop(v6 ? DropReason.UNSUPPORTED_PROTOCOL : DropReason.MALFORMED);
+    }
     const total = ip.totalLength;
     const src = ip.sourceAddress;
     const dst = ip.destinationAddress;
@@ -193,7 +211,7 @@ export class Translator {
 
     if (ip.isFragment) {
       // Only the first fragment carries ports; without reassembly the rest could not be matched.
-      if (toPublic && !fromInside) return this.forward(Path.LOCAL, total);
+      if (toPublic && !fromInside) return this.toGateway(total);
       return this.drop(DropReason.FRAGMENT);
     }
 
@@ -217,7 +235,7 @@ export class Translator {
       if (this.icmp.isError) return this.processIcmpError(buf, fromInside, total, now);
       if (!this.icmp.isQuery) {
         // Redirects, router adverts and the like never cross a NAT; the gateway may want them itself.
-        return fromInside ? this.drop(DropReason.UNSUPPORTED_PROTOCOL) : this.forward(Path.LOCAL, total);
+        return fromInside ? this.drop(DropReason.UNSUPPORTED_PROTOCOL) : this.toGateway(total);
       }
       // The identifier sits in the "port" of the querying side: source for requests, destination for replies.
       if (this.icmp.isQueryRequest) {
@@ -228,13 +246,13 @@ export class Translator {
         dport = this.icmp.identifier;
       }
     } else {
-      return fromInside ? this.drop(DropReason.UNSUPPORTED_PROTOCOL) : this.forward(Path.LOCAL, total);
+      return fromInside ? this.drop(DropReason.UNSUPPORTED_PROTOCOL) : this.toGateway(total);
     }
 
     const flows = this.flows;
     let e = flows.lookup(proto, src, dst, sport, dport, now);
     if (e < 0) {
-      if (!fromInside) return this.forward(Path.LOCAL, total); // the gateway's own traffic
+      if (!fromInside) return this.toGateway(total); // the gateway's own traffic
       if (proto === IPPROTO.TCP && !tcpMayCreate(tcpFlags)) {
         return this.drop(tcpPacketClass(tcpFlags) === TcpClass.INVALID ? DropReason.TCP_FLAGS : DropReason.NO_MAPPING);
       }
@@ -354,18 +372,18 @@ export class Translator {
       const qtype = buf[ql4]!;
       icmpRequest = qtype === ICMP_TYPE.ECHO_REQUEST || qtype === ICMP_TYPE.TIMESTAMP;
       if (!icmpRequest && qtype !== ICMP_TYPE.ECHO_REPLY && qtype !== ICMP_TYPE.TIMESTAMP_REPLY) {
-        return fromInside ? this.drop(DropReason.NO_MAPPING) : this.forward(Path.LOCAL, total);
+        return fromInside ? this.drop(DropReason.NO_MAPPING) : this.toGateway(total);
       }
       const id = rd16(buf, ql4 + 4);
       qsport = icmpRequest ? id : 0;
       qdport = icmpRequest ? 0 : id;
     } else {
-      return fromInside ? this.drop(DropReason.NO_MAPPING) : this.forward(Path.LOCAL, total);
+      return fromInside ? this.drop(DropReason.NO_MAPPING) : this.toGateway(total);
     }
 
     // The error travels against the quoted packet: look up the inverse of the quoted tuple.
     const e = this.flows.lookup(qproto, qdst, qsrc, qdport, qsport, now);
-    if (e < 0) return fromInside ? this.drop(DropReason.NO_MAPPING) : this.forward(Path.LOCAL, total);
+    if (e < 0) return fromInside ? this.drop(DropReason.NO_MAPPING) : this.toGateway(total);
     const flows = this.flows;
     // The quoted packet travelled in the other direction; restore it to that direction's tuple as
     // the receiver of this error knows it.

@@ -268,7 +268,7 @@ describe('malformed input', () => {
     nat.process(good, 0, good.length, 0);
     const cases: Uint8Array[] = [
       good.subarray(0, 10),
-      (() => { const p = Buffer.from(good); p[0] = 0x65; return p; })(), // IPv6 version nibble
+      (() => { const p = Buffer.from(good); p[0] = 0x35; return p; })(), // version 3
       (() => { const p = Buffer.from(good); p[0] = 0x44; return p; })(), // IHL 4
       (() => { const p = Buffer.from(good); p[3] = 0xff; return p; })(), // total length beyond buffer
       (() => { const p = udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 1, dstPort: 2, payload }); p[24] = 0xff; return p; })(), // UDP length too big
@@ -277,6 +277,14 @@ describe('malformed input', () => {
     for (const c of cases) expect(nat.process(c, 0, c.length, 1)).toBe(Verdict.DROP);
     expect(nat.stats.drops[DropReason.MALFORMED]).toBe(cases.length);
     expect(nat.flows.size).toBe(1);
+  });
+
+  it('counts IPv6 as an unsupported protocol, not as garbage', () => {
+    const nat = makeNat();
+    const v6 = Buffer.alloc(48);
+    v6[0] = 0x60;
+    expect(nat.process(v6, 0, v6.length, 0)).toBe(Verdict.DROP);
+    expect(nat.stats.drops[DropReason.UNSUPPORTED_PROTOCOL]).toBe(1);
   });
 
   it('drops outbound fragments and other protocols from the LAN', () => {

@@ -1,0 +1,220 @@
+import { readFileSync } from 'node:fs';
+import { parseCidr, parseIpv4, ipToString, cidrToString, type Cidr } from '../wire/addr.js';
+import { resolveTimeouts, type Timeouts } from '../conntrack/timeouts.js';
+
+/**
+ * The router's configuration: defaults, then the JSON file given by --config, then flags. Every
+ * error names the field it is about, and the CLI turns it into exit code 2.
+ */
+export class ConfigError extends Error {
+  readonly code = 'BAD_CONFIG';
+  constructor(readonly field: string, message: string) {
+    super(`${field}: ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export interface Endpoint {
+  host: string;
+  port: number;
+}
+
+export interface RouterConfig {
+  internal: Cidr[];
+  external: string;
+  /** Static SNAT address; null = masquerade (follow the external interface's primary address). */
+  publicIp: number | null;
+  tun: string;
+  /** Public ports mappings may use. */
+  ports: [number, number];
+  /** The gateway's own ephemeral ports (net.ipv4.ip_local_port_range while tunnat runs); never mapped. */
+  gatewayPorts: [number, number];
+  http: Endpoint | null;
+  /** An extra HTTP listener on a unix socket (how the lab reaches a router inside a namespace). */
+  httpSocket: string | null;
+  maxFlows: number;
+  timeouts: Timeouts;
+  /** Routing table for outbound traffic; table + 1 is used for inbound. */
+  table: number;
+  batch: number;
+  logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /** Who translates: tunnat itself, the kernel's netfilter, or tunnat with the kernel as fallback. */
+  engine: 'userspace' | 'kernel' | 'auto';
+  /** Kernel engine only: which firewall tool writes the rules. */
+  backend: 'auto' | 'nft' | 'iptables';
+}
+
+export const DEFAULTS = {
+  tun: 'tunnat0',
+  ports: [1024, 65535] as [number, number],
+  gatewayPorts: [20000, 29999] as [number, number],
+  http: { host: '127.0.0.1', port: 9100 },
+  maxFlows: 262144,
+  table: 7301,
+  batch: 64,
+  logLevel: 'info' as const,
+};
+
+/** Every key the config file may hold, with the flag of the same meaning. */
+export const CONFIG_KEYS = [
+  'internal', 'external', 'publicIp', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows',
+  'timeouts', 'table', 'batch', 'logLevel', 'engine', 'backend',
+] as const;
+
+export function parseRange(field: string, v: unknown): [number, number] {
+  if (typeof v !== 'string') throw new ConfigError(field, `expected "LO-HI", got ${JSON.stringify(v)}`);
+  const m = /^(\d{1,5})-(\d{1,5})$/.exec(v.trim());
+  const lo = m ? Number(m[1]) : NaN;
+  const hi = m ? Number(m[2]) : NaN;
+  if (!m || lo < 1 || hi > 65535 || lo > hi) {
+    throw new ConfigError(field, `expected a port range LO-HI within 1-65535, got ${JSON.stringify(v)}`);
+  }
+  return [lo, hi];
+}
+
+export function parseEndpoint(field: string, v: unknown): Endpoint {
+  if (typeof v !== 'string') throw new ConfigError(field, `expected HOST:PORT, got ${JSON.stringify(v)}`);
+  const i = v.lastIndexOf(':');
+  const host = v.slice(0, i);
+  const port = Number(v.slice(i + 1));
+  if (i <= 0 || !Number.isInteger(port) || port < 0 || port > 65535 || host === '') {
+    throw new ConfigError(field, `expected HOST:PORT (e.g. 127.0.0.1:9100), got ${JSON.stringify(v)}`);
+  }
+  return { host, port };
+}
+
+function parseInternal(v: unknown): Cidr[] {
+  const items = typeof v === 'string' ? v.split(',') : Array.isArray(v) ? v : null;
+  if (!items || items.length === 0) throw new ConfigError('internal', 'expected CIDR[,CIDR…], e.g. 192.168.1.0/24');
+  return items.map((item) => {
+    const c = typeof item === 'string' ? parseCidr(item.trim()) : null;
+    if (!c) throw new ConfigError('internal', `not an IPv4 prefix: ${JSON.stringify(item)}`);
+    if (c.prefixLength < 8) throw new ConfigError('internal', `${item}: prefixes shorter than /8 would capture the internet`);
+    return c;
+  });
+}
+
+function positiveInt(field: string, v: unknown, max: number): number {
+  const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > max) {
+    throw new ConfigError(field, `expected an integer in 1..${max}, got ${JSON.stringify(v)}`);
+  }
+  return n;
+}
+
+/** Read and parse the JSON config file; unknown keys are errors (a typo must not pass silently). */
+export function readConfigFile(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError('config', `cannot read ${path}: ${(err as Error).message}`);
+  }
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError('config', `${path} is not valid JSON: ${(err as Error).message}`);
+  }
+  if (typeof data !== 'object' || data === null || Array.isArray(data)) {
+    throw new ConfigError('config', `${path} must hold a JSON object`);
+  }
+  for (const key of Object.keys(data)) {
+    if (!(CONFIG_KEYS as readonly string[]).includes(key)) {
+      throw new ConfigError(key, `unknown setting in ${path} (known: ${CONFIG_KEYS.join(', ')})`);
+    }
+  }
+  return data as Record<string, unknown>;
+}
+
+/** Build the router config: file values first, flag values over them. */
+export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
+  const file = typeof flags.config === 'string' ? readConfigFile(flags.config) : {};
+  const get = (k: string): unknown => (flags[k] !== undefined ? flags[k] : file[k]);
+
+  if (get('internal') === undefined) throw new ConfigError('internal', 'required: the LAN prefixes to translate (--internal CIDR[,CIDR…])');
+  if (get('external') === undefined) throw new ConfigError('external', 'required: the WAN interface (--external IFACE)');
+  const external = get('external');
+  if (typeof external !== 'string' || !/^[A-Za-z0-9_.@-]{1,15}$/.test(external)) {
+    throw new ConfigError('external', `not an interface name: ${JSON.stringify(external)}`);
+  }
+  const tun = get('tun') ?? DEFAULTS.tun;
+  if (typeof tun !== 'string' || !/^[A-Za-z0-9_.-]{1,15}$/.test(tun)) {
+    throw new ConfigError('tun', `not an interface name (1-15 of A-Z a-z 0-9 _ . -): ${JSON.stringify(tun)}`);
+  }
+  let publicIp: number | null = null;
+  const pub = get('publicIp');
+  if (pub !== undefined && pub !== null) {
+    publicIp = typeof pub === 'string' ? parseIpv4(pub) : null;
+    if (publicIp === null) throw new ConfigError('publicIp', `not an IPv4 address: ${JSON.stringify(pub)}`);
+  }
+  const ports = get('ports') !== undefined ? parseRange('ports', get('ports')) : DEFAULTS.ports;
+  const gatewayPorts = get('gatewayPorts') !== undefined ? parseRange('gatewayPorts', get('gatewayPorts')) : DEFAULTS.gatewayPorts;
+  const httpV = get('http');
+  const http = httpV === undefined ? DEFAULTS.http : httpV === 'off' || httpV === null ? null : parseEndpoint('http', httpV);
+  const httpSocket = get('httpSocket');
+  if (httpSocket !== undefined && (typeof httpSocket !== 'string' || !httpSocket.startsWith('/'))) {
+    throw new ConfigError('httpSocket', `expected an absolute path, got ${JSON.stringify(httpSocket)}`);
+  }
+  const timeoutsV = get('timeouts') ?? {};
+  if (typeof timeoutsV !== 'object' || Array.isArray(timeoutsV) || timeoutsV === null) {
+    throw new ConfigError('timeouts', 'expected an object of seconds, e.g. {"udp": 300}');
+  }
+  let timeouts: Timeouts;
+  try {
+    timeouts = resolveTimeouts(timeoutsV as Record<string, unknown>);
+  } catch (err) {
+    const msg = (err as Error).message;
+    throw new ConfigError(msg.split(':')[0]!, msg.slice(msg.indexOf(':') + 2));
+  }
+  const logLevel = get('logLevel') ?? DEFAULTS.logLevel;
+  if (!['debug', 'info', 'warn', 'error'].includes(logLevel as string)) {
+    throw new ConfigError('logLevel', `expected debug|info|warn|error, got ${JSON.stringify(logLevel)}`);
+  }
+  const engine = get('engine') ?? 'userspace';
+  if (!['userspace', 'kernel', 'auto'].includes(engine as string)) {
+    throw new ConfigError('engine', `expected userspace|kernel|auto, got ${JSON.stringify(engine)}`);
+  }
+  const backend = get('backend') ?? 'auto';
+  if (!['auto', 'nft', 'iptables'].includes(backend as string)) {
+    throw new ConfigError('backend', `expected auto|nft|iptables, got ${JSON.stringify(backend)}`);
+  }
+  const cfg: RouterConfig = {
+    internal: parseInternal(get('internal')),
+    external,
+    publicIp,
+    tun,
+    ports,
+    gatewayPorts,
+    http,
+    httpSocket: (httpSocket as string | undefined) ?? null,
+    maxFlows: get('maxFlows') !== undefined ? positiveInt('maxFlows', get('maxFlows'), 1 << 24) : DEFAULTS.maxFlows,
+    timeouts,
+    table: get('table') !== undefined ? positiveInt('table', get('table'), 0x7ffffffe) : DEFAULTS.table,
+    batch: get('batch') !== undefined ? positiveInt('batch', get('batch'), 1024) : DEFAULTS.batch,
+    logLevel: logLevel as RouterConfig['logLevel'],
+    engine: engine as RouterConfig['engine'],
+    backend: backend as RouterConfig['backend'],
+  };
+  if (publicIp !== null && cfg.internal.some((c) => ((publicIp! & c.mask) >>> 0) === c.network)) {
+    throw new ConfigError('publicIp', `${ipToString(publicIp)} lies inside --internal`);
+  }
+  const [glo, ghi] = cfg.gatewayPorts;
+  const [plo, phi] = cfg.ports;
+  if (glo <= plo && ghi >= phi) {
+    throw new ConfigError('gatewayPorts', `${glo}-${ghi} covers the whole --ports range ${plo}-${phi}: nothing left to map`);
+  }
+  return cfg;
+}
+
+/** The config as JSON-friendly values (for logs and `tunnat run --dry-run`). */
+export function describeConfig(c: RouterConfig): Record<string, unknown> {
+  return {
+    ...c,
+    internal: c.internal.map(cidrToString),
+    publicIp: c.publicIp === null ? 'masquerade' : ipToString(c.publicIp),
+    ports: c.ports.join('-'),
+    gatewayPorts: c.gatewayPorts.join('-'),
+    http: c.http ? `${c.http.host}:${c.http.port}` : 'off',
+  };
+}

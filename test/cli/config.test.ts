@@ -1,0 +1,75 @@
+import { describe, it, expect } from 'vitest';
+import { writeFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { resolveConfig, ConfigError } from '../../src/cli/config.js';
+import { parseProcNet } from '../../src/nat/local-ports.js';
+
+const base = { internal: '192.168.1.0/24', external: 'wan0' };
+
+describe('config', () => {
+  it('applies the documented defaults', () => {
+    const c = resolveConfig(base);
+    expect(c).toMatchObject({
+      tun: 'tunnat0',
+      publicIp: null,
+      ports: [1024, 65535],
+      http: { host: '127.0.0.1', port: 9100 },
+      table: 7301,
+    });
+    expect(c.internal).toHaveLength(1);
+    expect(c.timeouts.udp).toBe(300);
+  });
+
+  it('takes the file first and flags over it, naming bad fields', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tunnat-cfg-'));
+    const file = join(dir, 'c.json');
+    writeFileSync(file, JSON.stringify({ ...base, tun: 'tn9', timeouts: { udp: 3 }, ports: '30000-40000' }));
+    const c = resolveConfig({ config: file, tun: 'tn1' });
+    expect(c.tun).toBe('tn1');
+    expect(c.timeouts.udp).toBe(3);
+    expect(c.ports).toEqual([30000, 40000]);
+
+    writeFileSync(file, JSON.stringify({ ...base, tunn: 'x' }));
+    expect(() => resolveConfig({ config: file })).toThrow(/tunn: unknown setting/);
+    writeFileSync(file, '{ not json');
+    expect(() => resolveConfig({ config: file })).toThrow(/not valid JSON/);
+    expect(() => resolveConfig({ config: join(dir, 'missing.json') })).toThrow(/cannot read/);
+  });
+
+  it.each([
+    [{ ...base, internal: '192.168.1.0' }, 'internal'],
+    [{ ...base, internal: '0.0.0.0/0' }, 'internal'],
+    [{ internal: '192.168.1.0/24' }, 'external'],
+    [{ ...base, external: 'a very long interface name' }, 'external'],
+    [{ ...base, publicIp: '203.0.113.300' }, 'publicIp'],
+    [{ ...base, publicIp: '192.168.1.5' }, 'publicIp'],
+    [{ ...base, ports: '2000-1000' }, 'ports'],
+    [{ ...base, http: 'localhost' }, 'http'],
+    [{ ...base, maxFlows: '0' }, 'maxFlows'],
+    [{ ...base, timeouts: { tcpEstablished: 'long' } }, 'timeouts.tcpEstablished'],
+    [{ ...base, gatewayPorts: '1-65535' }, 'gatewayPorts'],
+  ])('rejects %j naming %s', (flags, field) => {
+    try {
+      resolveConfig(flags);
+      expect.unreachable();
+    } catch (err) {
+      expect(err).toBeInstanceOf(ConfigError);
+      expect((err as ConfigError).field).toBe(field);
+    }
+  });
+});
+
+describe('local ports', () => {
+  it('reads listening TCP and bound UDP sockets for the public or any address', () => {
+    const text = [
+      '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode',
+      '   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1',
+      '   1: 017100CB:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2', // 203.0.113.1:8080
+      '   2: 0100007F:0035 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3', // loopback only
+      '   3: 017100CB:4E20 027100CB:0050 01 00000000:00000000 00:00000000 00000000     0        0 4', // established
+    ].join('\n');
+    expect([...parseProcNet(text, 0xcb007101, true)].sort((a, b) => a - b)).toEqual([22, 8080]);
+    expect([...parseProcNet(text, 0xcb007101, false)].sort((a, b) => a - b)).toEqual([22, 8080, 20000]);
+  });
+});
