@@ -28,6 +28,17 @@ export interface LoopStats {
   readonly batchSizes: Float64Array;
 }
 
+/**
+ * A packet tap (trace, pcap): sees each packet as read and, when forwarded, as written. Only set while
+ * someone listens; the loop pays one null check per packet otherwise.
+ */
+export interface PacketTap {
+  /** Before translation; return false to skip `after` for this packet (e.g. filtered out). */
+  before(buf: Buffer, off: number, len: number, now: number): boolean;
+  /** After translation; `verdict` is the translator's (the packet bytes are the rewritten ones). */
+  after(buf: Buffer, off: number, len: number, verdict: number, now: number): void;
+}
+
 export class Dataplane {
   readonly batch: number;
   readonly slotSize: number;
@@ -41,6 +52,8 @@ export class Dataplane {
   private running = false;
   /** Called after each batch with the clock value used (for metrics of loop time). */
   onBatch: ((packets: number, startedAt: number) => void) | null = null;
+  /** Trace/pcap tap; null when nobody listens. */
+  tap: PacketTap | null = null;
 
   constructor(
     private readonly tun: TunDevice,
@@ -95,7 +108,11 @@ export class Dataplane {
         this.stats.oversize++;
         continue;
       }
-      if (nat.process(buf, off, len, now) === Verdict.FORWARD) {
+      const tap = this.tap;
+      const tapped = tap !== null && tap.before(buf, off, len, now);
+      const verdict = nat.process(buf, off, len, now);
+      if (tapped) tap.after(buf, off, len, verdict, now);
+      if (verdict === Verdict.FORWARD) {
         this.outOffsets[out] = off;
         this.outLens[out] = len;
         out++;

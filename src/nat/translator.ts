@@ -60,6 +60,22 @@ export interface NatStats {
   icmpErrorsTranslated: number;
 }
 
+/**
+ * Who wants to hear about flows (metrics per LAN host, `conntrack --events`, the trace). Called off the
+ * hot path's common case: only when a flow is created, changes TCP state, or is removed.
+ */
+export interface FlowObserver {
+  created?(flow: number, now: number): void;
+  /** A TCP flow changed state (`from` is the old TcpState). */
+  updated?(flow: number, from: number, now: number): void;
+  /** Called before the slot is freed: the flow's tuples and counters are still readable. */
+  removed?(flow: number, reason: RemoveReason): void;
+}
+
+/** How the public port of the last new mapping was chosen (for the trace). */
+export const PortChoice = { NONE: 0, EXISTING: 1, PRESERVED: 2, REMAPPED: 3 } as const;
+export const PORT_CHOICE_NAMES = ['none', 'existing mapping', 'preserved', 'remapped'] as const;
+
 export interface Cidr {
   network: number;
   prefixLength: number;
@@ -110,6 +126,18 @@ export class Translator {
   private readonly tcp = new TcpView();
   private readonly icmp = new IcmpView();
   private readonly step: TcpStep = { state: 0, detail: 0, valid: true };
+  readonly observers: FlowObserver[] = [];
+
+  /**
+   * What the last process() call decided, for the trace and pcap taps: the entry it used (-1 if none),
+   * whether it created the flow, how the port was chosen, and the drop reason (-1 if forwarded).
+   * Plain fields, overwritten per packet: reading them costs the hot path nothing.
+   */
+  lastEntry = -1;
+  lastCreated = false;
+  lastPortChoice: number = PortChoice.NONE;
+  lastDrop = -1;
+  lastPath = -1;
 
   constructor(opts: NatOptions) {
     this.timeouts = opts.timeouts;
@@ -137,6 +165,7 @@ export class Translator {
       icmpErrorsTranslated: 0,
     };
     this.flows.onRemove = (flow, reason) => {
+      for (const o of this.observers) o.removed?.(flow, reason);
       const m = this.flows.mapping[flow]!;
       if (m >= 0) this.mappings.unref(m);
       this.stats.flowsRemoved[reason]++;
@@ -172,10 +201,12 @@ export class Translator {
 
   private drop(reason: number): number {
     this.stats.drops[reason]!++;
+    this.lastDrop = reason;
     return Verdict.DROP;
   }
 
   private forward(path: number, len: number): number {
+    this.lastPath = path;
     this.stats.packets[path]!++;
     this.stats.bytes[path]! += len;
     // The gateway routed this packet once into the TUN and will route it again: give one hop back.
@@ -195,6 +226,11 @@ export class Translator {
    */
   process(buf: Uint8Array, off: number, len: number, now: number): number {
     const ip = this.ip;
+    this.lastEntry = -1;
+    this.lastCreated = false;
+    this.lastPortChoice = PortChoice.NONE;
+    this.lastDrop = -1;
+    this.lastPath = -1;
     const verdict = ip.wrap(buf, off, len);
     if (verdict !== Ipv4Verdict.OK) {
       // IPv6 is well-formed, just not translated (tunnat is an IPv4 NAT); everything else is garbage.
@@ -262,12 +298,18 @@ export class Translator {
     }
     const flow = e >> 1;
     const dir = e & 1;
+    this.lastEntry = e;
 
     // Track state and refresh the timer.
     let timeout: number;
     if (proto === IPPROTO.TCP) {
-      const st = tcpStep(flows.state[flow]!, flows.detail[flow]!, dir as 0 | 1, tcpFlags, this.step);
+      const before = flows.state[flow]!;
+      const st = tcpStep(before, flows.detail[flow]!, dir as 0 | 1, tcpFlags, this.step);
       if (!st.valid) return this.drop(DropReason.TCP_FLAGS);
+      if (st.state !== before && this.observers.length > 0) {
+        flows.state[flow] = st.state;
+        for (const ob of this.observers) ob.updated?.(flow, before, now);
+      }
       flows.state[flow] = st.state;
       flows.detail[flow] = st.detail;
       if (tcpIsAssured(st.state)) flows.flags[flow] = flows.flags[flow]! | FLOW_ASSURED;
@@ -331,6 +373,9 @@ export class Translator {
         flows.release(flow);
         return -((m === -2 ? DropReason.TABLE_FULL : DropReason.PORTS_EXHAUSTED) + 1);
       }
+      this.lastPortChoice = maps.extPort[m] === sport ? PortChoice.PRESERVED : PortChoice.REMAPPED;
+    } else {
+      this.lastPortChoice = PortChoice.EXISTING;
     }
     maps.ref(m);
     flows.mapping[flow] = m;
@@ -340,6 +385,8 @@ export class Translator {
     flows.setTuple(flow, DIR_REPLY, dst, pub, dport, ext);
     flows.insert(flow, proto, now, now);
     this.stats.flowsCreated++;
+    this.lastCreated = true;
+    for (const o of this.observers) o.created?.(flow, now);
     return flow * 2 + DIR_ORIGINAL;
   }
 
