@@ -1,6 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { parseCidr, parseIpv4, ipToString, cidrToString, type Cidr } from '../wire/addr.js';
 import { resolveTimeouts, type Timeouts } from '../conntrack/timeouts.js';
+import { FILTERING_NAMES, type FilteringName } from '../nat/translator.js';
+import { parseForward, checkForwards, parseEgress, PolicyError, type PortForward, type EgressRule } from '../nat/policy.js';
 
 /**
  * The router's configuration: defaults, then the JSON file given by --config, then flags. Every
@@ -42,6 +44,18 @@ export interface RouterConfig {
   engine: 'userspace' | 'kernel' | 'auto';
   /** Kernel engine only: which firewall tool writes the rules. */
   backend: 'auto' | 'nft' | 'iptables';
+  /** RFC 4787 REQ-8 filtering of inbound packets to a mapping. */
+  filtering: FilteringName;
+  /** Port forwards (DNAT), `tcp:8080=192.168.1.10:80`. */
+  forwards: PortForward[];
+  /** Allowlist for new outbound flows; null allows everything. */
+  allowEgress: EgressRule[] | null;
+  /** Refused outbound flows get a TCP RST / ICMP administratively prohibited instead of silence. */
+  egressReject: boolean;
+  /** Flows one LAN host may hold at once; 0 = no limit. */
+  maxFlowsPerHost: number;
+  /** Answer ICMP 3/13 when a new flow cannot be made (table full, ports exhausted, host limit). */
+  icmpErrors: boolean;
 }
 
 export const DEFAULTS = {
@@ -58,7 +72,8 @@ export const DEFAULTS = {
 /** Every key the config file may hold, with the flag of the same meaning. */
 export const CONFIG_KEYS = [
   'internal', 'external', 'publicIp', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows',
-  'timeouts', 'table', 'batch', 'logLevel', 'engine', 'backend',
+  'timeouts', 'table', 'batch', 'logLevel', 'engine', 'backend', 'filtering', 'forward', 'allowEgress',
+  'egressReject', 'maxFlowsPerHost', 'icmpErrors',
 ] as const;
 
 export function parseRange(field: string, v: unknown): [number, number] {
@@ -179,8 +194,39 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
   if (!['auto', 'nft', 'iptables'].includes(backend as string)) {
     throw new ConfigError('backend', `expected auto|nft|iptables, got ${JSON.stringify(backend)}`);
   }
+  const filtering = get('filtering') ?? 'address';
+  if (!(FILTERING_NAMES as readonly string[]).includes(filtering as string)) {
+    throw new ConfigError('filtering', `expected ${FILTERING_NAMES.join('|')}, got ${JSON.stringify(filtering)}`);
+  }
+  const internal = parseInternal(get('internal'));
+  const isInternal = (a: number) => internal.some((c) => ((a & c.mask) >>> 0) === c.network);
+  const forwardV = get('forward') ?? [];
+  const forwardList = typeof forwardV === 'string' ? [forwardV] : forwardV;
+  if (!Array.isArray(forwardList) || forwardList.some((f) => typeof f !== 'string')) {
+    throw new ConfigError('forward', 'expected a list of "PROTO:PUBLICPORT=ADDR:PORT"');
+  }
+  const egressV = get('allowEgress');
+  if (egressV !== undefined && egressV !== null && typeof egressV !== 'string') {
+    throw new ConfigError('allowEgress', 'expected a string like "tcp:80,tcp:443,udp:53,icmp"');
+  }
+  let forwards: PortForward[];
+  let allowEgress: EgressRule[] | null;
+  try {
+    forwards = (forwardList as string[]).map((f) => parseForward(f, isInternal));
+    checkForwards(forwards);
+    allowEgress = typeof egressV === 'string' ? parseEgress(egressV) : null;
+  } catch (err) {
+    if (err instanceof PolicyError) throw new ConfigError(err.field, err.message);
+    throw err;
+  }
+  const bool = (field: string, v: unknown, dflt: boolean): boolean => {
+    if (v === undefined) return dflt;
+    if (typeof v !== 'boolean') throw new ConfigError(field, `expected true or false, got ${JSON.stringify(v)}`);
+    return v;
+  };
+  const perHost = get('maxFlowsPerHost');
   const cfg: RouterConfig = {
-    internal: parseInternal(get('internal')),
+    internal,
     external,
     publicIp,
     tun,
@@ -195,6 +241,12 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
     logLevel: logLevel as RouterConfig['logLevel'],
     engine: engine as RouterConfig['engine'],
     backend: backend as RouterConfig['backend'],
+    filtering: filtering as FilteringName,
+    forwards,
+    allowEgress,
+    egressReject: bool('egressReject', get('egressReject'), false),
+    maxFlowsPerHost: perHost !== undefined ? positiveInt('maxFlowsPerHost', perHost, 1 << 24) : 0,
+    icmpErrors: bool('icmpErrors', get('icmpErrors'), true),
   };
   if (publicIp !== null && cfg.internal.some((c) => ((publicIp! & c.mask) >>> 0) === c.network)) {
     throw new ConfigError('publicIp', `${ipToString(publicIp)} lies inside --internal`);
@@ -216,5 +268,7 @@ export function describeConfig(c: RouterConfig): Record<string, unknown> {
     ports: c.ports.join('-'),
     gatewayPorts: c.gatewayPorts.join('-'),
     http: c.http ? `${c.http.host}:${c.http.port}` : 'off',
+    forwards: c.forwards.map((f) => `${f.protocol === 6 ? 'tcp' : 'udp'}:${f.publicPort}=${ipToString(f.address)}:${f.port}`),
+    allowEgress: c.allowEgress === null ? 'everything' : c.allowEgress.length + ' rule(s)',
   };
 }

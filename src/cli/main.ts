@@ -14,6 +14,9 @@ Usage:
   tunnat run --internal CIDR[,CIDR…] --external IFACE [--public-ip ADDR] [--tun NAME]
              [--ports LO-HI] [--http HOST:PORT|off] [--http-socket PATH] [--config FILE]
              [--max-flows N] [--gateway-ports LO-HI] [--table N] [--log-level LEVEL] [--dry-run]
+             [--filtering endpoint|address|address-port] [--forward tcp|udp:PORT=ADDR[:PORT]]…
+             [--allow-egress tcp:80,udp:53,icmp,tcp:443@CIDR…] [--egress-reject]
+             [--max-flows-per-host N] [--no-icmp-errors] [--engine userspace|kernel|auto]
   tunnat conntrack [--http HOST:PORT|unix:PATH] [--json]
   tunnat lab [--once] [--http-port PORT]
   tunnat down [--tun NAME] [--table N]
@@ -47,6 +50,12 @@ const RUN_OPTIONS = {
   'dry-run': { type: 'boolean' },
   engine: { type: 'string' },
   backend: { type: 'string' },
+  filtering: { type: 'string' },
+  forward: { type: 'string', multiple: true },
+  'allow-egress': { type: 'string' },
+  'egress-reject': { type: 'boolean' },
+  'max-flows-per-host': { type: 'string' },
+  'no-icmp-errors': { type: 'boolean' },
 } satisfies ParseArgsConfig['options'];
 
 function parse<T extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: T) {
@@ -64,7 +73,11 @@ function camel(flag: string): string {
 async function cmdRun(args: string[]): Promise<number> {
   const values = parse(args, RUN_OPTIONS) as Record<string, unknown>;
   const flags: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(values)) if (k !== 'dry-run') flags[camel(k)] = v;
+  for (const [k, v] of Object.entries(values)) {
+    if (k === 'dry-run') continue;
+    if (k === 'no-icmp-errors') flags.icmpErrors = !v;
+    else flags[camel(k)] = v;
+  }
   const cfg = resolveConfig(flags);
   if (values['dry-run']) {
     process.stdout.write(JSON.stringify(describeConfig(cfg), null, 2) + '\n');

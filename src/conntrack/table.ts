@@ -64,8 +64,10 @@ export class FlowTable {
   /** Absolute expiry time in ms (same clock as the `now` arguments). */
   readonly expires: Float64Array;
   readonly created: Float64Array;
-  /** NAT mapping this flow uses, or -1 (owned by src/nat). */
+  /** NAT mapping whose external endpoint this flow's LAN side uses, or -1 (owned by src/nat). */
   readonly mapping: Int32Array;
+  /** A second mapping the flow keeps alive: the target of an inbound or hairpinned flow, or -1. */
+  readonly mapping2: Int32Array;
 
   // Per entry (flow * 2 + dir).
   readonly tSrc: Uint32Array;
@@ -98,6 +100,7 @@ export class FlowTable {
     this.expires = new Float64Array(capacity);
     this.created = new Float64Array(capacity);
     this.mapping = new Int32Array(capacity).fill(NONE);
+    this.mapping2 = new Int32Array(capacity).fill(NONE);
     const entries = capacity * 2;
     this.tSrc = new Uint32Array(entries);
     this.tDst = new Uint32Array(entries);
@@ -145,6 +148,7 @@ export class FlowTable {
     this.state[flow] = 0;
     this.detail[flow] = 0;
     this.mapping[flow] = NONE;
+    this.mapping2[flow] = NONE;
     const o = flow * 2;
     this.packets[o] = 0;
     this.packets[o + 1] = 0;
@@ -215,6 +219,7 @@ export class FlowTable {
     this.size--;
     this.onRemove(flow, reason);
     this.mapping[flow] = NONE;
+    this.mapping2[flow] = NONE;
     this.free[this.freeTop++] = flow;
   }
 
@@ -287,7 +292,7 @@ export class FlowTable {
 
   /** Bytes of typed-array storage per flow slot, index included (for the memory-per-flow figure). */
   bytesPerFlow(): number {
-    const perFlow = 1 + 1 + 1 + 1 + 8 + 8 + 4 + 4; // proto flags state detail expires created mapping free
+    const perFlow = 1 + 1 + 1 + 1 + 8 + 8 + 4 + 4 + 4; // proto flags state detail expires created mapping mapping2 free
     const perEntry = 4 + 4 + 2 + 2 + 8 + 8 + 4; // tuple, counters, chain
     return perFlow + 2 * perEntry + (this.heads.length * 4) / this.capacity;
   }

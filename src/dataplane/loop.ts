@@ -50,6 +50,9 @@ export class Dataplane {
   private readonly clock: () => number;
   readonly stats: LoopStats;
   private running = false;
+  private outCount = 0;
+  private genNext = 0;
+  private genBase = 0;
   /** Called after each batch with the clock value used (for metrics of loop time). */
   onBatch: ((packets: number, startedAt: number) => void) | null = null;
   /** Trace/pcap tap; null when nobody listens. */
@@ -64,10 +67,30 @@ export class Dataplane {
     this.slotSize = opts.slotSize ?? 2048;
     this.maxBatches = opts.maxBatchesPerWake ?? 16;
     this.clock = opts.clock ?? (() => performance.now());
-    this.buf = Buffer.alloc(this.batch * this.slotSize);
+    // The lower half takes what is read; the upper half what the translator generates (ICMP errors,
+    // resets, fragments it held back), so a batch writes both in one call.
+    this.buf = Buffer.alloc(this.batch * this.slotSize * 2);
     this.lens = new Uint32Array(this.batch);
-    this.outOffsets = new Uint32Array(this.batch);
-    this.outLens = new Uint32Array(this.batch);
+    this.outOffsets = new Uint32Array(this.batch * 2);
+    this.outLens = new Uint32Array(this.batch * 2);
+    const genBase = this.batch * this.slotSize;
+    const genEnd = genBase * 2;
+    const loop = this;
+    nat.sink = {
+      buf: this.buf,
+      alloc(maxLen: number): number {
+        if (maxLen > loop.slotSize || loop.genNext >= genEnd || loop.outCount >= loop.outOffsets.length) return -1;
+        const at = loop.genNext;
+        loop.genNext += loop.slotSize;
+        return at;
+      },
+      commit(off: number, len: number): void {
+        loop.outOffsets[loop.outCount] = off;
+        loop.outLens[loop.outCount] = len;
+        loop.outCount++;
+      },
+    };
+    this.genBase = genBase;
     this.stats = { batches: 0, oversize: 0, writeShort: 0, batchSizes: new Float64Array(8) };
   }
 
@@ -99,7 +122,8 @@ export class Dataplane {
     const n = this.tun.readBatch(buf, slotSize, lens);
     if (n === 0) return 0;
     const now = this.clock();
-    let out = 0;
+    this.outCount = 0;
+    this.genNext = this.genBase;
     for (let i = 0; i < n; i++) {
       const off = i * slotSize;
       const len = lens[i]!;
@@ -113,11 +137,12 @@ export class Dataplane {
       const verdict = nat.process(buf, off, len, now);
       if (tapped) tap.after(buf, off, len, verdict, now);
       if (verdict === Verdict.FORWARD) {
-        this.outOffsets[out] = off;
-        this.outLens[out] = len;
-        out++;
+        this.outOffsets[this.outCount] = off;
+        this.outLens[this.outCount] = len;
+        this.outCount++;
       }
     }
+    const out = this.outCount;
     if (out > 0) {
       const written = this.tun.writeBatch(buf, this.outOffsets, this.outLens, out);
       if (written < out) this.stats.writeShort += out - written;

@@ -5,6 +5,7 @@ import type { Logger } from '../util/log.js';
 import type { TunDevice } from '../tun/device.js';
 import { NativeTun } from '../tun/native.js';
 import { Translator } from '../nat/translator.js';
+import { EgressPolicy } from '../nat/policy.js';
 import { readLocalPorts } from '../nat/local-ports.js';
 import { Dataplane } from './loop.js';
 import {
@@ -132,6 +133,12 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
     timeouts: cfg.timeouts,
     seed: randomInt(0, 0x7fffffff),
     rng: Math.random,
+    filtering: cfg.filtering,
+    forwards: cfg.forwards,
+    egress: cfg.allowEgress ? new EgressPolicy(cfg.allowEgress) : null,
+    egressReject: cfg.egressReject,
+    maxFlowsPerHost: cfg.maxFlowsPerHost,
+    icmpOnExhaustion: cfg.icmpErrors,
   });
   const loop = new Dataplane(tun, nat, { batch: cfg.batch, slotSize: SLOT_SIZE, clock });
 

@@ -42,12 +42,18 @@ export const ROUTE_PROTOCOL = 84;
 export const RULE_PREF = {
   /** iif WAN to <public address>: replies and the gateway's own inbound traffic go through tunnat. */
   inbound: 10,
+  /**
+   * iif TUN: what tunnat writes is delivered locally or routed by the main table, and never matches the
+   * rules below that send traffic into the TUN (a packet tunnat hands to the gateway must not loop).
+   */
+  fromTunLocal: 20,
+  fromTun: 21,
+  /** from <LAN prefix> to <public address>: hairpinned traffic and port forwards reached from the LAN. */
+  hairpin: 50,
   /** The local table, moved here from 0 so that the inbound rule can come before it. */
   local: 100,
   /** iif WAN from <LAN prefix>: a WAN packet claiming a LAN source is never translated out. */
   antiSpoof: 990,
-  /** iif TUN: what tunnat writes never loops back into it. */
-  fromTun: 995,
   /** to <LAN prefix>: LAN-to-LAN traffic is routed, not translated. */
   lanToLan: 996,
   /** from <LAN prefix>: outbound LAN traffic goes into tunnat. */
@@ -647,11 +653,11 @@ async function planLocalRule(cfg: RoutingConfig): Promise<boolean> {
   const local = (await listRules()).filter(isPlainLocalRule);
   if (local.some((r) => r.priority === 0)) return true;
   const first = local.reduce((m, r) => Math.min(m, r.priority), Infinity);
-  if (first > RULE_PREF.inbound && first < RULE_PREF.antiSpoof) return false;
+  if (first > RULE_PREF.hairpin && first < RULE_PREF.antiSpoof) return false;
   const why =
     first === Infinity
       ? 'no rule looks up the local table at all'
-      : `the local table is looked up first at pref ${first}, but tunnat needs it after pref ${RULE_PREF.inbound} and before ${RULE_PREF.antiSpoof}`;
+      : `the local table is looked up first at pref ${first}, but tunnat needs it after pref ${RULE_PREF.hairpin} and before ${RULE_PREF.antiSpoof}`;
   throw new RoutingError(
     'ROUTING_CONFLICT',
     `${why}. Restore the kernel's rule with \`ip rule add pref 0 lookup local\` (and remove the moved copy) before starting tunnat on ${cfg.tun}.`,
@@ -712,11 +718,13 @@ async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkInfo, mov
     log(`ip rule add ${full.join(' ')}`);
   };
   for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.antiSpoof), 'iif', wan, 'from', cidrText(c), 'prohibit']);
+  await rule(['pref', String(RULE_PREF.fromTunLocal), 'iif', tun, 'lookup', 'local']);
   await rule(['pref', String(RULE_PREF.fromTun), 'iif', tun, 'lookup', 'main']);
   for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.lanToLan), 'to', cidrText(c), 'lookup', 'main']);
   for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.outbound), 'from', cidrText(c), 'lookup', T]);
-  // Inert until the pref-0 local rule goes, so it is safe to add first.
+  // Inert until the pref-0 local rule goes, so they are safe to add first.
   await rule(['pref', String(RULE_PREF.inbound), 'iif', wan, 'to', pub, 'lookup', T1], true);
+  for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.hairpin), 'from', cidrText(c), 'to', pub, 'lookup', T], true);
   await addProxyNeighbour(j, pub, wan, log);
 
   if (moveLocal) {
@@ -853,14 +861,19 @@ export async function updatePublicIp(applied: AppliedRouting, newIp: number, log
   const pub = ipToString(newIp);
   const oldSteps = state.steps.filter((s) => (s.kind === 'rule' && s.inbound === true) || s.kind === 'proxy-neigh');
   const j = new Journal(state);
-  const args = ['pref', String(RULE_PREF.inbound), 'iif', wan, 'to', pub, 'lookup', String(state.config.table + 1), 'protocol', PROTO];
+  // Every rule that names the public address (inbound, hairpin) is re-made with the new one.
+  const newRules = oldSteps
+    .filter((st): st is Extract<RoutingStep, { kind: 'rule' }> => st.kind === 'rule')
+    .map((st) => st.args.map((a, i) => (i > 0 && st.args[i - 1] === 'to' ? pub : a)));
   try {
-    await j.step({ kind: 'rule', args, inbound: true }, () => ip(['ip', 'rule', 'add', ...args]));
+    for (const args of newRules) {
+      await j.step({ kind: 'rule', args, inbound: true }, () => ip(['ip', 'rule', 'add', ...args]));
+      log(`ip rule add ${args.join(' ')}`);
+    }
     await addProxyNeighbour(j, pub, wan, log);
   } catch (err) {
-    throw new RoutingError('ROUTING_FAILED', `could not move the inbound rule to ${pub}: ${(err as Error).message}`, { cause: err });
+    throw new RoutingError('ROUTING_FAILED', `could not move the inbound rules to ${pub}: ${(err as Error).message}`, { cause: err });
   }
-  log(`ip rule add ${args.join(' ')}`);
 
   const ctx: UndoCtx = { errors: [], log };
   for (const step of oldSteps) {

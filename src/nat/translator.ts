@@ -1,31 +1,37 @@
 import { Ipv4View, Ipv4Verdict, IPPROTO } from '../wire/ipv4.js';
 import { UdpView, UdpVerdict } from '../wire/udp.js';
-import { TcpView, TcpVerdict } from '../wire/tcp.js';
-import { IcmpView, IcmpVerdict, ICMP_TYPE } from '../wire/icmp.js';
+import { TcpView, TcpVerdict, TCP_FLAGS } from '../wire/tcp.js';
+import { IcmpView, IcmpVerdict, ICMP_TYPE, ICMP_UNREACH_CODE } from '../wire/icmp.js';
 import { csumUpdate16, csumUpdate32 } from '../wire/checksum.js';
+import { emitIpv4IcmpError, emitIpv4Tcp, ipv4IcmpErrorLength } from '../wire/build.js';
 import {
-  FlowTable, DIR_ORIGINAL, DIR_REPLY, FLOW_ASSURED, FLOW_SEEN_REPLY, type RemoveReason,
+  FlowTable, DIR_ORIGINAL, DIR_REPLY, FLOW_ASSURED, FLOW_SEEN_REPLY, FLOW_INBOUND, type RemoveReason,
 } from '../conntrack/table.js';
 import { tcpStep, tcpTimeout, tcpIsAssured, tcpMayCreate, tcpPacketClass, TcpClass, type TcpStep } from '../conntrack/tcp.js';
 import type { Timeouts } from '../conntrack/timeouts.js';
 import { MappingTable } from './mappings.js';
 import { PortPool, type Rng } from './ports.js';
+import { PermissionTable } from './permissions.js';
+import { EgressPolicy, type PortForward } from './policy.js';
+import { FragmentTracker, FragDecision, DEFAULT_FRAGMENT_LIMITS, type FragmentLimits, type FragEntry } from './fragments.js';
 
 /**
- * The NAT engine: one call per packet, in place, no allocation.
+ * The NAT engine: one call per packet, in place, no allocation on the common paths.
  *
  * Every packet that reaches tunnat came out of the gateway's routing into the TUN, and whatever tunnat
  * writes back is routed again. So:
  * - a packet of a known flow, from either side, is rewritten to the inverse of the other direction's
- *   tuple (netfilter's rule: "the reply tuple is the inverse of what the other side expects");
- * - a new outbound packet (source inside --internal) gets a mapping and a flow, then the same rewrite;
- * - an inbound packet for the public address that matches no flow belongs to the gateway itself and
- *   goes back unchanged (the local table delivers it);
+ *   tuple (netfilter's rule: each side sees the inverse of what the other side sends);
+ * - a new packet from the LAN gets a mapping and a flow (after the egress policy and the limits); if
+ *   it is addressed to the public address it is hairpinned to the LAN host behind the target port;
+ * - a new packet from outside for the public address reaches a LAN host through a port forward or,
+ *   as the filtering mode allows, through an existing mapping; else it belongs to the gateway itself
+ *   (written back unchanged, the local table delivers it) or, on a port the NAT hands out, is dropped;
  * - anything else is dropped and counted by reason. Nothing from the LAN ever leaves untranslated.
  * Every packet written back gets its TTL raised by one, because the gateway routes it twice (into the
  * TUN and out of it) and must count as a single hop.
  */
-export const Verdict = { FORWARD: 0, DROP: 1 } as const;
+export const Verdict = { FORWARD: 0, DROP: 1, HELD: 2 } as const;
 
 /** Drop reasons; index into NatStats.drops. Names are the `reason` label of tunnat_drops_total. */
 export const DropReason = {
@@ -39,15 +45,23 @@ export const DropReason = {
   CHECKSUM: 7,
   NOT_OURS: 8,
   TTL: 9,
+  FILTERED: 10,
+  EGRESS_POLICY: 11,
+  HOST_LIMIT: 12,
 } as const;
 export const DROP_REASON_NAMES = [
   'malformed', 'no-mapping', 'table-full', 'ports-exhausted', 'fragment', 'unsupported-protocol', 'tcp-flags',
-  'checksum', 'not-ours', 'ttl',
+  'checksum', 'not-ours', 'ttl', 'filtered', 'egress-policy', 'host-limit',
 ] as const;
 
-/** Where a forwarded packet went; index into NatStats.forwarded. */
-export const Path = { OUTBOUND: 0, INBOUND: 1, LOCAL: 2 } as const;
-export const PATH_NAMES = ['outbound', 'inbound', 'local'] as const;
+/** Where a forwarded packet went; index into NatStats.packets/bytes. */
+export const Path = { OUTBOUND: 0, INBOUND: 1, LOCAL: 2, HAIRPIN: 3 } as const;
+export const PATH_NAMES = ['outbound', 'inbound', 'local', 'hairpin'] as const;
+
+/** RFC 4787 REQ-8 filtering behaviours. */
+export const Filtering = { ENDPOINT: 0, ADDRESS: 1, ADDRESS_PORT: 2 } as const;
+export const FILTERING_NAMES = ['endpoint', 'address', 'address-port'] as const;
+export type FilteringName = (typeof FILTERING_NAMES)[number];
 
 export interface NatStats {
   /** Packets and bytes forwarded, by Path. */
@@ -58,11 +72,15 @@ export interface NatStats {
   /** Flows removed, by reason name. */
   readonly flowsRemoved: Record<RemoveReason, number>;
   icmpErrorsTranslated: number;
+  /** ICMP errors and TCP resets tunnat generated itself (out of resources, egress rejects). */
+  generated: number;
+  /** Generated packets not sent: rate limit, or no room in the batch. */
+  generatedSuppressed: number;
 }
 
 /**
- * Who wants to hear about flows (metrics per LAN host, `conntrack --events`, the trace). Called off the
- * hot path's common case: only when a flow is created, changes TCP state, or is removed.
+ * Flow observers hear about flows (metrics per LAN host, `conntrack --events`, the trace). Called only
+ * when a flow is created, changes TCP state, or is removed — never per packet.
  */
 export interface FlowObserver {
   created?(flow: number, now: number): void;
@@ -72,9 +90,18 @@ export interface FlowObserver {
   removed?(flow: number, reason: RemoveReason): void;
 }
 
-/** How the public port of the last new mapping was chosen (for the trace). */
-export const PortChoice = { NONE: 0, EXISTING: 1, PRESERVED: 2, REMAPPED: 3 } as const;
-export const PORT_CHOICE_NAMES = ['none', 'existing mapping', 'preserved', 'remapped'] as const;
+/** How the public port of the last new flow was chosen (for the trace). */
+export const PortChoice = { NONE: 0, EXISTING: 1, PRESERVED: 2, REMAPPED: 3, FORWARD: 4 } as const;
+export const PORT_CHOICE_NAMES = ['none', 'existing mapping', 'preserved', 'remapped', 'port forward'] as const;
+
+/** Where generated packets go: the data plane hands out room in its write batch. */
+export interface PacketSink {
+  readonly buf: Buffer;
+  /** Offset of room for a packet of up to `maxLen` bytes, or -1 if the batch has none left. */
+  alloc(maxLen: number): number;
+  /** Queue the packet written at `off` for sending. */
+  commit(off: number, len: number): void;
+}
 
 export interface Cidr {
   network: number;
@@ -99,11 +126,26 @@ export interface NatOptions {
   /** Hash seed (random in production). */
   seed: number;
   rng: Rng;
+  /** RFC 4787 REQ-8 filtering; default address-dependent. */
+  filtering?: FilteringName;
+  forwards?: readonly PortForward[];
+  /** Allowlist for new outbound flows; null allows everything. */
+  egress?: EgressPolicy | null;
+  /** Answer refused outbound flows with ICMP admin-prohibited / TCP RST instead of dropping silently. */
+  egressReject?: boolean;
+  /** Flows one LAN host may hold at once (0 = no limit). */
+  maxFlowsPerHost?: number;
+  /** When a new flow cannot be made (table full, no ports, host limit), answer ICMP 3/13 (RFC 5508 §6). */
+  icmpOnExhaustion?: boolean;
+  /** Generated ICMP/RST packets per second at most (a flood must not become an ICMP flood). */
+  generatedPerSecond?: number;
+  fragments?: FragmentLimits;
 }
 
 const TRACKED = [IPPROTO.TCP, IPPROTO.UDP, IPPROTO.ICMP] as const;
 /** How many slots one early-drop attempt looks at before giving up. */
 const EARLY_DROP_BUDGET = 128;
+const NONE = -1;
 
 function maskOf(prefix: number): number {
   return prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
@@ -113,24 +155,41 @@ export class Translator {
   readonly flows: FlowTable;
   readonly mappings: MappingTable;
   readonly stats: NatStats;
+  readonly fragments: FragmentTracker;
   timeouts: Timeouts;
+  readonly filtering: number;
   private publicIp: number;
   private readonly publicIpOwned: boolean;
   private readonly rng: Rng;
   private readonly internalNet: Uint32Array;
   private readonly internalMask: Uint32Array;
+  private readonly permissions: PermissionTable | null;
+  /** Port forwards by protocol: public port → index into forwardList, or -1. */
+  private readonly forwardIndex = new Map<number, Int32Array>();
+  readonly forwardList: readonly PortForward[];
+  private readonly egress: EgressPolicy | null;
+  private readonly egressReject: boolean;
+  private readonly maxPerHost: number;
+  private readonly hostFlows = new Map<number, number>();
+  private readonly icmpOnExhaustion: boolean;
+  private readonly genRate: number;
+  private genTokens: number;
+  private genLast = 0;
+  /** Where generated packets go; set by the data plane. */
+  sink: PacketSink | null = null;
 
   // Reusable views: re-pointed at every packet.
   private readonly ip = new Ipv4View();
   private readonly udp = new UdpView();
   private readonly tcp = new TcpView();
   private readonly icmp = new IcmpView();
+  private readonly heldIp = new Ipv4View();
   private readonly step: TcpStep = { state: 0, detail: 0, valid: true };
   readonly observers: FlowObserver[] = [];
 
   /**
    * What the last process() call decided, for the trace and pcap taps: the entry it used (-1 if none),
-   * whether it created the flow, how the port was chosen, and the drop reason (-1 if forwarded).
+   * whether it created the flow, how the port was chosen, the drop reason (-1 if forwarded) and the path.
    * Plain fields, overwritten per packet: reading them costs the hot path nothing.
    */
   lastEntry = -1;
@@ -150,12 +209,30 @@ export class Translator {
       this.internalMask[i] = maskOf(c.prefixLength);
       this.internalNet[i] = (c.network & this.internalMask[i]!) >>> 0;
     });
+    this.filtering = FILTERING_NAMES.indexOf(opts.filtering ?? 'address');
+    if (this.filtering < 0) throw new RangeError(`unknown filtering ${opts.filtering}`);
     this.flows = new FlowTable(opts.maxFlows, opts.seed);
     const [lo, hi] = opts.ports;
     const excluded = opts.excludedPorts ?? [];
     this.mappings = new MappingTable(opts.maxFlows, opts.seed ^ 0x5bd1e995, (p) =>
       // ICMP identifiers are not ports: the whole 16-bit space is usable.
       p === IPPROTO.ICMP ? new PortPool(0, 65535) : new PortPool(lo, hi, excluded), TRACKED);
+    this.permissions = this.filtering === Filtering.ADDRESS ? new PermissionTable(opts.maxFlows * 2, opts.seed ^ 0x27d4eb2f) : null;
+    this.forwardList = opts.forwards ?? [];
+    this.forwardList.forEach((f, i) => {
+      let idx = this.forwardIndex.get(f.protocol);
+      if (!idx) this.forwardIndex.set(f.protocol, (idx = new Int32Array(65536).fill(NONE)));
+      idx[f.publicPort] = i;
+      // A forwarded port is never handed out as a mapping.
+      this.mappings.pool(f.protocol)?.setAllowed(f.publicPort, false);
+    });
+    this.egress = opts.egress ?? null;
+    this.egressReject = opts.egressReject ?? false;
+    this.maxPerHost = opts.maxFlowsPerHost ?? 0;
+    this.icmpOnExhaustion = opts.icmpOnExhaustion ?? true;
+    this.genRate = opts.generatedPerSecond ?? 100;
+    this.genTokens = this.genRate;
+    this.fragments = new FragmentTracker(opts.fragments ?? DEFAULT_FRAGMENT_LIMITS);
     this.stats = {
       packets: new Float64Array(PATH_NAMES.length),
       bytes: new Float64Array(PATH_NAMES.length),
@@ -163,13 +240,10 @@ export class Translator {
       flowsCreated: 0,
       flowsRemoved: { expired: 0, 'early-drop': 0, flush: 0, closed: 0 },
       icmpErrorsTranslated: 0,
+      generated: 0,
+      generatedSuppressed: 0,
     };
-    this.flows.onRemove = (flow, reason) => {
-      for (const o of this.observers) o.removed?.(flow, reason);
-      const m = this.flows.mapping[flow]!;
-      if (m >= 0) this.mappings.unref(m);
-      this.stats.flowsRemoved[reason]++;
-    };
+    this.flows.onRemove = (flow, reason) => this.flowRemoved(flow, reason);
   }
 
   get publicAddress(): number {
@@ -185,7 +259,10 @@ export class Translator {
     if (addr === this.publicIp) return 0;
     const old = this.publicIp;
     this.publicIp = addr;
-    return this.flows.flush((f) => this.mappings.extAddr[this.flows.mapping[f]!] === old);
+    return this.flows.flush((f) => {
+      const m = this.flows.mapping[f]!;
+      return m < 0 || this.mappings.extAddr[m] === old;
+    });
   }
 
   isInternal(addr: number): boolean {
@@ -194,9 +271,51 @@ export class Translator {
     return false;
   }
 
-  /** Expire idle flows, visiting at most `budget` slots. */
+  /** Expire idle flows, visiting at most `budget` slots, and fragment sets that never completed. */
   sweep(now: number, budget: number): number {
+    if (this.fragments.size > 0) this.fragments.expire(now);
     return this.flows.sweep(now, budget);
+  }
+
+  /** Flows a LAN host holds (0 when limits are off). */
+  flowsOfHost(addr: number): number {
+    return this.hostFlows.get(addr >>> 0) ?? 0;
+  }
+
+  private flowRemoved(flow: number, reason: RemoveReason): void {
+    for (const o of this.observers) o.removed?.(flow, reason);
+    const t = this.flows;
+    const m = t.mapping[flow]!;
+    const m2 = t.mapping2[flow]!;
+    const perm = this.permissions;
+    if (perm) {
+      // The flow's permissions: its own mapping towards the peer it talks to, and (inbound/hairpin)
+      // the target mapping towards the same peer.
+      const peer = this.peerAddress(flow);
+      if (m >= 0) perm.remove(m, peer);
+      if (m2 >= 0) perm.remove(m2, peer);
+    }
+    if (m >= 0) this.mappings.unref(m);
+    if (m2 >= 0) this.mappings.unref(m2);
+    if (this.maxPerHost > 0) {
+      const host = this.lanHost(flow);
+      const n = (this.hostFlows.get(host) ?? 1) - 1;
+      if (n <= 0) this.hostFlows.delete(host);
+      else this.hostFlows.set(host, n);
+    }
+    this.stats.flowsRemoved[reason]++;
+  }
+
+  /** The LAN host a flow belongs to: the original source of an outbound flow, else the reply source. */
+  private lanHost(flow: number): number {
+    const t = this.flows;
+    return t.flags[flow]! & FLOW_INBOUND ? t.tSrc[flow * 2 + 1]! : t.tSrc[flow * 2]!;
+  }
+
+  /** The outside address a flow's mapping talks to, as the mapping sees it (the public address for hairpins). */
+  private peerAddress(flow: number): number {
+    const t = this.flows;
+    return t.flags[flow]! & FLOW_INBOUND ? t.tSrc[flow * 2]! : t.tDst[flow * 2]!;
   }
 
   private drop(reason: number): number {
@@ -220,47 +339,57 @@ export class Translator {
     return this.publicIpOwned ? this.forward(Path.LOCAL, len) : this.drop(DropReason.NO_MAPPING);
   }
 
+  /** Whether the gateway's stack, rather than the NAT, owns a public port (ports the NAT never maps). */
+  private gatewayOwnsPort(proto: number, port: number): boolean {
+    const pool = this.mappings.pool(proto);
+    return !pool || pool.allowed[port] === 0;
+  }
+
   /**
    * Translate one packet in place. `len` is what the TUN read returned (never trusted beyond the buffer).
-   * Returns Verdict.FORWARD (write the packet back; its length is unchanged) or Verdict.DROP.
+   * Returns Verdict.FORWARD (write the packet back; its length is unchanged), Verdict.DROP, or
+   * Verdict.HELD (a fragment kept until its first fragment arrives; sent later through the sink).
    */
   process(buf: Uint8Array, off: number, len: number, now: number): number {
     const ip = this.ip;
-    this.lastEntry = -1;
+    this.lastEntry = NONE;
     this.lastCreated = false;
     this.lastPortChoice = PortChoice.NONE;
-    this.lastDrop = -1;
-    this.lastPath = -1;
+    this.lastDrop = NONE;
+    this.lastPath = NONE;
     const verdict = ip.wrap(buf, off, len);
     if (verdict !== Ipv4Verdict.OK) {
       // IPv6 is well-formed, just not translated (tunnat is an IPv4 NAT); everything else is garbage.
       const v6 = verdict === Ipv4Verdict.BAD_VERSION && len > 0 && buf[off]! >>> 4 === 6;
       return this.drop(v6 ? DropReason.UNSUPPORTED_PROTOCOL : DropReason.MALFORMED);
     }
-    const total = ip.totalLength;
     const src = ip.sourceAddress;
     const dst = ip.destinationAddress;
     const fromInside = this.isInternal(src);
     const toPublic = dst === this.publicIp;
     if (!fromInside && !toPublic) return this.drop(DropReason.NOT_OURS);
     if (fromInside && this.isInternal(dst)) return this.drop(DropReason.NOT_OURS);
+    if (!ip.isFragment) return this.translate(buf, now, src, dst, fromInside, toPublic);
+    if (ip.fragmentOffset !== 0) return this.laterFragment(buf, off, now, src, dst, fromInside);
+    return this.firstFragment(buf, now, src, dst, fromInside, toPublic);
+  }
 
-    if (ip.isFragment) {
-      // Only the first fragment carries ports; without reassembly the rest could not be matched.
-      if (toPublic && !fromInside) return this.toGateway(total);
-      return this.drop(DropReason.FRAGMENT);
-    }
-
+  /** Everything but fragment bookkeeping, for a whole packet or a first fragment. */
+  private translate(buf: Uint8Array, now: number, src: number, dst: number, fromInside: boolean, toPublic: boolean): number {
+    const ip = this.ip;
+    const total = ip.totalLength;
     const proto = ip.protocol;
     const l4 = ip.payloadOffset;
     const l4len = ip.payloadLength;
+    const firstFragment = ip.isFragment;
     let sport: number;
     let dport: number;
     let tcpFlags = 0;
     if (proto === IPPROTO.UDP) {
-      if (this.udp.wrap(buf, l4, l4len) !== UdpVerdict.OK) return this.drop(DropReason.MALFORMED);
-      sport = this.udp.sourcePort;
-      dport = this.udp.destinationPort;
+      // A first fragment's UDP length counts the later fragments too: only its header must be here.
+      if (firstFragment ? l4len < 8 : this.udp.wrap(buf, l4, l4len) !== UdpVerdict.OK) return this.drop(DropReason.MALFORMED);
+      sport = rd16(buf, l4);
+      dport = rd16(buf, l4 + 2);
     } else if (proto === IPPROTO.TCP) {
       if (this.tcp.wrap(buf, l4, l4len) !== TcpVerdict.OK) return this.drop(DropReason.MALFORMED);
       sport = this.tcp.sourcePort;
@@ -268,7 +397,8 @@ export class Translator {
       tcpFlags = this.tcp.flags;
     } else if (proto === IPPROTO.ICMP) {
       if (this.icmp.wrap(buf, l4, l4len) !== IcmpVerdict.OK) return this.drop(DropReason.MALFORMED);
-      if (this.icmp.isError) return this.processIcmpError(buf, fromInside, total, now);
+      // A big echo may come in fragments (only its identifier matters); an error never should.
+      if (this.icmp.isError) return firstFragment ? this.drop(DropReason.FRAGMENT) : this.processIcmpError(buf, fromInside, total, now);
       if (!this.icmp.isQuery) {
         // Redirects, router adverts and the like never cross a NAT; the gateway may want them itself.
         return fromInside ? this.drop(DropReason.UNSUPPORTED_PROTOCOL) : this.toGateway(total);
@@ -288,13 +418,23 @@ export class Translator {
     const flows = this.flows;
     let e = flows.lookup(proto, src, dst, sport, dport, now);
     if (e < 0) {
-      if (!fromInside) return this.toGateway(total); // the gateway's own traffic
       if (proto === IPPROTO.TCP && !tcpMayCreate(tcpFlags)) {
-        return this.drop(tcpPacketClass(tcpFlags) === TcpClass.INVALID ? DropReason.TCP_FLAGS : DropReason.NO_MAPPING);
+        if (tcpPacketClass(tcpFlags) === TcpClass.INVALID) return this.drop(DropReason.TCP_FLAGS);
+        // Segments of the gateway's own connections; on NAT ports, stray segments of nobody's.
+        if (!fromInside) return this.gatewayOwnsPort(proto, dport) ? this.toGateway(total) : this.drop(DropReason.NO_MAPPING);
+        if (toPublic && this.gatewayOwnsPort(proto, dport) && this.forwardAt(proto, dport) < 0) return this.toGateway(total);
+        return this.drop(DropReason.NO_MAPPING);
       }
-      if (proto === IPPROTO.ICMP && !this.icmp.isQueryRequest) return this.drop(DropReason.NO_MAPPING);
-      e = this.createOutbound(proto, src, dst, sport, dport, now);
-      if (e < 0) return this.drop(-e - 1);
+      if (proto === IPPROTO.ICMP && !this.icmp.isQueryRequest) {
+        return fromInside ? this.drop(DropReason.NO_MAPPING) : this.toGateway(total);
+      }
+      if (fromInside && !toPublic) e = this.createOutbound(buf, proto, src, dst, sport, dport, now);
+      else if (fromInside) e = this.createHairpin(buf, proto, src, sport, dport, now);
+      else e = this.createInbound(proto, src, sport, dport, now);
+      if (e < 0) {
+        if (e === GATEWAY) return this.toGateway(total);
+        return this.drop(-e - 1);
+      }
     }
     const flow = e >> 1;
     const dir = e & 1;
@@ -306,17 +446,16 @@ export class Translator {
       const before = flows.state[flow]!;
       const st = tcpStep(before, flows.detail[flow]!, dir as 0 | 1, tcpFlags, this.step);
       if (!st.valid) return this.drop(DropReason.TCP_FLAGS);
-      if (st.state !== before && this.observers.length > 0) {
-        flows.state[flow] = st.state;
-        for (const ob of this.observers) ob.updated?.(flow, before, now);
-      }
       flows.state[flow] = st.state;
       flows.detail[flow] = st.detail;
-      if (tcpIsAssured(st.state)) flows.flags[flow] = flows.flags[flow]! | FLOW_ASSURED;
+      if (st.state !== before) {
+        if (tcpIsAssured(st.state)) flows.flags[flow] = flows.flags[flow]! | FLOW_ASSURED;
+        for (const ob of this.observers) ob.updated?.(flow, before, now);
+      }
       timeout = tcpTimeout(st.state, this.timeouts);
     } else if (proto === IPPROTO.UDP) {
       timeout = this.timeouts.udp;
-      if (dir === DIR_REPLY) flows.flags[flow] = flows.flags[flow]! | FLOW_SEEN_REPLY | FLOW_ASSURED;
+      if (dir === DIR_REPLY) flows.flags[flow] = flows.flags[flow]! | FLOW_ASSURED;
     } else {
       timeout = this.timeouts.icmp;
     }
@@ -329,34 +468,25 @@ export class Translator {
     const o = e ^ 1;
     const newSrc = flows.tDst[o]!;
     const newDst = flows.tSrc[o]!;
-    const newSport = flows.tDport[o]!;
-    const newDport = flows.tSport[o]!;
-    if (proto === IPPROTO.UDP) {
-      const u = this.udp;
-      if (newSrc !== src) u.updateChecksumForAddressChange(src, newSrc);
-      if (newDst !== dst) u.updateChecksumForAddressChange(dst, newDst);
-      if (newSport !== sport) u.setSourcePortWithChecksum(newSport);
-      if (newDport !== dport) u.setDestinationPortWithChecksum(newDport);
-    } else if (proto === IPPROTO.TCP) {
-      const t = this.tcp;
-      if (newSrc !== src) t.updateChecksumForAddressChange(src, newSrc);
-      if (newDst !== dst) t.updateChecksumForAddressChange(dst, newDst);
-      if (newSport !== sport) t.setSourcePortWithChecksum(newSport);
-      if (newDport !== dport) t.setDestinationPortWithChecksum(newDport);
-    } else {
-      const id = this.icmp.isQueryRequest ? newSport : newDport;
+    if (proto === IPPROTO.ICMP) {
+      const id = this.icmp.isQueryRequest ? flows.tDport[o]! : flows.tSport[o]!;
       if (id !== this.icmp.identifier) this.icmp.setIdentifierWithChecksum(id);
+    } else {
+      rewriteTransport(buf, l4, proto, src, dst, sport, dport, newSrc, newDst, flows.tDport[o]!, flows.tSport[o]!);
     }
     if (newSrc !== src) ip.setSourceAddressWithChecksum(newSrc);
     if (newDst !== dst) ip.setDestinationAddressWithChecksum(newDst);
-    return this.forward(fromInside ? Path.OUTBOUND : Path.INBOUND, total);
+    const path = fromInside ? (toPublic ? Path.HAIRPIN : Path.OUTBOUND) : Path.INBOUND;
+    return this.forward(path, total);
   }
 
-  /**
-   * A new connection from the LAN: find or create the endpoint-independent mapping, then the flow.
-   * Returns the entry, or -(reason + 1).
-   */
-  private createOutbound(proto: number, src: number, dst: number, sport: number, dport: number, now: number): number {
+  private forwardAt(proto: number, port: number): number {
+    const idx = this.forwardIndex.get(proto);
+    return idx ? idx[port]! : NONE;
+  }
+
+  /** Allocate a flow slot, evicting an unassured flow if the table is full; -(reason+1) on failure. */
+  private allocateFlow(now: number): number {
     const flows = this.flows;
     let flow = flows.allocate();
     if (flow < 0) {
@@ -364,31 +494,299 @@ export class Translator {
       flow = flows.allocate();
       if (flow < 0) return -(DropReason.TABLE_FULL + 1);
     }
+    return flow;
+  }
+
+  /** The LAN endpoint's mapping (endpoint-independent, RFC 4787 REQ-1), created if needed; -(reason+1) on failure. */
+  private mappingFor(proto: number, addr: number, port: number): number {
     const maps = this.mappings;
-    // For ICMP the identifier is the internal "port"; it sits in sport for a request.
-    let m = maps.lookupInternal(proto, src, sport);
-    if (m < 0) {
-      m = maps.create(proto, src, sport, this.publicIp, this.rng);
-      if (m < 0) {
-        flows.release(flow);
-        return -((m === -2 ? DropReason.TABLE_FULL : DropReason.PORTS_EXHAUSTED) + 1);
-      }
-      this.lastPortChoice = maps.extPort[m] === sport ? PortChoice.PRESERVED : PortChoice.REMAPPED;
-    } else {
+    let m = maps.lookupInternal(proto, addr, port);
+    if (m >= 0) {
       this.lastPortChoice = PortChoice.EXISTING;
+      return m;
     }
-    maps.ref(m);
-    flows.mapping[flow] = m;
-    const ext = maps.extPort[m]!;
-    const pub = maps.extAddr[m]!;
-    flows.setTuple(flow, DIR_ORIGINAL, src, dst, sport, dport);
-    flows.setTuple(flow, DIR_REPLY, dst, pub, dport, ext);
-    flows.insert(flow, proto, now, now);
+    m = maps.create(proto, addr, port, this.publicIp, this.rng);
+    if (m < 0) return -((m === -2 ? DropReason.TABLE_FULL : DropReason.PORTS_EXHAUSTED) + 1);
+    this.lastPortChoice = maps.extPort[m] === port ? PortChoice.PRESERVED : PortChoice.REMAPPED;
+    return m;
+  }
+
+  /** Refuse a new LAN flow: count it, and where asked, tell the LAN host (ICMP 3/13 or TCP RST). */
+  private refuse(buf: Uint8Array, reason: number, proto: number, tellHost: boolean, now: number): number {
+    if (tellHost) this.generateRefusal(buf, proto, now);
+    return -(reason + 1);
+  }
+
+  private hostLimitReached(host: number): boolean {
+    return this.maxPerHost > 0 && (this.hostFlows.get(host) ?? 0) >= this.maxPerHost;
+  }
+
+  private noteHostFlow(host: number): void {
+    if (this.maxPerHost > 0) this.hostFlows.set(host, (this.hostFlows.get(host) ?? 0) + 1);
+  }
+
+  /** Finish a new flow: index it, take the mapping references and permissions, tell the observers. */
+  private commitFlow(flow: number, proto: number, m: number, m2: number, flags: number, host: number, peer: number, now: number): number {
+    const t = this.flows;
+    t.mapping[flow] = m;
+    t.mapping2[flow] = m2;
+    if (m >= 0) this.mappings.ref(m);
+    if (m2 >= 0) this.mappings.ref(m2);
+    t.insert(flow, proto, now, now);
+    t.flags[flow] = t.flags[flow]! | flags;
+    if (this.permissions) {
+      if (m >= 0) this.permissions.add(m, peer);
+      if (m2 >= 0) this.permissions.add(m2, peer);
+    }
+    this.noteHostFlow(host);
     this.stats.flowsCreated++;
     this.lastCreated = true;
     for (const o of this.observers) o.created?.(flow, now);
     return flow * 2 + DIR_ORIGINAL;
   }
+
+  /** A new connection from the LAN to the outside. Returns the entry, or -(reason + 1). */
+  private createOutbound(buf: Uint8Array, proto: number, src: number, dst: number, sport: number, dport: number, now: number): number {
+    if (this.egress && !this.egress.allows(proto, dst, dport)) {
+      return this.refuse(buf, DropReason.EGRESS_POLICY, proto, this.egressReject, now);
+    }
+    if (this.hostLimitReached(src)) return this.refuse(buf, DropReason.HOST_LIMIT, proto, this.icmpOnExhaustion, now);
+    const flow = this.allocateFlow(now);
+    if (flow < 0) return this.refuse(buf, -flow - 1, proto, this.icmpOnExhaustion, now);
+    const m = this.mappingFor(proto, src, sport);
+    if (m < 0) {
+      this.flows.release(flow);
+      return this.refuse(buf, -m - 1, proto, this.icmpOnExhaustion, now);
+    }
+    const maps = this.mappings;
+    this.flows.setTuple(flow, DIR_ORIGINAL, src, dst, sport, dport);
+    this.flows.setTuple(flow, DIR_REPLY, dst, maps.extAddr[m]!, dport, maps.extPort[m]!);
+    return this.commitFlow(flow, proto, m, NONE, 0, src, dst, now);
+  }
+
+  /**
+   * Which LAN endpoint a packet from outside to public `port` reaches: a port forward, or a mapping whose
+   * filtering (RFC 4787 REQ-8) admits the sender. Writes the endpoint to `target`; returns the mapping
+   * used (or -1 for a forward), GATEWAY when the port is the gateway's own, or -(reason + 1).
+   */
+  private resolveTarget(proto: number, port: number, from: number, selfMapping: number): number {
+    const f = this.forwardAt(proto, port);
+    if (f >= 0) {
+      const fw = this.forwardList[f]!;
+      target.addr = fw.address;
+      target.port = fw.port;
+      this.lastPortChoice = PortChoice.FORWARD;
+      return NONE;
+    }
+    if (proto === IPPROTO.ICMP) return GATEWAY; // echo requests to the public address are the gateway's to answer
+    const m = this.mappings.lookupExternal(proto, port);
+    if (m < 0) return this.gatewayOwnsPort(proto, port) ? GATEWAY : -(DropReason.NO_MAPPING + 1);
+    // Address-and-port-dependent filtering admits only packets that match an existing flow, and those
+    // never get here: so it admits nothing new.
+    const allowed =
+      m === selfMapping ||
+      this.filtering === Filtering.ENDPOINT ||
+      (this.filtering === Filtering.ADDRESS && this.permissions!.has(m, from));
+    if (!allowed) return -(DropReason.FILTERED + 1);
+    target.addr = this.mappings.intAddr[m]!;
+    target.port = this.mappings.intPort[m]!;
+    this.lastPortChoice = PortChoice.EXISTING;
+    return m;
+  }
+
+  /** A new flow from outside to the public address: a port forward or a filtered mapping. */
+  private createInbound(proto: number, src: number, sport: number, dport: number, now: number): number {
+    const m = this.resolveTarget(proto, dport, src, NONE);
+    if (m < NONE) return m;
+    const flow = this.allocateFlow(now);
+    if (flow < 0) return flow;
+    const t = this.flows;
+    t.setTuple(flow, DIR_ORIGINAL, src, this.publicIp, sport, dport);
+    t.setTuple(flow, DIR_REPLY, target.addr, src, target.port, sport);
+    return this.commitFlow(flow, proto, NONE, m, FLOW_INBOUND, target.addr, src, now);
+  }
+
+  /**
+   * Hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8): a LAN host sends to the public address and a port that
+   * leads to another LAN host. The sender gets its own mapping, and the target sees the sender's public
+   * endpoint, exactly as an outside host would. One flow: original (A → pub:P), reply (B → pub:Pa).
+   */
+  private createHairpin(buf: Uint8Array, proto: number, src: number, sport: number, dport: number, now: number): number {
+    if (proto === IPPROTO.ICMP) return GATEWAY; // the gateway answers pings to its own address
+    const pub = this.publicIp;
+    // A host may hairpin to its own mapping (STUN's hairpin test does): that mapping talks to pub by now.
+    const self = this.mappings.lookupInternal(proto, src, sport);
+    const m2 = this.resolveTarget(proto, dport, pub, self);
+    if (m2 < NONE) return m2 === GATEWAY || m2 === -(DropReason.NO_MAPPING + 1) ? GATEWAY : m2;
+    if (this.hostLimitReached(src)) return this.refuse(buf, DropReason.HOST_LIMIT, proto, this.icmpOnExhaustion, now);
+    const choice = this.lastPortChoice;
+    const flow = this.allocateFlow(now);
+    if (flow < 0) return flow;
+    const m = this.mappingFor(proto, src, sport);
+    if (m < 0) {
+      this.flows.release(flow);
+      return m;
+    }
+    if (choice === PortChoice.FORWARD) this.lastPortChoice = PortChoice.FORWARD;
+    const t = this.flows;
+    t.setTuple(flow, DIR_ORIGINAL, src, pub, sport, dport);
+    t.setTuple(flow, DIR_REPLY, target.addr, pub, target.port, this.mappings.extPort[m]!);
+    return this.commitFlow(flow, proto, m, m2, 0, src, pub, now);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Fragments
+
+  /** The first fragment carries the ports: translate it, then remember the decision for the rest. */
+  private firstFragment(buf: Uint8Array, now: number, src: number, dst: number, fromInside: boolean, toPublic: boolean): number {
+    const ip = this.ip;
+    const key = FragmentTracker.key(src, dst, ip.protocol, ip.identification);
+    const fr = this.fragments;
+    const e = fr.open(key, now);
+    if (!e || !fr.addRange(e, 0, ip.payloadLength, false)) return this.drop(DropReason.FRAGMENT);
+    const result = this.translate(buf, now, src, dst, fromInside, toPublic);
+    if (result === Verdict.FORWARD) {
+      e.decision = this.lastPath === Path.LOCAL ? FragDecision.LOCAL : FragDecision.TRANSLATE;
+      e.newSrc = ip.sourceAddress;
+      e.newDst = ip.destinationAddress;
+      e.entry = this.lastEntry;
+    } else {
+      e.decision = FragDecision.DROP;
+    }
+    if (e.held.length > 0) this.releaseHeld(e);
+    if (fr.complete(e)) fr.delete(key);
+    return result;
+  }
+
+  /** A fragment without the transport header: follow its first fragment's decision, or wait for it. */
+  private laterFragment(buf: Uint8Array, off: number, now: number, src: number, dst: number, fromInside: boolean): number {
+    const ip = this.ip;
+    const total = ip.totalLength;
+    const key = FragmentTracker.key(src, dst, ip.protocol, ip.identification);
+    const fr = this.fragments;
+    const e = fr.open(key, now);
+    if (!e) return this.drop(DropReason.FRAGMENT);
+    const start = ip.fragmentOffset * 8;
+    if (!fr.addRange(e, start, start + ip.payloadLength, !ip.moreFragments)) return this.drop(DropReason.FRAGMENT);
+    let result: number;
+    if (e.decision === FragDecision.PENDING) {
+      if (!fr.hold(e, buf.subarray(off, off + total))) return this.drop(DropReason.FRAGMENT);
+      return Verdict.HELD;
+    }
+    if (e.decision === FragDecision.DROP) result = this.drop(DropReason.FRAGMENT);
+    else result = this.applyFragmentDecision(ip, e, toPathOf(e, fromInside, dst === this.publicIp));
+    if (fr.complete(e)) fr.delete(key);
+    return result;
+  }
+
+  private applyFragmentDecision(v: Ipv4View, e: FragEntry, path: number): number {
+    const len = v.totalLength;
+    if (e.decision === FragDecision.TRANSLATE) {
+      if (v.sourceAddress !== e.newSrc) v.setSourceAddressWithChecksum(e.newSrc);
+      if (v.destinationAddress !== e.newDst) v.setDestinationAddressWithChecksum(e.newDst);
+      // The flow's counters include every fragment, so per-host byte counts stay exact.
+      const flows = this.flows;
+      if (e.entry >= 0 && flows.isInUse(e.entry >> 1)) {
+        flows.packets[e.entry]!++;
+        flows.bytes[e.entry]! += len;
+      }
+    }
+    this.stats.packets[path]!++;
+    this.stats.bytes[path]! += len;
+    const ttl = v.ttl;
+    if (ttl < 255) v.setTtlWithChecksum(ttl + 1);
+    return Verdict.FORWARD;
+  }
+
+  /** Send the fragments that waited for their first fragment, through the sink. */
+  private releaseHeld(e: FragEntry): void {
+    const held = this.fragments.takeHeld(e);
+    if (e.decision === FragDecision.DROP) {
+      this.stats.drops[DropReason.FRAGMENT]! += held.length;
+      return;
+    }
+    for (const pkt of held) {
+      const sink = this.sink;
+      const at = sink ? sink.alloc(pkt.length) : -1;
+      if (!sink || at < 0) {
+        this.stats.drops[DropReason.FRAGMENT]!++;
+        continue;
+      }
+      sink.buf.set(pkt, at);
+      const v = this.heldIp;
+      if (v.wrap(sink.buf, at, pkt.length) !== Ipv4Verdict.OK) continue;
+      const fromInside = this.isInternal(v.sourceAddress);
+      this.applyFragmentDecision(v, e, toPathOf(e, fromInside, v.destinationAddress === this.publicIp));
+      sink.commit(at, pkt.length);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Generated packets
+
+  /** Token bucket: generated packets per second, so a flood never turns into an ICMP flood. */
+  private mayGenerate(now: number): boolean {
+    const elapsed = now - this.genLast;
+    this.genLast = now;
+    if (elapsed > 0) this.genTokens = Math.min(this.genRate, this.genTokens + (elapsed * this.genRate) / 1000);
+    if (this.genTokens < 1) return false;
+    this.genTokens -= 1;
+    return true;
+  }
+
+  /**
+   * Tell a LAN host its new flow was refused: a TCP RST for TCP (what a closed port would say), else ICMP
+   * destination unreachable, code 13 "communication administratively prohibited" (RFC 5508 §6 for
+   * resource exhaustion; also what an egress reject means). The source is the destination the host
+   * tried to reach, as a firewall's REJECT does, so the host's stack matches it to its socket.
+   */
+  private generateRefusal(buf: Uint8Array, proto: number, now: number): void {
+    const sink = this.sink;
+    if (!sink || !this.mayGenerate(now)) {
+      this.stats.generatedSuppressed++;
+      return;
+    }
+    const ip = this.ip;
+    const pkt = buf.subarray(ip.off, ip.off + ip.totalLength);
+    if (proto === IPPROTO.TCP) {
+      const at = sink.alloc(40);
+      if (at < 0) {
+        this.stats.generatedSuppressed++;
+        return;
+      }
+      const t = this.tcp;
+      const len = emitIpv4Tcp(sink.buf, at, {
+        src: ip.destinationAddress,
+        dst: ip.sourceAddress,
+        srcPort: t.destinationPort,
+        dstPort: t.sourcePort,
+        seq: 0,
+        ack: (t.sequenceNumber + t.payloadLength + 1) >>> 0,
+        flags: TCP_FLAGS.RST | TCP_FLAGS.ACK,
+        window: 0,
+      });
+      sink.commit(at, len);
+    } else {
+      const need = ipv4IcmpErrorLength(pkt.length);
+      const at = sink.alloc(need);
+      if (at < 0) {
+        this.stats.generatedSuppressed++;
+        return;
+      }
+      const len = emitIpv4IcmpError(sink.buf, at, {
+        src: ip.destinationAddress,
+        dst: ip.sourceAddress,
+        type: ICMP_TYPE.DEST_UNREACH,
+        code: ICMP_UNREACH_CODE.ADMIN_PROHIBITED,
+        quoted: pkt,
+      });
+      sink.commit(at, len);
+    }
+    this.stats.generated++;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // ICMP errors
 
   /**
    * ICMP errors (RFC 5508 §4.2): find the flow of the packet the error quotes, then rewrite the outer
@@ -431,6 +829,7 @@ export class Translator {
     // The error travels against the quoted packet: look up the inverse of the quoted tuple.
     const e = this.flows.lookup(qproto, qdst, qsrc, qdport, qsport, now);
     if (e < 0) return fromInside ? this.drop(DropReason.NO_MAPPING) : this.toGateway(total);
+    this.lastEntry = e;
     const flows = this.flows;
     // The quoted packet travelled in the other direction; restore it to that direction's tuple as
     // the receiver of this error knows it.
@@ -495,16 +894,58 @@ export class Translator {
     }
     // Outer header: whichever outer address named the translated side follows it.
     const ip = this.ip;
-    if (ip.destinationAddress === qsrc && nqsrc !== qsrc) ip.setDestinationAddressWithChecksum(nqsrc);
-    if (ip.sourceAddress === qdst && nqdst !== qdst) ip.setSourceAddressWithChecksum(nqdst);
+    const osrc = ip.sourceAddress;
+    const odst = ip.destinationAddress;
+    if (odst === qsrc && nqsrc !== qsrc) ip.setDestinationAddressWithChecksum(nqsrc);
+    if (osrc === qdst && nqdst !== qdst) ip.setSourceAddressWithChecksum(nqdst);
     this.stats.icmpErrorsTranslated++;
-    return this.forward(fromInside ? Path.OUTBOUND : Path.INBOUND, total);
+    const path = fromInside ? (odst === this.publicIp ? Path.HAIRPIN : Path.OUTBOUND) : Path.INBOUND;
+    return this.forward(path, total);
   }
 
   /** Called when a flow is removed from outside the packet path (tests, listing). */
   removeFlow(flow: number, reason: RemoveReason): void {
     this.flows.remove(flow, reason);
   }
+}
+
+/** resolveTarget: "the gateway's own stack should have it". */
+const GATEWAY = -1000;
+/** resolveTarget's answer (one per translator would do; the packet path is single-threaded). */
+const target = { addr: 0, port: 0 };
+
+function toPathOf(e: FragEntry, fromInside: boolean, toPublic: boolean): number {
+  if (e.decision === FragDecision.LOCAL) return Path.LOCAL;
+  return fromInside ? (toPublic ? Path.HAIRPIN : Path.OUTBOUND) : Path.INBOUND;
+}
+
+/**
+ * Rewrite a TCP or UDP header's ports and patch its checksum for the new ports and the new addresses in
+ * the pseudo-header (RFC 1624), reading the header from raw offsets so it also works on a first fragment,
+ * whose UDP length field counts bytes that are still to come. UDP checksum 0 ("none") stays 0; a computed
+ * 0 is sent as 0xffff (RFC 768).
+ */
+function rewriteTransport(
+  buf: Uint8Array, l4: number, proto: number,
+  src: number, dst: number, sport: number, dport: number,
+  nsrc: number, ndst: number, nsport: number, ndport: number,
+): void {
+  const at = l4 + (proto === IPPROTO.UDP ? 6 : 16);
+  let c = rd16(buf, at);
+  const keepZero = proto === IPPROTO.UDP && c === 0;
+  if (nsport !== sport) {
+    wr16(buf, l4, nsport);
+    c = csumUpdate16(c, sport, nsport);
+  }
+  if (ndport !== dport) {
+    wr16(buf, l4 + 2, ndport);
+    c = csumUpdate16(c, dport, ndport);
+  }
+  if (nsrc !== src) c = csumUpdate32(c, src, nsrc);
+  if (ndst !== dst) c = csumUpdate32(c, dst, ndst);
+  if (keepZero) return;
+  if (proto === IPPROTO.UDP && c === 0) c = 0xffff;
+  wr16(buf, at, c);
 }
 
 function rd16(b: Uint8Array, i: number): number {

@@ -246,9 +246,11 @@ describe.skipIf(process.getuid?.() !== 0)('gateway routing (namespaces)', () => 
     expect(rules).toBe(
       [
         '10:\tfrom all to 203.0.113.1 iif wan0 lookup 7302 proto 84',
+        '20:\tfrom all iif tun0 lookup local proto 84',
+        '21:\tfrom all iif tun0 lookup main proto 84',
+        '50:\tfrom 192.168.1.0/24 to 203.0.113.1 lookup 7301 proto 84',
         '100:\tfrom all lookup local proto 84',
         '990:\tfrom 192.168.1.0/24 iif wan0 prohibit proto 84',
-        '995:\tfrom all iif tun0 lookup main proto 84',
         '996:\tfrom all to 192.168.1.0/24 lookup main proto 84',
         '1000:\tfrom 192.168.1.0/24 lookup 7301 proto 84',
         '32766:\tfrom all lookup main',
@@ -315,7 +317,7 @@ describe.skipIf(process.getuid?.() !== 0)('gateway routing (namespaces)', () => 
     expect(leftover.crashed).toHaveLength(1);
     expect(leftover.crashed[0]).toMatchObject({ file: applied.stateFile, trusted: true });
     expect(leftover.foreign).toBe(false);
-    expect(leftover.found.filter((f) => f.kind === 'rule')).toHaveLength(6);
+    expect(leftover.found.filter((f) => f.kind === 'rule')).toHaveLength(8);
     expect(leftover.found.filter((f) => f.kind === 'route')).toHaveLength(3);
     expect(leftover.localRuleMissing).toBe(true);
 
@@ -434,6 +436,8 @@ describe.skipIf(process.getuid?.() !== 0)('gateway routing (namespaces)', () => 
 
     const inbound = (await run(['ip', '-n', lab.gw, 'rule', 'show', 'pref', '10'])).stdout.trim();
     expect(inbound).toBe('10:\tfrom all to 203.0.113.7 iif wan0 lookup 7302 proto 84');
+    const hairpin = (await run(['ip', '-n', lab.gw, 'rule', 'show', 'pref', '50'])).stdout.trim();
+    expect(hairpin).toBe('50:\tfrom 192.168.1.0/24 to 203.0.113.7 lookup 7301 proto 84');
     expect((await run(['ip', '-n', lab.gw, 'neigh', 'show', 'proxy'])).stdout.trim()).toBe('203.0.113.7 dev wan0 proxy proto 84');
     expect(await peerResolves(lab, '203.0.113.7')).toBe(true);
 

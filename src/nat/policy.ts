@@ -1,0 +1,110 @@
+import { parseCidr, parseIpv4, ipToString, type Cidr } from '../wire/addr.js';
+import { IPPROTO } from '../wire/ipv4.js';
+
+/**
+ * Port forwards (DNAT) and the egress allowlist: what may come in unasked, and what may go out.
+ * Both are parsed from the CLI/config strings here, with errors that quote the bad item.
+ */
+export class PolicyError extends Error {
+  constructor(readonly field: string, message: string) {
+    super(message);
+    this.name = 'PolicyError';
+  }
+}
+
+const PROTOS: Record<string, number> = { tcp: IPPROTO.TCP, udp: IPPROTO.UDP, icmp: IPPROTO.ICMP };
+export const PROTO_NAME: Record<number, string> = { [IPPROTO.TCP]: 'tcp', [IPPROTO.UDP]: 'udp', [IPPROTO.ICMP]: 'icmp' };
+
+export interface PortForward {
+  protocol: number;
+  publicPort: number;
+  address: number;
+  port: number;
+}
+
+/** `tcp:8080=192.168.1.10:80` (the LAN port defaults to the public one: `udp:5060=192.168.1.20`). */
+export function parseForward(spec: string, isInternal: (a: number) => boolean): PortForward {
+  const m = /^(tcp|udp):(\d{1,5})=([0-9.]+)(?::(\d{1,5}))?$/.exec(spec.trim());
+  if (!m) throw new PolicyError('forward', `expected PROTO:PUBLICPORT=ADDR[:PORT] with PROTO tcp or udp, got ${JSON.stringify(spec)}`);
+  const publicPort = Number(m[2]);
+  const port = m[4] !== undefined ? Number(m[4]) : publicPort;
+  const address = parseIpv4(m[3]!);
+  if (address === null) throw new PolicyError('forward', `${spec}: ${m[3]} is not an IPv4 address`);
+  if (publicPort < 1 || publicPort > 65535 || port < 1 || port > 65535) throw new PolicyError('forward', `${spec}: ports must be 1-65535`);
+  if (!isInternal(address)) throw new PolicyError('forward', `${spec}: ${ipToString(address)} is not inside --internal`);
+  return { protocol: PROTOS[m[1]!]!, publicPort, address, port };
+}
+
+export function checkForwards(list: readonly PortForward[]): void {
+  const seen = new Set<string>();
+  for (const f of list) {
+    const key = `${f.protocol}:${f.publicPort}`;
+    if (seen.has(key)) throw new PolicyError('forward', `two forwards for ${PROTO_NAME[f.protocol]}:${f.publicPort}`);
+    seen.add(key);
+  }
+}
+
+export interface EgressRule {
+  protocol: number;
+  /** Destination port; -1 for any (always -1 for ICMP). */
+  port: number;
+  /** Destination prefix, or null for anywhere. */
+  to: Cidr | null;
+}
+
+/** `tcp:80,tcp:443,udp:53,icmp,tcp:443@198.51.100.0/24,udp:*` */
+export function parseEgress(spec: string): EgressRule[] {
+  const rules: EgressRule[] = [];
+  for (const raw of spec.split(',')) {
+    const item = raw.trim();
+    if (item === '') continue;
+    const m = /^(tcp|udp|icmp)(?::(\*|\d{1,5}))?(?:@(.+))?$/.exec(item);
+    if (!m) throw new PolicyError('allowEgress', `${JSON.stringify(item)}: expected PROTO[:PORT][@CIDR], e.g. tcp:443 or udp:53@198.51.100.0/24`);
+    const protocol = PROTOS[m[1]!]!;
+    let port = -1;
+    if (m[2] !== undefined && m[2] !== '*') {
+      if (protocol === IPPROTO.ICMP) throw new PolicyError('allowEgress', `${item}: icmp has no ports`);
+      port = Number(m[2]);
+      if (port < 1 || port > 65535) throw new PolicyError('allowEgress', `${item}: port must be 1-65535`);
+    }
+    let to: Cidr | null = null;
+    if (m[3] !== undefined) {
+      const addr = parseIpv4(m[3]);
+      to = addr !== null ? parseCidr(`${m[3]}/32`) : parseCidr(m[3]);
+      if (!to) throw new PolicyError('allowEgress', `${item}: ${m[3]} is not an address or prefix`);
+    }
+    rules.push({ protocol, port, to });
+  }
+  if (rules.length === 0) throw new PolicyError('allowEgress', 'empty allowlist (to allow nothing, say so with a rule you mean)');
+  return rules;
+}
+
+/** Compiled allowlist: a per-protocol port bitmap for the common "any destination" rules, then the prefixed ones. */
+export class EgressPolicy {
+  private readonly anyPort = new Set<number>();
+  private readonly ports = new Map<number, Uint8Array>();
+  private readonly prefixed: EgressRule[] = [];
+
+  constructor(readonly rules: readonly EgressRule[]) {
+    for (const r of rules) {
+      if (r.to !== null) this.prefixed.push(r);
+      else if (r.port < 0) this.anyPort.add(r.protocol);
+      else {
+        let bits = this.ports.get(r.protocol);
+        if (!bits) this.ports.set(r.protocol, (bits = new Uint8Array(65536)));
+        bits[r.port] = 1;
+      }
+    }
+  }
+
+  allows(protocol: number, dst: number, dport: number): boolean {
+    if (this.anyPort.has(protocol)) return true;
+    if (protocol !== IPPROTO.ICMP && this.ports.get(protocol)?.[dport] === 1) return true;
+    for (const r of this.prefixed) {
+      if (r.protocol !== protocol) continue;
+      if (r.port >= 0 && r.port !== dport) continue;
+      if (((dst & r.to!.mask) >>> 0) === r.to!.network) return true;
+    }
+    return false;
+  }
+}
