@@ -14,6 +14,7 @@ import {
 } from './routing.js';
 import { createRegistry } from '../metrics/registry.js';
 import { startHttp } from '../metrics/http.js';
+import { Observatory } from '../observe/observatory.js';
 import { listFlows } from '../conntrack/listing.js';
 import { ipToString, cidrToString } from '../wire/addr.js';
 import { IPPROTO } from '../wire/ipv4.js';
@@ -59,6 +60,10 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
       throw new StartupError('NO_EXTERNAL', `--external ${cfg.external} has no IPv4 address to masquerade behind (give one, or use --public-ip)`);
     }
     publicIp = addr;
+  }
+  if (cfg.internal.some((c) => ((publicIp & c.mask) >>> 0) === c.network)) {
+    // RFC 4787 REQ-7: an external address inside the internal network cannot be told apart from a LAN host.
+    throw new StartupError('ADDRESS_CONFLICT', `the public address ${ipToString(publicIp)} lies inside --internal; choose prefixes that do not overlap the WAN`);
   }
   const owned = masquerade || (await gatewayOwnsAddress(publicIp));
 
@@ -141,6 +146,9 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
     icmpOnExhaustion: cfg.icmpErrors,
   });
   const loop = new Dataplane(tun, nat, { batch: cfg.batch, slotSize: SLOT_SIZE, clock });
+  // Per-host accounting and loop histograms from the first packet; pcap before the loop starts.
+  const observe = new Observatory(nat, loop, { log, clock, tunName: cfg.tun });
+  if (cfg.pcap) observe.startPcap(cfg.pcap);
 
   // The gateway's own listening sockets are never handed out as mappings.
   let localBlocked: { tcp: Set<number>; udp: Set<number> } = { tcp: new Set(), udp: new Set() };
@@ -188,11 +196,11 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
   }
   timers.forEach((t) => t.unref());
 
-  const registry = createRegistry(nat, loop);
+  const registry = createRegistry(nat, loop, { hosts: observe.hosts, loopMetrics: observe.loopMetrics, observe });
   let closeHttp: (() => Promise<void>) | null = null;
   try {
     closeHttp = await startHttp(
-      { registry, conntrack: () => listFlows(nat.flows, clock()) },
+      { registry, conntrack: () => listFlows(nat.flows, clock()), handlers: observe.handlers() },
       { tcp: cfg.http, unixPath: cfg.httpSocket },
     );
   } catch (err) {
@@ -227,6 +235,7 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
         applied = null;
       }
       tun.close();
+      await observe.close().catch(() => {});
       if (closeHttp) await closeHttp().catch(() => {});
       process.off('exit', onExit);
       log.info('tunnat stopped');

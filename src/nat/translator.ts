@@ -2,7 +2,7 @@ import { Ipv4View, Ipv4Verdict, IPPROTO } from '../wire/ipv4.js';
 import { UdpView, UdpVerdict } from '../wire/udp.js';
 import { TcpView, TcpVerdict, TCP_FLAGS } from '../wire/tcp.js';
 import { IcmpView, IcmpVerdict, ICMP_TYPE, ICMP_UNREACH_CODE } from '../wire/icmp.js';
-import { csumUpdate16, csumUpdate32 } from '../wire/checksum.js';
+import { csumUpdate16, csumUpdate32, sum16, fold16 } from '../wire/checksum.js';
 import { emitIpv4IcmpError, emitIpv4Tcp, ipv4IcmpErrorLength } from '../wire/build.js';
 import {
   FlowTable, DIR_ORIGINAL, DIR_REPLY, FLOW_ASSURED, FLOW_SEEN_REPLY, FLOW_INBOUND, type RemoveReason,
@@ -803,6 +803,9 @@ export class Translator {
     const vihl = buf[q]!;
     const qhl = (vihl & 0x0f) << 2;
     if (vihl >>> 4 !== 4 || qhl < 20 || qhl + 8 > qlen) return this.drop(DropReason.MALFORMED);
+    // RFC 5508 REQ-3: a quoted IP header with a bad checksum makes the whole error suspect. (The quoted
+    // transport checksum is not checked: the quote is usually cut short, REQ-3c.)
+    if (fold16(sum16(buf, q, qhl)) !== 0xffff) return this.drop(DropReason.CHECKSUM);
     const qproto = buf[q + 9]!;
     const qsrc = rd32(buf, q + 12);
     const qdst = rd32(buf, q + 16);

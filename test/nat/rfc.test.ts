@@ -362,3 +362,17 @@ describe('masquerade follows the WAN address', () => {
     expect(nat.process(oldReply, 0, oldReply.length, 2)).toBe(Verdict.DROP); // no longer ours
   });
 });
+
+describe('ICMP error checks (RFC 5508 REQ-3)', () => {
+  it('drops an error whose quoted IP header checksum is wrong', async () => {
+    const { icmpError } = await import('../../src/wire/build.js');
+    const nat = makeNat();
+    const a = udp(HOST_A, REMOTE, 33434, 33435);
+    nat.process(a, 0, a.length, 0);
+    const bad = Buffer.from(a);
+    bad[10]! ^= 0x55; // quoted header checksum corrupted; the ICMP checksum is computed over it, so it is valid
+    const err = icmpError({ src: OTHER, dst: PUB, type: 11, code: 0, quoted: bad });
+    expect(nat.process(err, 0, err.length, 1)).toBe(Verdict.DROP);
+    expect(nat.stats.drops[DropReason.CHECKSUM]).toBe(1);
+  });
+});
