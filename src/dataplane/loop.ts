@@ -1,27 +1,38 @@
 import type { TunDevice } from '../tun/device.js';
 import { Translator, Verdict } from '../nat/translator.js';
+import { VnetHeader, VNET_HDR_LEN, vnetSegments } from './vnet.js';
 
 /**
  * The packet loop: read a batch from the TUN into one buffer, translate each packet in place, write the
  * survivors back in one call. One native crossing per batch each way; nothing allocated per packet.
+ *
+ * With the virtio-net header (TUN offloads) every packet slot starts with a 10-byte header that says
+ * whether the packet is a GSO superpacket and whether its transport checksum is still partial; the
+ * packet is translated once for all the segments it stands for, and written back with the same header.
  *
  * The clock is read once per batch and handed to the translator, so tests drive time by hand.
  */
 export interface LoopOptions {
   /** Packets per batch (default 64). */
   batch?: number;
-  /** Bytes per slot: at least the TUN's MTU (default 2048 for MTU ≤ 2048). */
+  /** Bytes per slot: at least the TUN's MTU, or 64 KiB + header with offloads (default 2048). */
   slotSize?: number;
   /** Batches per wake-up before yielding to the event loop (default 16). */
   maxBatchesPerWake?: number;
   /** Monotonic milliseconds. */
   clock?: () => number;
+  /** Each packet is preceded by a virtio_net_hdr (the TUN was opened with IFF_VNET_HDR). */
+  vnetHdr?: boolean;
 }
 
 export interface LoopStats {
   batches: number;
   /** Packets the TUN reported longer than a slot (truncated by the kernel): dropped. */
   oversize: number;
+  /** Packets whose virtio-net header was impossible (lengths, offsets, GSO type): dropped. */
+  badVnet: number;
+  /** GSO superpackets translated (each stands for several wire packets). */
+  superpackets: number;
   /** Packets the TUN did not take back (its queue was full). */
   writeShort: number;
   /** Histogram of batch sizes, in buckets of 1, 2-3, 4-7, … 64+ (log2). */
@@ -30,7 +41,7 @@ export interface LoopStats {
 
 /**
  * A packet tap (trace, pcap): sees each packet as read and, when forwarded, as written. Only set while
- * someone listens; the loop pays one null check per packet otherwise.
+ * someone listens; the loop pays one null check per packet otherwise. Offsets point at the IP header.
  */
 export interface PacketTap {
   /** Before translation; return false to skip `after` for this packet (e.g. filtered out). */
@@ -42,17 +53,20 @@ export interface PacketTap {
 export class Dataplane {
   readonly batch: number;
   readonly slotSize: number;
+  readonly vnetHdr: boolean;
+  private readonly hdrLen: number;
   private readonly buf: Buffer;
   private readonly lens: Uint32Array;
   private readonly outOffsets: Uint32Array;
   private readonly outLens: Uint32Array;
   private readonly maxBatches: number;
   private readonly clock: () => number;
+  private readonly vnet = new VnetHeader();
   readonly stats: LoopStats;
   private running = false;
   private outCount = 0;
   private genNext = 0;
-  private genBase = 0;
+  private readonly genBase: number;
   /** Called after each batch with the clock value used (for metrics of loop time). */
   onBatch: ((packets: number, startedAt: number) => void) | null = null;
   /** Trace/pcap tap; null when nobody listens. */
@@ -64,34 +78,40 @@ export class Dataplane {
     opts: LoopOptions = {},
   ) {
     this.batch = opts.batch ?? 64;
+    this.vnetHdr = opts.vnetHdr ?? false;
+    this.hdrLen = this.vnetHdr ? VNET_HDR_LEN : 0;
     this.slotSize = opts.slotSize ?? 2048;
     this.maxBatches = opts.maxBatchesPerWake ?? 16;
     this.clock = opts.clock ?? (() => performance.now());
     // The lower half takes what is read; the upper half what the translator generates (ICMP errors,
-    // resets, fragments it held back), so a batch writes both in one call.
-    this.buf = Buffer.alloc(this.batch * this.slotSize * 2);
+    // resets, fragments it held back), so one call writes both. Generated packets are small: their
+    // slots are 2 KiB whatever the read slots are.
+    this.genBase = this.batch * this.slotSize;
+    const genSlot = 2048;
+    const genEnd = this.genBase + this.batch * genSlot;
+    this.buf = Buffer.alloc(genEnd);
     this.lens = new Uint32Array(this.batch);
     this.outOffsets = new Uint32Array(this.batch * 2);
     this.outLens = new Uint32Array(this.batch * 2);
-    const genBase = this.batch * this.slotSize;
-    const genEnd = genBase * 2;
+    this.stats = { batches: 0, oversize: 0, badVnet: 0, superpackets: 0, writeShort: 0, batchSizes: new Float64Array(8) };
+    const hdr = this.hdrLen;
     const loop = this;
     nat.sink = {
       buf: this.buf,
       alloc(maxLen: number): number {
-        if (maxLen > loop.slotSize || loop.genNext >= genEnd || loop.outCount >= loop.outOffsets.length) return -1;
+        if (maxLen + hdr > genSlot || loop.genNext >= genEnd || loop.outCount >= loop.outOffsets.length) return -1;
         const at = loop.genNext;
-        loop.genNext += loop.slotSize;
-        return at;
+        loop.genNext += genSlot;
+        // A generated packet is complete: an all-zero header says "no offload, checksum done".
+        if (hdr) loop.buf.fill(0, at, at + hdr);
+        return at + hdr;
       },
       commit(off: number, len: number): void {
-        loop.outOffsets[loop.outCount] = off;
-        loop.outLens[loop.outCount] = len;
+        loop.outOffsets[loop.outCount] = off - hdr;
+        loop.outLens[loop.outCount] = len + hdr;
         loop.outCount++;
       },
     };
-    this.genBase = genBase;
-    this.stats = { batches: 0, oversize: 0, writeShort: 0, batchSizes: new Float64Array(8) };
   }
 
   start(): void {
@@ -118,26 +138,43 @@ export class Dataplane {
 
   /** One batch: read, translate, write. Returns the number of packets read. */
   runBatch(): number {
-    const { buf, lens, slotSize, nat } = this;
+    const { buf, lens, slotSize, nat, hdrLen } = this;
     const n = this.tun.readBatch(buf, slotSize, lens);
     if (n === 0) return 0;
     const now = this.clock();
     this.outCount = 0;
     this.genNext = this.genBase;
+    const vnet = this.vnet;
     for (let i = 0; i < n; i++) {
-      const off = i * slotSize;
+      const slot = i * slotSize;
       const len = lens[i]!;
       // The kernel's length is checked, never trusted: a packet that did not fit its slot was cut.
       if (len > slotSize) {
         this.stats.oversize++;
         continue;
       }
+      let partial = false;
+      let segments = 1;
+      if (hdrLen) {
+        // Never trust the header's lengths either: it must describe this very packet.
+        if (len < hdrLen || !vnet.read(buf, slot, len - hdrLen)) {
+          this.stats.badVnet++;
+          continue;
+        }
+        partial = vnet.needsCsum;
+        if (vnet.gsoType !== 0) {
+          segments = vnetSegments(vnet, len - hdrLen);
+          this.stats.superpackets++;
+        }
+      }
+      const off = slot + hdrLen;
+      const plen = len - hdrLen;
       const tap = this.tap;
-      const tapped = tap !== null && tap.before(buf, off, len, now);
-      const verdict = nat.process(buf, off, len, now);
-      if (tapped) tap.after(buf, off, len, verdict, now);
+      const tapped = tap !== null && tap.before(buf, off, plen, now);
+      const verdict = nat.process(buf, off, plen, now, partial, segments);
+      if (tapped) tap.after(buf, off, plen, verdict, now);
       if (verdict === Verdict.FORWARD) {
-        this.outOffsets[this.outCount] = off;
+        this.outOffsets[this.outCount] = slot;
         this.outLens[this.outCount] = len;
         this.outCount++;
       }

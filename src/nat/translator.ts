@@ -197,6 +197,13 @@ export class Translator {
   lastPortChoice: number = PortChoice.NONE;
   lastDrop = -1;
   lastPath = -1;
+  /**
+   * The packet in hand came with a partial transport checksum (virtio NEEDS_CSUM: the field holds the
+   * pseudo-header sum, and whoever sends it on completes the checksum over the data); and how many wire
+   * packets it stands for (a GSO superpacket is several).
+   */
+  private partial = false;
+  private segments = 1;
 
   constructor(opts: NatOptions) {
     this.timeouts = opts.timeouts;
@@ -326,7 +333,7 @@ export class Translator {
 
   private forward(path: number, len: number): number {
     this.lastPath = path;
-    this.stats.packets[path]!++;
+    this.stats.packets[path]! += this.segments;
     this.stats.bytes[path]! += len;
     // The gateway routed this packet once into the TUN and will route it again: give one hop back.
     const ttl = this.ip.ttl;
@@ -350,7 +357,9 @@ export class Translator {
    * Returns Verdict.FORWARD (write the packet back; its length is unchanged), Verdict.DROP, or
    * Verdict.HELD (a fragment kept until its first fragment arrives; sent later through the sink).
    */
-  process(buf: Uint8Array, off: number, len: number, now: number): number {
+  process(buf: Uint8Array, off: number, len: number, now: number, csumPartial = false, segments = 1): number {
+    this.partial = csumPartial;
+    this.segments = segments;
     const ip = this.ip;
     this.lastEntry = NONE;
     this.lastCreated = false;
@@ -461,7 +470,7 @@ export class Translator {
     }
     if (dir === DIR_REPLY) flows.flags[flow] = flows.flags[flow]! | FLOW_SEEN_REPLY;
     flows.expires[flow] = now + timeout * 1000;
-    flows.packets[e]!++;
+    flows.packets[e]! += this.segments;
     flows.bytes[e]! += total;
 
     // Rewrite to the inverse of the other direction's tuple.
@@ -470,7 +479,12 @@ export class Translator {
     const newDst = flows.tSrc[o]!;
     if (proto === IPPROTO.ICMP) {
       const id = this.icmp.isQueryRequest ? flows.tDport[o]! : flows.tSport[o]!;
-      if (id !== this.icmp.identifier) this.icmp.setIdentifierWithChecksum(id);
+      if (id !== this.icmp.identifier) {
+        if (this.partial) wr16(buf, l4 + 4, id); // the checksum is completed later, over the new bytes
+        else this.icmp.setIdentifierWithChecksum(id);
+      }
+    } else if (this.partial) {
+      rewritePartial(buf, l4, proto, src, dst, newSrc, newDst, flows.tDport[o]!, flows.tSport[o]!);
     } else {
       rewriteTransport(buf, l4, proto, src, dst, sport, dport, newSrc, newDst, flows.tDport[o]!, flows.tSport[o]!);
     }
@@ -949,6 +963,26 @@ function rewriteTransport(
   if (keepZero) return;
   if (proto === IPPROTO.UDP && c === 0) c = 0xffff;
   wr16(buf, at, c);
+}
+
+/**
+ * The same rewrite for a partial checksum (virtio NEEDS_CSUM, from TUN offloads): the checksum field holds
+ * the pseudo-header sum, not yet complemented, and the sender of the packet completes it over the data.
+ * So a new address is added into that sum (the complement of RFC 1624's update), and a new port changes
+ * nothing there: it is part of the data the final checksum will cover.
+ */
+function rewritePartial(
+  buf: Uint8Array, l4: number, proto: number,
+  src: number, dst: number, nsrc: number, ndst: number, nsport: number, ndport: number,
+): void {
+  wr16(buf, l4, nsport);
+  wr16(buf, l4 + 2, ndport);
+  if (nsrc === src && ndst === dst) return;
+  const at = l4 + (proto === IPPROTO.UDP ? 6 : 16);
+  let sum = ~rd16(buf, at) & 0xffff;
+  if (nsrc !== src) sum = csumUpdate32(sum, src, nsrc);
+  if (ndst !== dst) sum = csumUpdate32(sum, dst, ndst);
+  wr16(buf, at, ~sum & 0xffff);
 }
 
 function rd16(b: Uint8Array, i: number): number {

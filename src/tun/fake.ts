@@ -16,6 +16,8 @@ export interface FakeTunOptions {
    *   length larger than lens[i].
    */
   truncatedLength?: 'actual' | 'slot';
+  /** Packets carry a 10-byte virtio-net header first (like a TUN opened with IFF_VNET_HDR). */
+  vnetHdr?: boolean;
 }
 
 export interface FakeTunStats extends NativeTunStats {
@@ -59,7 +61,11 @@ export class FakeTun implements TunDevice {
     this.name = opts.name ?? 'faketun0';
     this.writeCapacity = opts.writeCapacity ?? Number.POSITIVE_INFINITY;
     this.truncatedLength = opts.truncatedLength ?? 'actual';
+    this.ipOffset = opts.vnetHdr ? 10 : 0;
   }
+
+  /** Where the IP header starts in each packet (after the virtio-net header, if any). */
+  private readonly ipOffset: number;
 
   /** Queue a copy of `packet` as if the kernel routed it into the TUN; schedules the readable callback. */
   inject(packet: Uint8Array): void {
@@ -117,7 +123,7 @@ export class FakeTun implements TunDevice {
         continue;
       }
       if (accepted >= this.writeCapacity) break;
-      const version = length > 0 ? (buf[offset] as number) >> 4 : 0;
+      const version = length > this.ipOffset ? (buf[offset + this.ipOffset] as number) >> 4 : 0;
       if (version !== 4 && version !== 6) {
         // What tun_get_user does with IFF_NO_PI when it cannot tell the protocol.
         this.counters.writeErrors++;
