@@ -8,7 +8,7 @@
  *   (Linux: 30 s unreplied, 120 s once replied).
  * - RFC 5382 REQ-5: established TCP idle timeout ≥ 2 h 4 min (Linux: 5 days); transitory states
  *   (partially open or closing) ≥ 4 min (Linux: 60–120 s).
- * - RFC 5508 REQ-1: ICMP query mapping ≥ 60 s (Linux: 30 s).
+ * - RFC 5508 REQ-2: ICMP query mapping ≥ 60 s (Linux: 30 s).
  */
 export interface Timeouts {
   tcpSynSent: number;
@@ -34,7 +34,7 @@ export const DEFAULT_TIMEOUTS: Readonly<Timeouts> = Object.freeze({
   tcpTimeWait: 240,
   tcpClose: 10,
   udp: 300, // RFC 4787 REQ-5's recommendation
-  icmp: 60, // RFC 5508 REQ-1
+  icmp: 60, // RFC 5508 REQ-2
 });
 
 export const TIMEOUT_NAMES = Object.keys(DEFAULT_TIMEOUTS) as (keyof Timeouts)[];

@@ -4,6 +4,7 @@
  * - 'userspace': `tunnat run` (the compiled CLI) in the gateway namespace. Its HTTP endpoint listens
  *   on the gateway's own loopback, which the host cannot reach, so it also serves on a unix socket
  *   (`--http-socket`) on the shared filesystem; the lab reads `/conntrack` and `/metrics` there.
+ * - 'kernel': `tunnat run --engine kernel`, the same CLI driving the kernel's NAT (same HTTP endpoints).
  * - 'kernel-manual': the kernel's MASQUERADE set by hand with iptables, as a stand-in and a baseline;
  *   its flows come from `conntrack -L` in the same shape.
  */
@@ -16,8 +17,8 @@ import { run, runSync } from '../util/exec.js';
 import { parseFlows, parseKernelConntrack, type FlowJson } from './flows.js';
 import { Cleanup, NsProcess, spawnIn } from './netns.js';
 
-export type LabEngine = 'userspace' | 'kernel-manual';
-export const LAB_ENGINES: readonly LabEngine[] = ['userspace', 'kernel-manual'];
+export type LabEngine = 'userspace' | 'kernel' | 'kernel-manual';
+export const LAB_ENGINES: readonly LabEngine[] = ['userspace', 'kernel', 'kernel-manual'];
 
 /** Where lab routers put their unix sockets. */
 export const SOCKET_DIR = '/run/tunnat';
@@ -139,7 +140,9 @@ export interface RouterHandle {
 
 /** Start the chosen engine in the gateway namespace and wait until it is ready. */
 export async function startRouter(opts: StartRouterOptions): Promise<RouterHandle> {
-  return opts.engine === 'userspace' ? startUserspace(opts) : startKernelManual(opts);
+  if (opts.engine === 'kernel-manual') return startKernelManual(opts);
+  if (opts.engine === 'kernel') return startUserspace({ ...opts, extraArgs: [...(opts.extraArgs ?? []), '--engine', 'kernel'] });
+  return startUserspace(opts);
 }
 
 async function startUserspace(opts: StartRouterOptions): Promise<RouterHandle> {
@@ -181,7 +184,7 @@ async function startUserspace(opts: StartRouterOptions): Promise<RouterHandle> {
   });
 
   const handle: RouterHandle = {
-    engine: 'userspace',
+    engine: opts.engine,
     process: proc,
     socketPath,
     output: () => proc.output(),
