@@ -135,6 +135,7 @@ class Tun : public Napi::ObjectWrap<Tun> {
                            InstanceMethod<&Tun::Stats>("stats"),
                            InstanceMethod<&Tun::SetOffload>("setOffload"),
                            InstanceMethod<&Tun::SetVnetHdrSize>("setVnetHdrSize"),
+                           InstanceMethod<&Tun::SetPersist>("setPersist"),
                            InstanceAccessor<&Tun::GetName>("name"),
                            InstanceAccessor<&Tun::GetFd>("fd"),
                        });
@@ -393,6 +394,27 @@ class Tun : public Napi::ObjectWrap<Tun> {
     }
     if (::ioctl(fd_, TUNSETOFFLOAD, static_cast<unsigned long>(flags)) < 0) {
       ErrnoError(env, errno, "ioctl(TUNSETOFFLOAD)", nullptr, name_).ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    return env.Undefined();
+  }
+
+  // setPersist(bool): TUNSETPERSIST. A persistent device outlives the process that holds it: its routes
+  // stay, and packets routed into it while nobody reads are dropped (how tunnat fails closed across a
+  // restart).
+  Napi::Value SetPersist(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsBoolean()) {
+      Napi::TypeError::New(env, "persist must be a boolean").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    if (fd_ < 0) {
+      ErrnoError(env, EBADF, "ioctl(TUNSETPERSIST)", nullptr, name_).ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    unsigned long on = info[0].As<Napi::Boolean>().Value() ? 1 : 0;
+    if (::ioctl(fd_, TUNSETPERSIST, on) < 0) {
+      ErrnoError(env, errno, "ioctl(TUNSETPERSIST)", nullptr, name_).ThrowAsJavaScriptException();
       return Napi::Value();
     }
     return env.Undefined();

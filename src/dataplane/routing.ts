@@ -105,7 +105,9 @@ export type RoutingStep =
   | { kind: 'rule'; args: string[]; inbound?: boolean }
   /** The pref-0 `lookup local` rule was deleted (the pref-100 one was added before). */
   | { kind: 'local-rule-moved' }
-  | { kind: 'proxy-neigh'; address: string; dev: string };
+  | { kind: 'proxy-neigh'; address: string; dev: string }
+  /** The TUN was made persistent for a restart (see keepForRestart); undone by deleting the device. */
+  | { kind: 'tun-persist'; dev: string };
 
 /** Everything needed to undo the set-up; the same object is the state file's content. */
 export interface AppliedRouting {
@@ -492,6 +494,16 @@ function* undoStep(step: RoutingStep, ctx: UndoCtx): Undo<boolean> {
         ctx.errors.push((err as Error).message);
         return false;
       }
+    }
+    case 'tun-persist': {
+      const argv = ['ip', 'link', 'del', 'dev', step.dev];
+      const r = yield argv;
+      if (r.exitCode === 0) ctx.log(cmdText(argv));
+      else if (!isGone(r.stderr)) {
+        ctx.errors.push(failure(argv, r));
+        return false;
+      }
+      return true;
     }
     case 'link': {
       const show = ['ip', '-j', 'link', 'show', 'dev', step.dev];
@@ -885,6 +897,78 @@ export async function updatePublicIp(applied: AppliedRouting, newIp: number, log
     throw new RoutingError('ROUTING_FAILED', `${pub} is routed, but the old address's entries remain:\n  ${ctx.errors.join('\n  ')}`);
   }
   return structuredClone(state);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restart without loss
+
+/**
+ * Record that the TUN has been made persistent (the caller does the ioctl) and leave everything in place:
+ * the rules keep steering traffic into the TUN, whose routes survive with it, and a TUN nobody reads drops
+ * what is routed into it. The gateway stays failed closed until `adoptRouting` (the next `tunnat run
+ * --state`) or `tunnat down` (cleanLeftovers deletes the device).
+ */
+export function keepForRestart(applied: AppliedRouting): void {
+  const state = stateToUndo(applied);
+  if (state === null) throw new RoutingError('ROUTING_FAILED', `no routing of this run to keep (state file ${applied.stateFile} is gone)`);
+  if (!state.steps.some((st) => st.kind === 'tun-persist')) {
+    state.steps.push({ kind: 'tun-persist', dev: state.config.tun });
+    writeStateFile(state.stateFile, state);
+  }
+}
+
+/** Whether adoptRouting would take over this leftover (pure: nothing is changed or run). */
+export function canAdoptRouting(cfg: RoutingConfig, l: Leftover): boolean {
+  const trusted = l.crashed.filter((c) => c.trusted && c.state !== null);
+  if (l.foreign || trusted.length !== 1) return false;
+  const old = trusted[0]!.state!.config;
+  return (
+    old.tun === cfg.tun &&
+    old.table === cfg.table &&
+    old.externalIface === cfg.externalIface &&
+    old.publicIpOwned === cfg.publicIpOwned &&
+    old.gatewayPorts[0] === cfg.gatewayPorts[0] &&
+    old.gatewayPorts[1] === cfg.gatewayPorts[1] &&
+    JSON.stringify(old.internal.map(cidrText)) === JSON.stringify(cfg.internal.map(cidrText))
+  );
+}
+
+/**
+ * Take over the set-up a previous run left behind — kept for a restart (keepForRestart) or left by a
+ * killed run — without removing a single rule, so no packet slips out untranslated in between (the
+ * rules keep steering LAN traffic into the TUN or, while it is gone, into the fail-closed route).
+ * Returns null when there is nothing to adopt: no trusted record, another TUN or table, or a different
+ * LAN/WAN — the caller then cleans up and applies afresh. The caller must already hold the TUN open.
+ */
+export async function adoptRouting(cfg: RoutingConfig, l: Leftover, log: Log = quiet): Promise<AppliedRouting | null> {
+  if (!canAdoptRouting(cfg, l)) return null;
+  const old = l.crashed.find((c) => c.trusted && c.state !== null)!.state!;
+  if ((await linkInfo(cfg.tun)) === null) return null;
+  // A killed run's TUN vanished with its routes and per-device sysctls; a persistent one kept them.
+  // Re-assert exactly those (idempotently) — the rules, which never went away, are not touched.
+  const tunConf = `/conf/${cfg.tun}/`;
+  for (const st of old.steps) {
+    if (st.kind === 'sysctl' && st.key.includes(tunConf)) {
+      writeSysctl(st.key, st.value);
+    } else if (st.kind === 'link' && st.dev === cfg.tun) {
+      await ip(['ip', 'link', 'set', 'dev', cfg.tun, ...(st.mtu !== undefined ? ['mtu', String(st.mtu)] : []), 'up']);
+    } else if (st.kind === 'route' && st.args.includes(cfg.tun)) {
+      await ip(['ip', 'route', 'replace', ...st.args]);
+    }
+  }
+  const state: AppliedRouting = {
+    ...old,
+    runId: randomBytes(8).toString('hex'),
+    pid: process.pid,
+    pidStartTime: processStartTime(process.pid),
+    // Persistent again only if this run is stopped for a restart too.
+    steps: old.steps.filter((st) => st.kind !== 'tun-persist'),
+  };
+  writeStateFile(state.stateFile, state);
+  log(`adopted the routing of pid ${old.pid} for ${cfg.tun} (state file ${state.stateFile})`);
+  let adopted = structuredClone(state);
+  if (old.config.publicIp !== cfg.publicIp) adopted = await updatePublicIp(adopted, cfg.publicIp, log);
+  return adopted;
 }
 
 // ---------------------------------------------------------------------------------------------

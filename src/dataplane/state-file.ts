@@ -87,9 +87,17 @@ export function processStartTime(pid: number): string | null {
   return rest[19] ?? null;
 }
 
-/** True when the process that wrote a record (pid + start time) still runs. */
+/** True when the process that wrote a record (pid + start time) still runs. A zombie (exited, not yet
+ * reaped by its parent) has finished everything it will ever do: it counts as gone. */
 export function isProcessAlive(pid: number, startTime: string | null): boolean {
   const now = processStartTime(pid);
   if (now === null) return false;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+    if (state === 'Z' || state === 'X') return false;
+  } catch {
+    return false;
+  }
   return startTime === null || now === startTime;
 }

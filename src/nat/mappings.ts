@@ -89,12 +89,13 @@ export class MappingTable {
    * Create a mapping for an internal endpoint on `extAddr`, choosing its public port.
    * Returns the mapping id, -1 if the pool has no free port, -2 if the mapping table is full.
    */
-  create(proto: number, addr: number, port: number, extAddr: number, rng: Rng): number {
+  create(proto: number, addr: number, port: number, extAddr: number, rng: Rng, exactExternal = -1): number {
     const pool = this.pools.get(proto);
     if (!pool) return NONE;
     if (this.freeTop === 0) return -2;
     const m = this.free[this.freeTop - 1]!;
-    const ext = pool.allocate(port, m, rng);
+    // exactExternal: restoring a saved mapping, which must keep its public port or lose its flows.
+    const ext = exactExternal >= 0 ? pool.take(exactExternal, m) : pool.allocate(port, m, rng);
     if (ext < 0) return NONE;
     this.freeTop--;
     this.proto[m] = proto;

@@ -81,6 +81,14 @@ export class PortPool {
     return fallback;
   }
 
+  /** Take exactly `port` for `mapping` if it is free and mappable; -1 otherwise. */
+  take(port: number, mapping: number): number {
+    if (!this.isFree(port)) return -1;
+    this.owner[port] = mapping;
+    this.used++;
+    return port;
+  }
+
   release(port: number, mapping: number): void {
     if (this.owner[port] === mapping) {
       this.owner[port] = NO_OWNER;

@@ -166,12 +166,12 @@ export class Translator {
   private readonly permissions: PermissionTable | null;
   /** Port forwards by protocol: public port → index into forwardList, or -1. */
   private readonly forwardIndex = new Map<number, Int32Array>();
-  readonly forwardList: readonly PortForward[];
-  private readonly egress: EgressPolicy | null;
-  private readonly egressReject: boolean;
-  private readonly maxPerHost: number;
+  forwardList: readonly PortForward[] = [];
+  private egress: EgressPolicy | null;
+  private egressReject: boolean;
+  private maxPerHost: number;
   private readonly hostFlows = new Map<number, number>();
-  private readonly icmpOnExhaustion: boolean;
+  private icmpOnExhaustion: boolean;
   private readonly genRate: number;
   private genTokens: number;
   private genLast = 0;
@@ -225,14 +225,7 @@ export class Translator {
       // ICMP identifiers are not ports: the whole 16-bit space is usable.
       p === IPPROTO.ICMP ? new PortPool(0, 65535) : new PortPool(lo, hi, excluded), TRACKED);
     this.permissions = this.filtering === Filtering.ADDRESS ? new PermissionTable(opts.maxFlows * 2, opts.seed ^ 0x27d4eb2f) : null;
-    this.forwardList = opts.forwards ?? [];
-    this.forwardList.forEach((f, i) => {
-      let idx = this.forwardIndex.get(f.protocol);
-      if (!idx) this.forwardIndex.set(f.protocol, (idx = new Int32Array(65536).fill(NONE)));
-      idx[f.publicPort] = i;
-      // A forwarded port is never handed out as a mapping.
-      this.mappings.pool(f.protocol)?.setAllowed(f.publicPort, false);
-    });
+    this.setForwards(opts.forwards ?? []);
     this.egress = opts.egress ?? null;
     this.egressReject = opts.egressReject ?? false;
     this.maxPerHost = opts.maxFlowsPerHost ?? 0;
@@ -251,6 +244,41 @@ export class Translator {
       generatedSuppressed: 0,
     };
     this.flows.onRemove = (flow, reason) => this.flowRemoved(flow, reason);
+  }
+
+  /** Install the port forwards (replacing earlier ones); a forwarded port is never handed out as a mapping. */
+  private setForwards(list: readonly PortForward[]): void {
+    for (const f of this.forwardList) {
+      this.forwardIndex.get(f.protocol)?.fill(NONE, f.publicPort, f.publicPort + 1);
+      this.mappings.pool(f.protocol)?.setAllowed(f.publicPort, true);
+    }
+    this.forwardList = list;
+    list.forEach((f, i) => {
+      let idx = this.forwardIndex.get(f.protocol);
+      if (!idx) this.forwardIndex.set(f.protocol, (idx = new Int32Array(65536).fill(NONE)));
+      idx[f.publicPort] = i;
+      this.mappings.pool(f.protocol)?.setAllowed(f.publicPort, false);
+    });
+  }
+
+  /**
+   * SIGHUP: change what can change without touching a flow. Timeouts apply from each flow's next packet;
+   * the egress policy, limits and forwards apply to new flows. Flows and mappings are kept as they are.
+   */
+  reconfigure(o: {
+    timeouts?: Timeouts;
+    egress?: EgressPolicy | null;
+    egressReject?: boolean;
+    maxFlowsPerHost?: number;
+    icmpOnExhaustion?: boolean;
+    forwards?: readonly PortForward[];
+  }): void {
+    if (o.timeouts) this.timeouts = o.timeouts;
+    if (o.egress !== undefined) this.egress = o.egress;
+    if (o.egressReject !== undefined) this.egressReject = o.egressReject;
+    if (o.maxFlowsPerHost !== undefined) this.maxPerHost = o.maxFlowsPerHost;
+    if (o.icmpOnExhaustion !== undefined) this.icmpOnExhaustion = o.icmpOnExhaustion;
+    if (o.forwards) this.setForwards(o.forwards);
   }
 
   get publicAddress(): number {
@@ -284,7 +312,7 @@ export class Translator {
     return this.flows.sweep(now, budget);
   }
 
-  /** Flows a LAN host holds (0 when limits are off). */
+  /** Flows a LAN host holds. */
   flowsOfHost(addr: number): number {
     return this.hostFlows.get(addr >>> 0) ?? 0;
   }
@@ -304,7 +332,8 @@ export class Translator {
     }
     if (m >= 0) this.mappings.unref(m);
     if (m2 >= 0) this.mappings.unref(m2);
-    if (this.maxPerHost > 0) {
+    {
+      // Counted whether or not a limit is set, so a limit switched on by SIGHUP starts from the truth.
       const host = this.lanHost(flow);
       const n = (this.hostFlows.get(host) ?? 1) - 1;
       if (n <= 0) this.hostFlows.delete(host);
@@ -536,7 +565,7 @@ export class Translator {
   }
 
   private noteHostFlow(host: number): void {
-    if (this.maxPerHost > 0) this.hostFlows.set(host, (this.hostFlows.get(host) ?? 0) + 1);
+    this.hostFlows.set(host, (this.hostFlows.get(host) ?? 0) + 1);
   }
 
   /** Finish a new flow: index it, take the mapping references and permissions, tell the observers. */
@@ -920,10 +949,84 @@ export class Translator {
     return this.forward(path, total);
   }
 
+  /**
+   * Put back a flow saved by a previous run (src/nat/snapshot.ts), with its mappings on the same public
+   * ports. Returns false (and changes nothing) when that cannot be done exactly: the table is full, a
+   * public port is taken, or the flow no longer belongs to this configuration.
+   */
+  restoreFlow(r: RestoredFlow, now: number): boolean {
+    const maps = this.mappings;
+    const t = this.flows;
+    if (t.lookup(r.protocol, r.original[0], r.original[1], r.original[2], r.original[3], now) >= 0) return false;
+    if (t.lookup(r.protocol, r.reply[0], r.reply[1], r.reply[2], r.reply[3], now) >= 0) return false;
+    const created: number[] = [];
+    const mappingOf = (saved: SavedMapping | null): number => {
+      if (saved === null) return NONE;
+      if (saved.externalAddress !== this.publicIp) return -2;
+      const m = maps.lookupInternal(r.protocol, saved.internalAddress, saved.internalPort);
+      if (m >= 0) return maps.extPort[m] === saved.externalPort ? m : -2;
+      const n = maps.create(r.protocol, saved.internalAddress, saved.internalPort, this.publicIp, this.rng, saved.externalPort);
+      if (n < 0) return -2;
+      created.push(n);
+      return n;
+    };
+    const undo = (): false => {
+      // A mapping made here with no flow yet: one ref and unref frees it again.
+      for (const n of created) {
+        maps.ref(n);
+        maps.unref(n);
+      }
+      return false;
+    };
+    const m = mappingOf(r.mapping);
+    if (m === -2) return undo();
+    const m2 = mappingOf(r.mapping2);
+    if (m2 === -2) return undo();
+    const flow = t.allocate();
+    if (flow < 0) return undo();
+    t.setTuple(flow, DIR_ORIGINAL, r.original[0], r.original[1], r.original[2], r.original[3]);
+    t.setTuple(flow, DIR_REPLY, r.reply[0], r.reply[1], r.reply[2], r.reply[3]);
+    const inbound = (r.flags & FLOW_INBOUND) !== 0;
+    const host = inbound ? r.reply[0] : r.original[0];
+    const peer = inbound ? r.original[0] : r.original[1];
+    this.commitFlow(flow, r.protocol, m, m2, r.flags, host, peer, now);
+    t.state[flow] = r.state;
+    t.detail[flow] = r.detail;
+    t.expires[flow] = now + r.msLeft;
+    t.packets[flow * 2] = r.packets[0];
+    t.packets[flow * 2 + 1] = r.packets[1];
+    t.bytes[flow * 2] = r.bytes[0];
+    t.bytes[flow * 2 + 1] = r.bytes[1];
+    return true;
+  }
+
   /** Called when a flow is removed from outside the packet path (tests, listing). */
   removeFlow(flow: number, reason: RemoveReason): void {
     this.flows.remove(flow, reason);
   }
+}
+
+/** A mapping as saved: internal endpoint and its public endpoint. */
+export interface SavedMapping {
+  internalAddress: number;
+  internalPort: number;
+  externalAddress: number;
+  externalPort: number;
+}
+
+/** A flow as saved across a restart (src/nat/snapshot.ts). Tuples are [src, dst, srcPort, dstPort]. */
+export interface RestoredFlow {
+  protocol: number;
+  flags: number;
+  state: number;
+  detail: number;
+  msLeft: number;
+  original: [number, number, number, number];
+  reply: [number, number, number, number];
+  packets: [number, number];
+  bytes: [number, number];
+  mapping: SavedMapping | null;
+  mapping2: SavedMapping | null;
 }
 
 /** resolveTarget: "the gateway's own stack should have it". */

@@ -56,6 +56,7 @@ interface NativeHandle {
   stats(): NativeTunStats;
   setOffload(flags: number): void;
   setVnetHdrSize(size: number): void;
+  setPersist(persist: boolean): void;
 }
 
 export interface NativeAddon {
@@ -225,6 +226,19 @@ export class NativeTun implements TunDevice {
   setVnetHdrSize(size: number): void {
     try {
       this.handle.setVnetHdrSize(size);
+    } catch (err) {
+      throw convert(err);
+    }
+  }
+
+  /**
+   * TUNSETPERSIST: keep the device (and the routes through it) after this process closes it. Packets
+   * routed into a persistent TUN that nobody reads are dropped, never forwarded: tunnat's fail-closed
+   * state across a restart. `ip link del NAME` removes such a device.
+   */
+  setPersist(persist: boolean): void {
+    try {
+      this.handle.setPersist(persist);
     } catch (err) {
       throw convert(err);
     }
