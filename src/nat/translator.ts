@@ -7,7 +7,7 @@ import { emitIpv4IcmpError, emitIpv4Tcp, ipv4IcmpErrorLength } from '../wire/bui
 import {
   FlowTable, DIR_ORIGINAL, DIR_REPLY, FLOW_ASSURED, FLOW_SEEN_REPLY, FLOW_INBOUND, type RemoveReason,
 } from '../conntrack/table.js';
-import { tcpStep, tcpTimeout, tcpIsAssured, tcpMayCreate, tcpPacketClass, TcpClass, type TcpStep } from '../conntrack/tcp.js';
+import { tcpStep, tcpTimeout, tcpIsAssured, tcpMayCreate, tcpPacketClass, TcpClass, TcpState, type TcpStep } from '../conntrack/tcp.js';
 import type { Timeouts } from '../conntrack/timeouts.js';
 import { MappingTable } from './mappings.js';
 import { PortPool, type Rng } from './ports.js';
@@ -480,7 +480,11 @@ export class Translator {
 
     // Track state and refresh the timer.
     let timeout: number;
-    if (proto === IPPROTO.TCP) {
+    if (proto === IPPROTO.TCP && flows.state[flow] === TcpState.ESTABLISHED && (tcpFlags & 0x17) === 0x10) {
+      // The bulk of all TCP: an ACK (maybe with data or PSH) on an established connection changes nothing
+      // in the state machine; skip it.
+      timeout = this.timeouts.tcpEstablished;
+    } else if (proto === IPPROTO.TCP) {
       const before = flows.state[flow]!;
       const st = tcpStep(before, flows.detail[flow]!, dir as 0 | 1, tcpFlags, this.step);
       if (!st.valid) return this.drop(DropReason.TCP_FLAGS);
@@ -517,10 +521,13 @@ export class Translator {
     } else {
       rewriteTransport(buf, l4, proto, src, dst, sport, dport, newSrc, newDst, flows.tDport[o]!, flows.tSport[o]!);
     }
-    if (newSrc !== src) ip.setSourceAddressWithChecksum(newSrc);
-    if (newDst !== dst) ip.setDestinationAddressWithChecksum(newDst);
     const path = fromInside ? (toPublic ? Path.HAIRPIN : Path.OUTBOUND) : Path.INBOUND;
-    return this.forward(path, total);
+    this.lastPath = path;
+    this.stats.packets[path]! += this.segments;
+    this.stats.bytes[path]! += total;
+    // Addresses and the hop given back (see forward()) in one checksum update.
+    rewriteIpHeader(buf, ip.off, src, dst, newSrc, newDst);
+    return Verdict.FORWARD;
   }
 
   private forwardAt(proto: number, port: number): number {
@@ -1051,21 +1058,59 @@ function rewriteTransport(
   nsrc: number, ndst: number, nsport: number, ndport: number,
 ): void {
   const at = l4 + (proto === IPPROTO.UDP ? 6 : 16);
-  let c = rd16(buf, at);
-  const keepZero = proto === IPPROTO.UDP && c === 0;
+  const c = rd16(buf, at);
+  // Every changed word's difference is summed and folded once (RFC 1624 eqn. 3 over all of them).
+  let acc = 0;
   if (nsport !== sport) {
     wr16(buf, l4, nsport);
-    c = csumUpdate16(c, sport, nsport);
+    acc += (~sport & 0xffff) + nsport;
   }
   if (ndport !== dport) {
     wr16(buf, l4 + 2, ndport);
-    c = csumUpdate16(c, dport, ndport);
+    acc += (~dport & 0xffff) + ndport;
   }
-  if (nsrc !== src) c = csumUpdate32(c, src, nsrc);
-  if (ndst !== dst) c = csumUpdate32(c, dst, ndst);
-  if (keepZero) return;
-  if (proto === IPPROTO.UDP && c === 0) c = 0xffff;
-  wr16(buf, at, c);
+  if (nsrc !== src) acc += diff32(src, nsrc);
+  if (ndst !== dst) acc += diff32(dst, ndst);
+  if (acc === 0 || (proto === IPPROTO.UDP && c === 0)) return; // UDP checksum 0 means "none": stays 0
+  let n = applyDiff(c, acc);
+  if (proto === IPPROTO.UDP && n === 0) n = 0xffff;
+  wr16(buf, at, n);
+}
+
+/** One's-complement difference of replacing a 32-bit value, as two 16-bit words, for applyDiff. */
+function diff32(old: number, nw: number): number {
+  return (~old >>> 16 & 0xffff) + (~old & 0xffff) + (nw >>> 16) + (nw & 0xffff);
+}
+
+/** RFC 1624 eqn. 3 with the summed differences of several words: HC' = ~(~HC + Σ(~m + m')). */
+function applyDiff(csum: number, acc: number): number {
+  let s = (~csum & 0xffff) + acc;
+  s = (s & 0xffff) + (s >>> 16);
+  s = (s & 0xffff) + (s >>> 16);
+  return ~s & 0xffff;
+}
+
+/**
+ * Write the new addresses into an IPv4 header and give back the hop the TUN round trip costs (TTL + 1,
+ * see Translator.forward), patching the header checksum once for all of it.
+ */
+function rewriteIpHeader(buf: Uint8Array, ip: number, src: number, dst: number, nsrc: number, ndst: number): void {
+  let acc = 0;
+  if (nsrc !== src) {
+    wr32(buf, ip + 12, nsrc);
+    acc += diff32(src, nsrc);
+  }
+  if (ndst !== dst) {
+    wr32(buf, ip + 16, ndst);
+    acc += diff32(dst, ndst);
+  }
+  const ttl = buf[ip + 8]!;
+  if (ttl < 255) {
+    const old = (ttl << 8) | buf[ip + 9]!;
+    buf[ip + 8] = ttl + 1;
+    acc += (~old & 0xffff) + (old + 0x100);
+  }
+  if (acc !== 0) wr16(buf, ip + 10, applyDiff(rd16(buf, ip + 10), acc));
 }
 
 /**
