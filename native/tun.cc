@@ -151,6 +151,7 @@ class Tun : public Napi::ObjectWrap<Tun> {
     std::string name = info[0].As<Napi::String>().Utf8Value();
     bool multiQueue = false;
     bool vnetHdr = false;
+    int inheritedFd = -1;
     if (info.Length() >= 2 && !info[1].IsUndefined()) {
       if (!info[1].IsObject()) {
         Napi::TypeError::New(env, "flags must be an object").ThrowAsJavaScriptException();
@@ -159,6 +160,30 @@ class Tun : public Napi::ObjectWrap<Tun> {
       Napi::Object flags = info[1].As<Napi::Object>();
       multiQueue = flags.Get("multiQueue").ToBoolean().Value();
       vnetHdr = flags.Get("vnetHdr").ToBoolean().Value();
+      Napi::Value fdv = flags.Get("fd");
+      if (fdv.IsNumber()) inheritedFd = fdv.As<Napi::Number>().Int32Value();
+    }
+    if (inheritedFd >= 0) {
+      // { fd }: take over a TUN queue another process opened and handed down (privilege separation:
+      // a privileged parent opens the device, an unprivileged child reads and writes it). TUNGETIFF
+      // proves the fd really is a TUN queue and gives its name.
+      struct ifreq ifr;
+      memset(&ifr, 0, sizeof ifr);
+      if (::ioctl(inheritedFd, TUNGETIFF, &ifr) < 0) {
+        ErrnoError(env, errno, "ioctl(TUNGETIFF)", nullptr, name).ThrowAsJavaScriptException();
+        return;
+      }
+      int fl = ::fcntl(inheritedFd, F_GETFL);
+      if (fl < 0 || ::fcntl(inheritedFd, F_SETFL, fl | O_NONBLOCK) < 0 || ::fcntl(inheritedFd, F_SETFD, FD_CLOEXEC) < 0) {
+        ErrnoError(env, errno, "fcntl", nullptr, name).ThrowAsJavaScriptException();
+        return;
+      }
+      fd_ = inheritedFd;
+      name_.assign(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ));
+      if (napi_add_async_cleanup_hook(env, OnEnvCleanup, this, &cleanupHook_) != napi_ok) {
+        cleanupHook_ = nullptr;
+      }
+      return;
     }
     // The kernel would silently truncate a long name into another interface's; refuse it the way
     // TUNSETIFF refuses other invalid names, so callers see one error for every bad name.

@@ -56,6 +56,12 @@ export interface RouterConfig {
   maxFlowsPerHost: number;
   /** Answer ICMP 3/13 when a new flow cannot be made (table full, ports exhausted, host limit). */
   icmpErrors: boolean;
+  /** Write every packet before and after translation to this pcapng file (null: off). */
+  pcap: string | null;
+  /** Take GSO superpackets and partial checksums from the TUN (virtio-net header offloads). */
+  offload: boolean;
+  /** Flow table saved here on SIGTERM (gateway left failed closed) and restored on start; null: off. */
+  stateFile: string | null;
 }
 
 export const DEFAULTS = {
@@ -73,7 +79,7 @@ export const DEFAULTS = {
 export const CONFIG_KEYS = [
   'internal', 'external', 'publicIp', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows',
   'timeouts', 'table', 'batch', 'logLevel', 'engine', 'backend', 'filtering', 'forward', 'allowEgress',
-  'egressReject', 'maxFlowsPerHost', 'icmpErrors',
+  'egressReject', 'maxFlowsPerHost', 'icmpErrors', 'pcap', 'offload', 'state',
 ] as const;
 
 export function parseRange(field: string, v: unknown): [number, number] {
@@ -225,6 +231,15 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
     return v;
   };
   const perHost = get('maxFlowsPerHost');
+  const stateV = get('state');
+  if (stateV !== undefined && stateV !== null && (typeof stateV !== 'string' || stateV === '')) {
+    throw new ConfigError('state', `expected a file path, got ${JSON.stringify(stateV)}`);
+  }
+  const stateFile = stateV as string | null | undefined;
+  const pcap = get('pcap');
+  if (pcap !== undefined && pcap !== null && (typeof pcap !== 'string' || pcap === '')) {
+    throw new ConfigError('pcap', `expected a file name, got ${JSON.stringify(pcap)}`);
+  }
   const cfg: RouterConfig = {
     internal,
     external,
@@ -247,6 +262,9 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
     egressReject: bool('egressReject', get('egressReject'), false),
     maxFlowsPerHost: perHost !== undefined ? positiveInt('maxFlowsPerHost', perHost, 1 << 24) : 0,
     icmpErrors: bool('icmpErrors', get('icmpErrors'), true),
+    pcap: (pcap as string | null | undefined) ?? null,
+    offload: bool('offload', get('offload'), true),
+    stateFile: stateFile ?? null,
   };
   if (publicIp !== null && cfg.internal.some((c) => ((publicIp! & c.mask) >>> 0) === c.network)) {
     throw new ConfigError('publicIp', `${ipToString(publicIp)} lies inside --internal`);

@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { ConfigError, resolveConfig, describeConfig } from './config.js';
-import { createLogger } from '../util/log.js';
-import { formatFlow, type FlowRecord } from '../conntrack/listing.js';
-import { httpGet } from './client.js';
+import { ConfigError, resolveConfig, describeConfig, type RouterConfig } from './config.js';
+import { createLogger, type Logger } from '../util/log.js';
+import { cmdConntrack, CONNTRACK_USAGE } from './conntrack-cmd.js';
+import { cmdStats, STATS_USAGE } from './stats-cmd.js';
+import { cmdTrace, TRACE_USAGE } from './trace-cmd.js';
 
 /**
  * The `tunnat` command. Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
@@ -16,16 +17,26 @@ Usage:
              [--max-flows N] [--gateway-ports LO-HI] [--table N] [--log-level LEVEL] [--dry-run]
              [--filtering endpoint|address|address-port] [--forward tcp|udp:PORT=ADDR[:PORT]]…
              [--allow-egress tcp:80,udp:53,icmp,tcp:443@CIDR…] [--egress-reject]
-             [--max-flows-per-host N] [--no-icmp-errors] [--engine userspace|kernel|auto]
-  tunnat conntrack [--http HOST:PORT|unix:PATH] [--json]
-  tunnat lab [--once] [--http-port PORT]
+             [--max-flows-per-host N] [--no-icmp-errors] [--no-offload] [--engine userspace|kernel|auto]
+             [--pcap FILE] [--state FILE]
+  ${CONNTRACK_USAGE}
+  ${STATS_USAGE}
+  ${TRACE_USAGE}
+  tunnat lab [--once] [--http-port PORT] [--id ID]
+  tunnat kernel plan|apply|remove [run's flags] [--backend auto|nft|iptables]
   tunnat down [--tun NAME] [--table N]
   tunnat help
 
 run        translate the traffic of --internal behind --external (masquerade on its primary
-           address, or static SNAT to --public-ip); serves /metrics and /conntrack on --http
-           (default 127.0.0.1:9100). Stops cleanly on Ctrl-C / SIGTERM, removing its routing.
-conntrack  list the running router's flows, like \`conntrack -L\`
+           address, or static SNAT to --public-ip); serves the live page (/), /metrics and
+           /conntrack on --http (default 127.0.0.1:9100); --pcap FILE records every packet before
+           and after translation (pcapng). Stops cleanly on Ctrl-C / SIGTERM, removing its routing.
+conntrack  list the running router's flows, like \`conntrack -L\`; --events follows them like \`conntrack -E\`
+stats      the running router's counters, like \`conntrack -S\`
+trace      explain packets live, before and after translation (the flow, the port chosen, the fields
+           and checksums rewritten); rate-bounded
+kernel     the kernel's own NAT for the same flags: plan prints the recipe (ip_forward, MASQUERADE or
+           SNAT, conntrack sizing) with what each command is for; apply/remove make it persistent
 down       remove the routing set-up a killed tunnat left behind (a running one cleans up itself)
 lab        build a namespace lab (LAN hosts, gateway, internet host), run tunnat in it, show real
            traffic being translated; --once runs the demo, cleans up and exits (0 if all worked)
@@ -56,6 +67,9 @@ const RUN_OPTIONS = {
   'egress-reject': { type: 'boolean' },
   'max-flows-per-host': { type: 'string' },
   'no-icmp-errors': { type: 'boolean' },
+  'no-offload': { type: 'boolean' },
+  state: { type: 'string' },
+  pcap: { type: 'string' },
 } satisfies ParseArgsConfig['options'];
 
 function parse<T extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: T) {
@@ -70,12 +84,30 @@ function camel(flag: string): string {
   return flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
 }
 
+/**
+ * Start the engine the config asks for. `auto` is userspace, falling back to the kernel's NAT when no
+ * TUN can be opened (no /dev/net/tun, no privilege), with a log line saying so.
+ */
+async function startEngine(cfg: RouterConfig, log: Logger): Promise<{ stop(reason?: string): Promise<void>; done: Promise<void> }> {
+  if (cfg.engine === 'kernel') return (await import('../kernel/engine.js')).startKernelEngine(cfg, log);
+  const { startRouter } = await import('../dataplane/router.js');
+  try {
+    return await startRouter(cfg, log);
+  } catch (err) {
+    const kernel = await import('../kernel/engine.js');
+    if (cfg.engine !== 'auto' || !kernel.shouldFallBackToKernel(err)) throw err;
+    log.warn('no TUN can be opened; falling back to the kernel engine', { reason: (err as Error).message });
+    return kernel.startKernelEngine(cfg, log);
+  }
+}
+
 async function cmdRun(args: string[]): Promise<number> {
   const values = parse(args, RUN_OPTIONS) as Record<string, unknown>;
   const flags: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(values)) {
     if (k === 'dry-run') continue;
     if (k === 'no-icmp-errors') flags.icmpErrors = !v;
+    else if (k === 'no-offload') flags.offload = !v;
     else flags[camel(k)] = v;
   }
   const cfg = resolveConfig(flags);
@@ -84,45 +116,59 @@ async function cmdRun(args: string[]): Promise<number> {
     return 0;
   }
   const log = createLogger(cfg.logLevel);
-  const { startRouter, StartupError } = await import('../dataplane/router.js');
-  let router;
+  let router: { stop(reason?: string, opts?: { keepForRestart?: boolean }): Promise<void>; done: Promise<void>; reload?: (c: RouterConfig) => string[] };
   try {
-    router = await startRouter(cfg, log);
+    router = await startEngine(cfg, log);
   } catch (err) {
-    if (err instanceof StartupError || (err as { code?: string }).code) {
+    if ((err as { code?: string }).code) {
       log.error((err as Error).message, { code: (err as { code?: string }).code });
       return 1;
     }
     throw err;
   }
-  const onSignal = (sig: string) => void router.stop(sig);
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  // SIGTERM with --state is a restart: flows saved, gateway left failed closed. SIGINT (Ctrl-C) always
+  // removes everything.
+  process.once('SIGINT', () => void router.stop('SIGINT'));
+  // SIGHUP re-reads --config (flags still win) and applies what can change without dropping flows.
+  process.on('SIGHUP', () => {
+    try {
+      const next = resolveConfig(flags);
+      if ('reload' in router && typeof router.reload === 'function') router.reload(next);
+      else log.warn('this engine does not reload; restart it to apply the new configuration');
+    } catch (err) {
+      log.error('configuration not reloaded; the running one stays', { error: (err as Error).message });
+    }
+  });
+  process.once('SIGTERM', () => void router.stop('SIGTERM', { keepForRestart: cfg.stateFile !== null }));
   process.on('uncaughtException', (err) => {
     log.error('unexpected error; stopping', { error: err.stack ?? String(err) });
     void router.stop('crash').finally(() => process.exit(1));
   });
   await router.done;
-  return 0;
-}
-
-async function cmdConntrack(args: string[]): Promise<number> {
-  const v = parse(args, { http: { type: 'string' }, json: { type: 'boolean' } });
-  const flows = JSON.parse(await httpGet(v.http ?? '127.0.0.1:9100', '/conntrack')) as FlowRecord[];
-  if (v.json) process.stdout.write(JSON.stringify(flows, null, 2) + '\n');
-  else {
-    for (const f of flows) process.stdout.write(formatFlow(f) + '\n');
-    process.stderr.write(`tunnat: ${flows.length} flow entries listed\n`);
-  }
+  // Everything is undone (or kept for a restart); whatever handle is still open (a lingering HTTP client,
+  // a log stream) must not keep a stopped router's process alive.
+  setTimeout(() => process.exit(process.exitCode ?? 0), 500).unref();
   return 0;
 }
 
 async function cmdLab(args: string[]): Promise<number> {
-  const v = parse(args, { once: { type: 'boolean' }, 'http-port': { type: 'string' } });
+  const v = parse(args, { once: { type: 'boolean' }, 'http-port': { type: 'string' }, id: { type: 'string' } });
+  if (v.id !== undefined && !/^[a-z0-9]{1,12}$/.test(v.id)) throw new ConfigError('id', 'expected 1-12 lowercase letters or digits (namespaces are named tn<ID>-gw, tn<ID>-h0, …)');
   const httpPort = v['http-port'] !== undefined ? Number(v['http-port']) : 9100;
   if (!Number.isInteger(httpPort) || httpPort < 1 || httpPort > 65535) throw new ConfigError('http-port', 'expected a port number');
   const { runLab } = await import('../lab/demo.js');
-  const ok = await runLab({ once: v.once ?? false, engine: 'userspace', httpPort, log: (m: string) => process.stdout.write(m + '\n') });
+  const out = (m: string) => process.stdout.write(m + '\n');
+  const ok = await runLab({
+    once: v.once ?? false,
+    engine: 'userspace',
+    httpPort,
+    log: out,
+    ...(v.id !== undefined ? { id: v.id } : {}),
+    onServing: (url: string) => {
+      const at = url.replace(/^http:\/\//, '');
+      out(`Live page: ${url}/   Follow it here: tunnat trace --http ${at}   tunnat conntrack --events --http ${at}`);
+    },
+  });
   return ok ? 0 : 1;
 }
 
@@ -150,8 +196,14 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdRun(rest);
       case 'conntrack':
         return await cmdConntrack(rest);
+      case 'stats':
+        return await cmdStats(rest);
+      case 'trace':
+        return await cmdTrace(rest);
       case 'lab':
         return await cmdLab(rest);
+      case 'kernel':
+        return await (await import('./kernel-cmd.js')).cmdKernel(rest);
       case 'down':
         return await cmdDown(rest);
       case undefined:

@@ -1,22 +1,26 @@
 import { randomInt } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { writeFileSync, existsSync, rmSync, readFileSync } from 'node:fs';
+import { run } from '../util/exec.js';
+import { takeSnapshot, writeSnapshot, restoreSnapshot } from '../nat/snapshot.js';
 import type { RouterConfig } from '../cli/config.js';
 import type { Logger } from '../util/log.js';
 import type { TunDevice } from '../tun/device.js';
-import { NativeTun } from '../tun/native.js';
+import { NativeTun, TUN_F } from '../tun/native.js';
+import { VNET_HDR_LEN } from './vnet.js';
 import { Translator } from '../nat/translator.js';
 import { EgressPolicy } from '../nat/policy.js';
 import { readLocalPorts } from '../nat/local-ports.js';
 import { Dataplane } from './loop.js';
 import {
   applyRouting, removeRouting, removeRoutingSync, updatePublicIp, detectLeftovers, cleanLeftovers,
+  adoptRouting, canAdoptRouting, keepForRestart, type RoutingConfig,
   interfacePrimaryIpv4, gatewayOwnsAddress, type AppliedRouting,
 } from './routing.js';
 import { createRegistry } from '../metrics/registry.js';
 import { startHttp } from '../metrics/http.js';
 import { Observatory } from '../observe/observatory.js';
 import { listFlows } from '../conntrack/listing.js';
-import { ipToString, cidrToString } from '../wire/addr.js';
+import { ipToString, cidrToString, parseCidr } from '../wire/addr.js';
 import { IPPROTO } from '../wire/ipv4.js';
 
 /**
@@ -35,13 +39,69 @@ export interface RunningRouter {
   readonly nat: Translator;
   readonly loop: Dataplane;
   readonly publicIp: () => number;
-  stop(reason?: string): Promise<void>;
+  /** Apply a re-read configuration (SIGHUP); returns the settings that need a restart to change. */
+  reload(next: RouterConfig): string[];
+  /** Stop; with keepForRestart (and --state), save the flows and leave the gateway failed closed. */
+  stop(reason?: string, opts?: { keepForRestart?: boolean }): Promise<void>;
   /** Resolves when the router has stopped. */
   readonly done: Promise<void>;
 }
 
-const TUN_MTU = 1500;
+const DEFAULT_TUN_MTU = 1500;
 const SLOT_SIZE = 2048;
+
+/**
+ * The TUN's MTU: the smallest of the WAN's and the LAN interfaces'. A packet too big for the narrowest
+ * link must be refused (ICMP fragmentation needed, RFC 1191) at the first routing step, into the TUN,
+ * while it still carries the addresses its sender knows. Refused later, after translation, the error
+ * would go to the gateway's own public address (upload) or leave quoting a LAN address (download).
+ */
+async function tunMtuFor(wan: string, internal: RouterConfig['internal']): Promise<number> {
+  const mtuOf = (dev: string): number | null => {
+    try {
+      const v = Number(readFileSync(`/sys/class/net/${dev}/mtu`, 'utf8').trim());
+      return Number.isInteger(v) && v >= 576 ? v : null;
+    } catch {
+      return null;
+    }
+  };
+  const devs = new Set<string>([wan]);
+  try {
+    const routes = JSON.parse((await run(['ip', '-j', '-4', 'route', 'show', 'table', 'main'])).stdout) as { dst?: string; dev?: string }[];
+    for (const r of routes) {
+      const c = r.dst && r.dst !== 'default' ? parseCidr(r.dst.includes('/') ? r.dst : `${r.dst}/32`) : null;
+      if (!c || !r.dev) continue;
+      // A route into (or onto) an internal prefix leads to the LAN.
+      if (internal.some((i) => c.prefixLength >= i.prefixLength && ((c.network & i.mask) >>> 0) === i.network)) devs.add(r.dev);
+    }
+  } catch {
+    // No route listing: the WAN's MTU alone.
+  }
+  const mtus = [...devs].map(mtuOf).filter((m): m is number => m !== null);
+  return mtus.length > 0 ? Math.min(...mtus) : DEFAULT_TUN_MTU;
+}
+/** A GSO superpacket is at most 64 KiB of IP, after the virtio-net header. */
+const GSO_SLOT_SIZE = 65536 + VNET_HDR_LEN + 6;
+
+/**
+ * Ask the kernel for superpackets and partial checksums (what makes wireguard-go and Tailscale fast on
+ * a TUN): TSO for TCP, USO for UDP where the kernel has it (6.2+). Returns whether the virtio-net header
+ * is in use; without any offload the header is still there but every packet is plain.
+ */
+function enableOffloads(tun: NativeTun, log: Logger): boolean {
+  const base = TUN_F.CSUM | TUN_F.TSO4 | TUN_F.TSO6 | TUN_F.TSO_ECN;
+  for (const [flags, what] of [[base | TUN_F.USO4 | TUN_F.USO6, 'csum, tso, uso'], [base, 'csum, tso'], [TUN_F.CSUM, 'csum']] as const) {
+    try {
+      tun.setOffload(flags);
+      log.info('TUN offloads on', { offloads: what });
+      return true;
+    } catch {
+      // Older kernel: try fewer offloads.
+    }
+  }
+  log.warn('TUN offloads unavailable; packets are handled one by one');
+  return true;
+}
 const SWEEP_INTERVAL_MS = 100;
 const ADDRESS_POLL_MS = 2000;
 const LOCAL_PORTS_POLL_MS = 5000;
@@ -67,8 +127,22 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
   }
   const owned = masquerade || (await gatewayOwnsAddress(publicIp));
 
+  const tunMtu = await tunMtuFor(cfg.external, cfg.internal);
+  const routingCfg: RoutingConfig = {
+    tun: cfg.tun,
+    internal: cfg.internal,
+    externalIface: cfg.external,
+    publicIp,
+    publicIpOwned: owned,
+    table: cfg.table,
+    gatewayPorts: cfg.gatewayPorts,
+    tunMtu,
+  };
   const leftover = await detectLeftovers(cfg.tun, cfg.table);
-  if (leftover) {
+  // A set-up left for a restart (or by a killed run) with the same LAN, WAN, TUN and tables is taken over
+  // as it is: removing it first would open a moment in which LAN traffic meets no tunnat rule at all.
+  const adoptable = leftover !== null && !leftover.foreign && canAdoptRouting(routingCfg, leftover);
+  if (leftover && !adoptable) {
     if (leftover.foreign) {
       // Rules in our tables that no tunnat state file explains: someone else's, never ours to delete.
       throw new StartupError(
@@ -82,8 +156,14 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
   }
 
   let tun: TunDevice;
+  let vnetHdr = false;
   try {
-    tun = opts.tun ?? NativeTun.open(cfg.tun);
+    if (opts.tun) tun = opts.tun;
+    else {
+      const native = NativeTun.open(cfg.tun, { vnetHdr: cfg.offload });
+      if (cfg.offload) vnetHdr = enableOffloads(native, log);
+      tun = native;
+    }
   } catch (err) {
     const e = err as Error & { code?: string };
     throw new StartupError(e.code ?? 'TUN_UNAVAILABLE', `cannot open TUN ${cfg.tun}: ${e.message}`);
@@ -97,6 +177,8 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
   }
 
   let applied: AppliedRouting | null = null;
+  /** Set when stopping for a restart: the routing stays, failed closed, for the next run to adopt. */
+  let keeping = false;
   const onExit = () => {
     if (applied) {
       try {
@@ -109,19 +191,12 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
   };
   process.on('exit', onExit);
   try {
-    applied = await applyRouting(
-      {
-        tun: cfg.tun,
-        internal: cfg.internal,
-        externalIface: cfg.external,
-        publicIp,
-        publicIpOwned: owned,
-        table: cfg.table,
-        gatewayPorts: cfg.gatewayPorts,
-        tunMtu: TUN_MTU,
-      },
-      (m: string) => log.debug(m),
-    );
+    if (adoptable) {
+      applied = await adoptRouting(routingCfg, leftover!, (m: string) => log.info(m));
+      // The device may be persistent from the restart; from now on it goes when this run ends normally.
+      if (tun instanceof NativeTun) tun.setPersist(false);
+    }
+    if (!applied) applied = await applyRouting(routingCfg, (m: string) => log.debug(m));
   } catch (err) {
     tun.close();
     process.off('exit', onExit);
@@ -145,10 +220,22 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
     maxFlowsPerHost: cfg.maxFlowsPerHost,
     icmpOnExhaustion: cfg.icmpErrors,
   });
-  const loop = new Dataplane(tun, nat, { batch: cfg.batch, slotSize: SLOT_SIZE, clock });
+  const loop = new Dataplane(tun, nat, { batch: cfg.batch, slotSize: vnetHdr ? GSO_SLOT_SIZE : Math.max(SLOT_SIZE, tunMtu), clock, vnetHdr });
   // Per-host accounting and loop histograms from the first packet; pcap before the loop starts.
   const observe = new Observatory(nat, loop, { log, clock, tunName: cfg.tun });
   if (cfg.pcap) observe.startPcap(cfg.pcap);
+
+  if (cfg.stateFile && existsSync(cfg.stateFile)) {
+    try {
+      const r = restoreSnapshot(nat, cfg.stateFile, cfg.internal.map(cidrToString), clock());
+      if (r.reason) log.warn('saved flows not restored', { file: cfg.stateFile, reason: r.reason, flows: r.skipped });
+      else log.info('flows restored from the state file', { file: cfg.stateFile, restored: r.restored, skipped: r.skipped });
+    } catch (err) {
+      log.warn('state file ignored', { file: cfg.stateFile, error: (err as Error).message });
+    }
+    // A snapshot is used once: after a later crash it would describe flows long gone.
+    rmSync(cfg.stateFile, { force: true });
+  }
 
   // The gateway's own listening sockets are never handed out as mappings.
   let localBlocked: { tcp: Set<number>; udp: Set<number> } = { tcp: new Set(), udp: new Set() };
@@ -213,6 +300,7 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
     external: cfg.external,
     publicIp: ipToString(publicIp),
     mode: masquerade ? 'masquerade' : 'snat',
+    tunMtu,
     ports: cfg.ports.join('-'),
     http: cfg.http ? `${cfg.http.host}:${cfg.http.port}` : 'off',
   });
@@ -220,12 +308,30 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
   let resolveDone!: () => void;
   const done = new Promise<void>((r) => (resolveDone = r));
   let stopping: Promise<void> | null = null;
-  const stop = (reason = 'stop') => {
+  const stop = (reason = 'stop', opts: { keepForRestart?: boolean } = {}) => {
     if (stopping) return stopping;
     stopping = (async () => {
       log.info('tunnat stopping', { reason, flows: nat.flows.size });
       timers.forEach((t) => clearInterval(t));
       loop.stop();
+      if (opts.keepForRestart && cfg.stateFile && applied && tun instanceof NativeTun) {
+        // Restart without loss: save the flows, make the TUN outlive this process (its routes stay, and
+        // what is routed into it while nobody reads is dropped), and leave the rules for the next run.
+        try {
+          writeSnapshot(cfg.stateFile, takeSnapshot(nat, cfg.internal.map(cidrToString), clock()));
+          tun.setPersist(true);
+          keepForRestart(applied);
+          keeping = true;
+          applied = null;
+          log.info('flows saved; the gateway stays failed closed until the next `tunnat run --state` (or `tunnat down`)', {
+            file: cfg.stateFile,
+            flows: nat.flows.size,
+          });
+        } catch (err) {
+          log.error('could not keep the set-up for a restart; removing it instead', { error: (err as Error).message });
+          tun.setPersist(false);
+        }
+      }
       if (applied) {
         try {
           await removeRouting(applied, (m: string) => log.debug(m));
@@ -244,5 +350,33 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
     return stopping;
   };
 
-  return { nat, loop, publicIp: () => nat.publicAddress, stop, done };
+  /** SIGHUP: apply what can change live; name what needs a restart. Flows are kept either way. */
+  const reload = (next: RouterConfig): string[] => {
+    const restartNeeded = RESTART_FIELDS.filter((k) => JSON.stringify(next[k]) !== JSON.stringify(cfg[k]));
+    nat.reconfigure({
+      timeouts: next.timeouts,
+      egress: next.allowEgress ? new EgressPolicy(next.allowEgress) : null,
+      egressReject: next.egressReject,
+      maxFlowsPerHost: next.maxFlowsPerHost,
+      icmpOnExhaustion: next.icmpErrors,
+      forwards: next.forwards,
+    });
+    log.level = next.logLevel;
+    for (const k of LIVE_FIELDS) (cfg as unknown as Record<string, unknown>)[k] = next[k];
+    log.info('configuration reloaded; flows kept', {
+      flows: nat.flows.size,
+      ...(restartNeeded.length > 0 ? { needsRestart: restartNeeded.join(',') } : {}),
+    });
+    return restartNeeded;
+  };
+
+  return { nat, loop, publicIp: () => nat.publicAddress, stop, done, reload };
 }
+
+/** Settings SIGHUP applies to the running router. */
+const LIVE_FIELDS = ['timeouts', 'allowEgress', 'egressReject', 'maxFlowsPerHost', 'icmpErrors', 'forwards', 'logLevel'] as const;
+/** Settings that only a restart can change (the routing, the TUN, the table sizes, the listeners). */
+const RESTART_FIELDS = [
+  'internal', 'external', 'publicIp', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows', 'table', 'batch',
+  'engine', 'backend', 'filtering', 'offload', 'pcap', 'stateFile',
+] as const satisfies readonly (keyof RouterConfig)[];

@@ -2,35 +2,61 @@ import http from 'node:http';
 import { rmSync } from 'node:fs';
 import type { Registry } from 'prom-client';
 import type { Endpoint } from '../cli/config.js';
+import { FilterError, flowFilterFromQuery, flowMatches, type FilterableFlow } from '../observe/filter.js';
 
 /**
- * The router's HTTP endpoint: /metrics (Prometheus text) and /conntrack (JSON flow list). It is bound to
- * loopback by default; a unix socket can be added so a router inside a namespace is reachable from the host.
+ * The router's HTTP endpoint: /metrics (Prometheus text) and /conntrack (JSON flow list, optionally
+ * filtered: ?proto=&src=&dst=&state=), plus whatever `handlers` add (the live page, event streams).
+ * It is bound to loopback by default; a unix socket can be added so a router inside a namespace is
+ * reachable from the host.
  */
+export type RouteHandler = (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => void | Promise<void>;
+
 export interface HttpRoutes {
   registry: Registry;
   conntrack: () => unknown;
+  /** More GET routes by path (e.g. "/" for the live page, "/events"). */
+  handlers?: Record<string, RouteHandler>;
+}
+
+function isFlowList(v: unknown): v is FilterableFlow[] {
+  return Array.isArray(v);
 }
 
 export async function startHttp(routes: HttpRoutes, listen: { tcp: Endpoint | null; unixPath: string | null }): Promise<() => Promise<void>> {
   const handler: http.RequestListener = (req, res) => {
     const url = new URL(req.url ?? '/', 'http://x');
+    // A client that vanishes mid-answer must not surface as an unhandled 'error'.
+    res.on('error', () => {});
     void (async () => {
       try {
+        const extra = routes.handlers?.[url.pathname];
         if (req.method !== 'GET') {
           res.writeHead(405, { allow: 'GET' }).end('only GET\n');
         } else if (url.pathname === '/metrics') {
           const body = await routes.registry.metrics();
           res.writeHead(200, { 'content-type': routes.registry.contentType }).end(body);
         } else if (url.pathname === '/conntrack') {
-          res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(routes.conntrack()));
+          let flows = routes.conntrack();
+          if ([...url.searchParams.keys()].length > 0 && isFlowList(flows)) {
+            const filter = flowFilterFromQuery(url.searchParams);
+            flows = flows.filter((f) => flowMatches(filter, f));
+          }
+          res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(flows));
+        } else if (extra) {
+          await extra(req, res, url);
         } else if (url.pathname === '/') {
           res.writeHead(200, { 'content-type': 'text/plain' }).end('tunnat: see /metrics and /conntrack\n');
         } else {
           res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
         }
       } catch (err) {
-        res.writeHead(500, { 'content-type': 'text/plain' }).end(`error: ${(err as Error).message}\n`);
+        if (res.headersSent) {
+          res.destroy();
+          return;
+        }
+        const status = err instanceof FilterError ? 400 : 500;
+        res.writeHead(status, { 'content-type': 'text/plain' }).end(`${status === 400 ? '' : 'error: '}${(err as Error).message}\n`);
       }
     })();
   };

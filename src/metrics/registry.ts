@@ -2,13 +2,33 @@ import { Registry, Counter, Gauge, collectDefaultMetrics } from 'prom-client';
 import type { Translator } from '../nat/translator.js';
 import { DROP_REASON_NAMES, PATH_NAMES } from '../nat/translator.js';
 import type { Dataplane } from '../dataplane/loop.js';
-import { IPPROTO } from '../wire/ipv4.js';
+import { ipToString } from '../wire/addr.js';
+import { PROTO_NAMES } from '../observe/flowstate.js';
+import type { FlowCensus, HostAccounting } from '../observe/hosts.js';
+import { registerHistogram } from './histogram.js';
+import type { LoopMetrics } from './loop-metrics.js';
 
 /**
- * Prometheus metrics. The packet path only bumps plain numbers in typed arrays; prom-client reads them
- * when scraped (collect callbacks), so a scrape costs the data plane nothing.
+ * Prometheus metrics (names: `tunnat_` prefix, base units, `_total` for counters). The packet path only
+ * bumps plain numbers in typed arrays; prom-client reads them when scraped (collect callbacks), so a
+ * scrape costs the data plane nothing. Anything that needs a walk over the flow table (flows by
+ * state, traffic per LAN host) shares one walk per scrape.
  */
-const PROTO_NAMES: Record<number, string> = { [IPPROTO.TCP]: 'tcp', [IPPROTO.UDP]: 'udp', [IPPROTO.ICMP]: 'icmp' };
+
+/** Counts the observability streams keep (SSE clients, what they could not keep up with, the pcap). */
+export interface ObserveStats {
+  clients(): Record<string, number>;
+  dropped(): Record<string, number>;
+  pcap(): { packets: { before: number; after: number }; dropped: number; bytes: number } | null;
+}
+
+export interface RegistryOptions {
+  defaultMetrics?: boolean;
+  /** Per-LAN-host traffic and flows by state (without it, flows are counted by protocol only). */
+  hosts?: HostAccounting;
+  loopMetrics?: LoopMetrics;
+  observe?: ObserveStats;
+}
 
 /** prom-client counters are monotonic by API; ours mirror totals kept elsewhere, so set them on collect. */
 function mirror(counter: Counter<string>, labels: Record<string, string>, value: number): void {
@@ -16,13 +36,31 @@ function mirror(counter: Counter<string>, labels: Record<string, string>, value:
   counter.inc(labels, value);
 }
 
-export function createRegistry(nat: Translator, loop: Dataplane | null, opts: { defaultMetrics?: boolean } = {}): Registry {
+/**
+ * A census shared by the metrics of one scrape: prom-client calls every collect() of a scrape in one
+ * synchronous pass, so the census is kept until the microtasks after it and then forgotten (the next
+ * scrape, however soon, walks the table again; were the calls ever spread out, each would only walk it
+ * once more).
+ */
+function censusCache(hosts: HostAccounting): () => FlowCensus {
+  let last: FlowCensus | null = null;
+  return () => {
+    if (!last) {
+      last = hosts.census();
+      queueMicrotask(() => (last = null));
+    }
+    return last;
+  };
+}
+
+export function createRegistry(nat: Translator, loop: Dataplane | null, opts: RegistryOptions = {}): Registry {
   const registry = new Registry();
   if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
+  const census = opts.hosts ? censusCache(opts.hosts) : null;
 
   new Counter({
     name: 'tunnat_packets_total',
-    help: 'Packets forwarded, by path: outbound (LAN to WAN, translated), inbound (WAN to LAN, translated), local (to the gateway itself, unchanged)',
+    help: 'Packets forwarded, by path: outbound (LAN to WAN, translated), inbound (WAN to LAN, translated), local (to the gateway itself, unchanged), hairpin (LAN to LAN through the public address)',
     labelNames: ['path'],
     registers: [registry],
     collect() {
@@ -41,23 +79,46 @@ export function createRegistry(nat: Translator, loop: Dataplane | null, opts: { 
     },
   });
   new Counter({
+    name: 'tunnat_translations_total',
+    help: 'Packets whose addresses or ports were rewritten, by direction (hairpin: LAN to LAN through the public address; ICMP errors included; local packets are not translated)',
+    labelNames: ['direction'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const d of ['outbound', 'inbound', 'hairpin'] as const) {
+        const i = (PATH_NAMES as readonly string[]).indexOf(d);
+        if (i >= 0) this.inc({ direction: d }, nat.stats.packets[i] ?? 0);
+      }
+    },
+  });
+  new Counter({
     name: 'tunnat_drops_total',
     help: 'Packets dropped, by reason',
     labelNames: ['reason'],
     registers: [registry],
     collect() {
       this.reset();
-      DROP_REASON_NAMES.forEach((r, i) => this.inc({ reason: r }, nat.stats.drops[i]!));
+      DROP_REASON_NAMES.forEach((r, i) => this.inc({ reason: r }, nat.stats.drops[i] ?? 0));
       if (loop) this.inc({ reason: 'oversize' }, loop.stats.oversize);
       if (loop) this.inc({ reason: 'tun-queue-full' }, loop.stats.writeShort);
+      if (loop) this.inc({ reason: 'bad-vnet-header' }, loop.stats.badVnet ?? 0);
     },
   });
   new Gauge({
     name: 'tunnat_flows',
-    help: 'Flows in the connection-tracking table, by protocol',
-    labelNames: ['protocol'],
+    help: 'Flows in the connection-tracking table, by protocol and state (TCP: tracker state; UDP/ICMP: UNREPLIED, REPLIED, ASSURED)',
+    labelNames: census ? ['protocol', 'state'] : ['protocol'],
     registers: [registry],
     collect() {
+      this.reset();
+      if (census) {
+        for (const p of Object.values(PROTO_NAMES)) this.set({ protocol: p, state: p === 'tcp' ? 'ESTABLISHED' : 'UNREPLIED' }, 0);
+        for (const [key, n] of census().byState) {
+          const [protocol, state] = key.split('/') as [string, string];
+          this.set({ protocol, state }, n);
+        }
+        return;
+      }
       const counts: Record<string, number> = { tcp: 0, udp: 0, icmp: 0 };
       const t = nat.flows;
       for (const f of t.flows()) {
@@ -93,6 +154,22 @@ export function createRegistry(nat: Translator, loop: Dataplane | null, opts: { 
       for (const [reason, n] of Object.entries(nat.stats.flowsRemoved)) this.inc({ reason }, n);
     },
   });
+  new Counter({
+    name: 'tunnat_flows_expired_total',
+    help: 'Flows removed because their idle timeout passed (the same as tunnat_flows_removed_total{reason="expired"})',
+    registers: [registry],
+    collect() {
+      mirror(this, {}, nat.stats.flowsRemoved.expired);
+    },
+  });
+  new Counter({
+    name: 'tunnat_flows_early_dropped_total',
+    help: 'Unassured flows evicted to make room when the table was full (the same as tunnat_flows_removed_total{reason="early-drop"})',
+    registers: [registry],
+    collect() {
+      mirror(this, {}, nat.stats.flowsRemoved['early-drop']);
+    },
+  });
   new Gauge({
     name: 'tunnat_mappings',
     help: 'NAT mappings (internal endpoint to public port) in use',
@@ -103,25 +180,29 @@ export function createRegistry(nat: Translator, loop: Dataplane | null, opts: { 
   });
   new Gauge({
     name: 'tunnat_port_pool_used',
-    help: 'Public ports (ICMP: identifiers) in use, by protocol',
-    labelNames: ['protocol'],
+    help: 'Public ports (ICMP: identifiers) in use, by protocol and public address',
+    labelNames: ['protocol', 'address'],
     registers: [registry],
     collect() {
+      this.reset();
+      const address = ipToString(nat.publicAddress);
       for (const [p, name] of Object.entries(PROTO_NAMES)) {
         const pool = nat.mappings.pool(Number(p));
-        if (pool) this.set({ protocol: name }, pool.used);
+        if (pool) this.set({ protocol: name, address }, pool.used);
       }
     },
   });
   new Gauge({
     name: 'tunnat_port_pool_size',
-    help: 'Public ports (ICMP: identifiers) that can be mapped, by protocol',
-    labelNames: ['protocol'],
+    help: 'Public ports (ICMP: identifiers) that can be mapped, by protocol and public address',
+    labelNames: ['protocol', 'address'],
     registers: [registry],
     collect() {
+      this.reset();
+      const address = ipToString(nat.publicAddress);
       for (const [p, name] of Object.entries(PROTO_NAMES)) {
         const pool = nat.mappings.pool(Number(p));
-        if (pool) this.set({ protocol: name }, pool.size);
+        if (pool) this.set({ protocol: name, address }, pool.size);
       }
     },
   });
@@ -133,13 +214,126 @@ export function createRegistry(nat: Translator, loop: Dataplane | null, opts: { 
       mirror(this, {}, nat.stats.icmpErrorsTranslated);
     },
   });
+
+  if (census) {
+    const perHost = (name: string, help: string, pick: (h: FlowCensus['hosts'][number], dir: 'outbound' | 'inbound') => number) =>
+      new Counter({
+        name,
+        help,
+        labelNames: ['host', 'direction'],
+        registers: [registry],
+        collect() {
+          this.reset();
+          for (const h of census().hosts) {
+            this.inc({ host: h.host, direction: 'outbound' }, pick(h, 'outbound'));
+            this.inc({ host: h.host, direction: 'inbound' }, pick(h, 'inbound'));
+          }
+        },
+      });
+    const limit = opts.hosts!.maxHosts;
+    perHost(
+      'tunnat_host_packets_total',
+      `Translated packets per inside (LAN) host: outbound = sent by the host, inbound = received by it. The first ${limit} hosts get their own label; later ones are summed as host="other"`,
+      (h, d) => h.packets[d],
+    );
+    perHost('tunnat_host_bytes_total', 'Translated IP bytes per inside (LAN) host and direction (see tunnat_host_packets_total)', (h, d) => h.bytes[d]);
+    new Gauge({
+      name: 'tunnat_host_flows',
+      help: 'Flows in the table per inside (LAN) host',
+      labelNames: ['host'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const h of census().hosts) this.set({ host: h.host }, h.flows);
+      },
+    });
+    new Counter({
+      name: 'tunnat_host_flows_created_total',
+      help: 'Flows created per inside (LAN) host',
+      labelNames: ['host'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const h of census().hosts) this.inc({ host: h.host }, h.flowsCreated);
+      },
+    });
+  }
+
   if (loop) {
+    new Counter({
+      name: 'tunnat_tun_superpackets_total',
+      help: 'GSO superpackets read from the TUN (with offloads; each stands for several wire packets)',
+      registers: [registry],
+      collect() {
+        mirror(this, {}, loop.stats.superpackets ?? 0);
+      },
+    });
     new Counter({
       name: 'tunnat_batches_total',
       help: 'Batches read from the TUN',
       registers: [registry],
       collect() {
         mirror(this, {}, loop.stats.batches);
+      },
+    });
+  }
+  const lm = opts.loopMetrics;
+  if (lm) {
+    new Counter({
+      name: 'tunnat_tun_read_packets_total',
+      help: 'Packets read from the TUN (forwarded, dropped, or too long for a slot)',
+      registers: [registry],
+      collect() {
+        mirror(this, {}, lm.packetsRead);
+      },
+    });
+    registerHistogram(registry, 'tunnat_batch_packets', 'Packets per batch read from the TUN', lm.batchSize);
+    registerHistogram(registry, 'tunnat_loop_seconds', 'Time to translate and write one batch, in seconds', lm.loopSeconds);
+  }
+
+  const obs = opts.observe;
+  if (obs) {
+    new Gauge({
+      name: 'tunnat_observe_clients',
+      help: 'Clients attached to the live streams (events, trace, live page)',
+      labelNames: ['stream'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const [stream, n] of Object.entries(obs.clients())) this.set({ stream }, n);
+      },
+    });
+    new Counter({
+      name: 'tunnat_observe_dropped_total',
+      help: 'Messages not sent to a stream client because it was not reading fast enough (the packet loop never waits)',
+      labelNames: ['stream'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const [stream, n] of Object.entries(obs.dropped())) this.inc({ stream }, n);
+      },
+    });
+    new Counter({
+      name: 'tunnat_pcap_packets_total',
+      help: 'Packets written to the --pcap file, by side (before: as read from the TUN; after: as written back)',
+      labelNames: ['side'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        const p = obs.pcap();
+        if (!p) return;
+        this.inc({ side: 'before' }, p.packets.before);
+        this.inc({ side: 'after' }, p.packets.after);
+      },
+    });
+    new Counter({
+      name: 'tunnat_pcap_dropped_total',
+      help: 'Packets left out of the --pcap file because the disk did not keep up (or writing failed)',
+      registers: [registry],
+      collect() {
+        this.reset();
+        const p = obs.pcap();
+        if (p) this.inc(p.dropped);
       },
     });
   }

@@ -154,6 +154,22 @@ export class NativeTun implements TunDevice {
     return new NativeTun(handle, flags);
   }
 
+  /**
+   * Take over a TUN queue fd that a privileged parent opened and handed down (see src/dataplane/privsep.ts):
+   * no privilege is needed to read and write an open queue. `vnetHdr` must say how it was opened.
+   */
+  static fromFd(fd: number, opts: { vnetHdr?: boolean } = {}): NativeTun {
+    const addon = loadAddon();
+    const flags: NativeTunOptions = { multiQueue: false, vnetHdr: opts.vnetHdr === true };
+    let handle: NativeHandle;
+    try {
+      handle = addon.open('', { ...flags, fd } as NativeTunOptions);
+    } catch (err) {
+      throw convert(err);
+    }
+    return new NativeTun(handle, flags);
+  }
+
   /** Interface name as the kernel reports it. */
   get name(): string {
     return this.ifname;

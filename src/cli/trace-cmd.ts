@@ -1,0 +1,61 @@
+import { PACKET_FILTER_HELP, packetFilterToString, parsePacketFilter } from '../observe/filter.js';
+import { sseConnect } from '../observe/sse.js';
+import { DEFAULT_TRACE_RATE, MAX_TRACE_RATE, type TraceRecord } from '../observe/trace.js';
+import { formatSuppressed, formatTrace } from '../observe/trace-format.js';
+import { DEFAULT_TARGET, intOption, parseOptions, processIo, runCommand, untilSignal, type CliIo } from '../observe/cli.js';
+
+/**
+ * `tunnat trace [FILTER]`: watch packets go through the running router, each explained before and
+ * after translation. At most --rate packets a second are shown (the rest are counted in a "not shown"
+ * line); --count N stops after N packets.
+ */
+export const TRACE_USAGE = `tunnat trace [FILTER] [--http HOST:PORT|unix:PATH] [--rate N] [--count N] [--json]\n               ${PACKET_FILTER_HELP}`;
+
+export function cmdTrace(args: string[], io: CliIo = processIo): Promise<number> {
+  return runCommand(io, async () => {
+    const { values: v, positionals } = parseOptions(
+      args,
+      { http: { type: 'string' }, rate: { type: 'string' }, count: { type: 'string' }, json: { type: 'boolean' } } as const,
+      true,
+    );
+    const filter = parsePacketFilter(positionals);
+    const rate = intOption('rate', v.rate, MAX_TRACE_RATE) ?? DEFAULT_TRACE_RATE;
+    const count = intOption('count', v.count, 1_000_000);
+    const target = v.http ?? DEFAULT_TARGET;
+    const filterText = packetFilterToString(filter);
+    const q = new URLSearchParams({ rate: String(rate) });
+    if (filterText) q.set('filter', filterText);
+
+    let shown = 0;
+    let conn: Awaited<ReturnType<typeof sseConnect>> | null = null;
+    const signal = untilSignal();
+    try {
+      conn = await sseConnect(target, `/trace?${q.toString()}`, (event, data) => {
+        if (count !== undefined && shown >= count) return;
+        if (event === 'packet') {
+          const rec = JSON.parse(data) as TraceRecord;
+          if (v.json) io.out(JSON.stringify(rec));
+          else {
+            for (const l of formatTrace(rec)) io.out(l);
+            io.out('');
+          }
+          if (count !== undefined && ++shown >= count) conn?.close();
+        } else if (event === 'suppressed') {
+          const n = (JSON.parse(data) as { count: number }).count;
+          if (v.json) io.out(JSON.stringify({ suppressed: n }));
+          else io.out(formatSuppressed(n, rate));
+        } else if (event === 'dropped') {
+          const n = (JSON.parse(data) as { count: number }).count;
+          io.err(`tunnat: ${n} trace records lost (this reader fell behind; the router never waits for it)`);
+        }
+      });
+      io.err(`tunnat: tracing ${filterText || 'every packet'} at ${target}, at most ${rate}/s; Ctrl-C to stop`);
+      const ended = await Promise.race([conn.done.then(() => 'ended' as const), signal.promise.then(() => 'signal' as const)]);
+      if (ended === 'ended' && (count === undefined || shown < count)) io.err(`tunnat: the router at ${target} closed the stream`);
+      return 0;
+    } finally {
+      signal.release();
+      conn?.close();
+    }
+  });
+}

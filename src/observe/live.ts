@@ -1,0 +1,119 @@
+import type { Translator } from '../nat/translator.js';
+import { DROP_REASON_NAMES, PATH_NAMES } from '../nat/translator.js';
+import { flowRecord, type FlowRecord } from '../conntrack/listing.js';
+import { ipToString } from '../wire/addr.js';
+import { PROTO_NAMES } from './flowstate.js';
+import type { HostAccounting, HostTotals } from './hosts.js';
+import type { SseStream } from './sse.js';
+
+/**
+ * The live page's data: once a second, while at least one page is open, one snapshot of the counters,
+ * traffic per inside host and the busiest flows, sent to every open page over server-sent events.
+ * One snapshot serves all pages; a page that is not reading is skipped (its stream counts the drop).
+ */
+export interface LiveSnapshot {
+  time: string;
+  publicAddress: string;
+  counters: {
+    packets: Record<string, number>;
+    bytes: Record<string, number>;
+    drops: Record<string, number>;
+    flows: number;
+    flowsMax: number;
+    flowsCreated: number;
+    flowsRemoved: Record<string, number>;
+    portPools: { protocol: string; used: number; size: number }[];
+  };
+  hosts: HostTotals[];
+  /** The busiest flows (by bytes), at most `flowLimit`. */
+  flows: FlowRecord[];
+  flowsTotal: number;
+}
+
+export const LIVE_INTERVAL_MS = 1000;
+export const LIVE_FLOW_LIMIT = 200;
+
+export function liveSnapshot(nat: Translator, hosts: HostAccounting, now: number, flowLimit = LIVE_FLOW_LIMIT): LiveSnapshot {
+  const s = nat.stats;
+  const t = nat.flows;
+  const byPath = (a: Float64Array) => Object.fromEntries(PATH_NAMES.map((p, i) => [p, a[i] ?? 0]));
+  const census = hosts.census();
+  const live: number[] = [];
+  for (const f of t.flows()) if (t.expires[f]! > now) live.push(f);
+  const weight = (f: number) => t.bytes[f * 2]! + t.bytes[f * 2 + 1]!;
+  if (live.length > flowLimit) live.sort((a, b) => weight(b) - weight(a));
+  const flows = live.slice(0, flowLimit).map((f) => flowRecord(t, f, now));
+  const portPools: LiveSnapshot['counters']['portPools'] = [];
+  for (const [p, name] of Object.entries(PROTO_NAMES)) {
+    const pool = nat.mappings.pool(Number(p));
+    if (pool) portPools.push({ protocol: name, used: pool.used, size: pool.size });
+  }
+  return {
+    time: new Date().toISOString(),
+    publicAddress: ipToString(nat.publicAddress),
+    counters: {
+      packets: byPath(s.packets),
+      bytes: byPath(s.bytes),
+      drops: Object.fromEntries(DROP_REASON_NAMES.map((r, i) => [r, s.drops[i] ?? 0])),
+      flows: t.size,
+      flowsMax: t.capacity,
+      flowsCreated: s.flowsCreated,
+      flowsRemoved: { ...s.flowsRemoved },
+      portPools,
+    },
+    hosts: census.hosts,
+    flows,
+    flowsTotal: live.length,
+  };
+}
+
+export class LiveFeed {
+  private streams: SseStream[] = [];
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(
+    private readonly nat: Translator,
+    private readonly hosts: HostAccounting,
+    private readonly clock: () => number,
+    private readonly intervalMs = LIVE_INTERVAL_MS,
+  ) {}
+
+  get clients(): number {
+    return this.streams.length;
+  }
+
+  add(stream: SseStream): void {
+    this.streams = [...this.streams, stream];
+    stream.onClose(() => this.remove(stream));
+    // The first picture at once, not after a second of blank page.
+    this.tick([stream]);
+    if (!this.timer) {
+      this.timer = setInterval(() => this.tick(this.streams), this.intervalMs);
+      this.timer.unref();
+    }
+  }
+
+  private remove(stream: SseStream): void {
+    this.streams = this.streams.filter((s) => s !== stream);
+    if (this.streams.length === 0 && this.timer) {
+      clearInterval(this.timer);
+      this.timer = null;
+    }
+  }
+
+  private tick(streams: readonly SseStream[]): void {
+    const ready = streams.filter((s) => s.ready);
+    // Streams that are behind are skipped; send() counts the skip for them.
+    for (const s of streams) if (!s.ready) s.send('snapshot', null);
+    if (ready.length === 0) return;
+    const snap = liveSnapshot(this.nat, this.hosts, this.clock());
+    for (const s of ready) s.send('snapshot', snap);
+  }
+
+  close(): void {
+    for (const s of this.streams) s.close();
+    this.streams = [];
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+}
