@@ -48,6 +48,8 @@ export interface PacketTap {
   before(buf: Buffer, off: number, len: number, now: number): boolean;
   /** After translation; `verdict` is the translator's (the packet bytes are the rewritten ones). */
   after(buf: Buffer, off: number, len: number, verdict: number, now: number): void;
+  /** A packet tunnat made itself (ICMP error, TCP reset, a held fragment released), as it is sent. */
+  generated?(buf: Buffer, off: number, len: number): void;
 }
 
 export class Dataplane {
@@ -107,6 +109,7 @@ export class Dataplane {
         return at + hdr;
       },
       commit(off: number, len: number): void {
+        loop.tap?.generated?.(loop.buf, off, len);
         loop.outOffsets[loop.outCount] = off - hdr;
         loop.outLens[loop.outCount] = len + hdr;
         loop.outCount++;

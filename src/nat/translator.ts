@@ -501,10 +501,16 @@ export class Translator {
     } else {
       timeout = this.timeouts.icmp;
     }
-    if (dir === DIR_REPLY) flows.flags[flow] = flows.flags[flow]! | FLOW_SEEN_REPLY;
+    if (dir === DIR_REPLY && !(flows.flags[flow]! & FLOW_SEEN_REPLY)) {
+      flows.flags[flow] = flows.flags[flow]! | FLOW_SEEN_REPLY;
+      // The first reply is a state change for UDP and ICMP too (UNREPLIED → REPLIED), as conntrack -E shows.
+      if (proto !== IPPROTO.TCP) for (const ob of this.observers) ob.updated?.(flow, flows.state[flow]!, now);
+    }
     flows.expires[flow] = now + timeout * 1000;
     flows.packets[e]! += this.segments;
-    flows.bytes[e]! += total;
+    // A GSO superpacket stands for `segments` wire packets, each with its own IP and transport header.
+    const wire = this.segments > 1 ? total + (this.segments - 1) * (l4 - ip.off + (proto === IPPROTO.TCP ? this.tcp.headerLength : 8)) : total;
+    flows.bytes[e]! += wire;
 
     // Rewrite to the inverse of the other direction's tuple.
     const o = e ^ 1;
@@ -524,7 +530,7 @@ export class Translator {
     const path = fromInside ? (toPublic ? Path.HAIRPIN : Path.OUTBOUND) : Path.INBOUND;
     this.lastPath = path;
     this.stats.packets[path]! += this.segments;
-    this.stats.bytes[path]! += total;
+    this.stats.bytes[path]! += wire;
     // Addresses and the hop given back (see forward()) in one checksum update.
     rewriteIpHeader(buf, ip.off, src, dst, newSrc, newDst);
     return Verdict.FORWARD;
