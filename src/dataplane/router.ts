@@ -1,4 +1,5 @@
 import { randomInt } from 'node:crypto';
+import type { Server } from 'node:net';
 import { writeFileSync, existsSync, rmSync, readFileSync } from 'node:fs';
 import { run } from '../util/exec.js';
 import { takeSnapshot, writeSnapshot, restoreSnapshot } from '../nat/snapshot.js';
@@ -106,8 +107,27 @@ const SWEEP_INTERVAL_MS = 100;
 const ADDRESS_POLL_MS = 2000;
 const LOCAL_PORTS_POLL_MS = 5000;
 
-export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: TunDevice; clock?: () => number } = {}): Promise<RunningRouter> {
-  const clock = opts.clock ?? (() => performance.now());
+/**
+ * The privileged half: everything that changes the system. Resolve the public address, take over or
+ * clean up an earlier run's set-up, open the TUN (with offloads), apply the routing. Undone by
+ * teardown(), or left failed closed for a restart by keepForRestart().
+ */
+export interface SystemSetup {
+  readonly tun: TunDevice;
+  readonly vnetHdr: boolean;
+  readonly tunMtu: number;
+  readonly publicIp: number;
+  readonly owned: boolean;
+  readonly masquerade: boolean;
+  /** Poll the WAN address (masquerade); on a change, move the routing first, then tell `onChange`. */
+  followAddress(onChange: (addr: number, old: number) => void): () => void;
+  /** Make the TUN outlive this process and leave the rules for the next run (false if impossible). */
+  keepForRestart(): boolean;
+  /** Remove the routing (unless kept) and close the TUN. */
+  teardown(): Promise<void>;
+}
+
+export async function setupSystem(cfg: RouterConfig, log: Logger, opts: { tun?: TunDevice } = {}): Promise<SystemSetup> {
   const masquerade = cfg.publicIp === null;
   let publicIp: number;
   if (cfg.publicIp !== null) {
@@ -177,8 +197,6 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
   }
 
   let applied: AppliedRouting | null = null;
-  /** Set when stopping for a restart: the routing stays, failed closed, for the next run to adopt. */
-  let keeping = false;
   const onExit = () => {
     if (applied) {
       try {
@@ -203,10 +221,101 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
     throw err;
   }
 
+  let currentIp = publicIp;
+  return {
+    tun,
+    vnetHdr,
+    tunMtu,
+    publicIp,
+    owned,
+    masquerade,
+    followAddress(onChange) {
+      let checking = false;
+      const timer = setInterval(() => {
+        if (checking) return;
+        checking = true;
+        void (async () => {
+          try {
+            const addr = await interfacePrimaryIpv4(cfg.external);
+            if (addr !== null && addr !== currentIp && applied) {
+              applied = await updatePublicIp(applied, addr);
+              const old = currentIp;
+              currentIp = addr;
+              onChange(addr, old);
+            }
+          } catch (err) {
+            log.warn('could not read the external address', { error: (err as Error).message });
+          } finally {
+            checking = false;
+          }
+        })();
+      }, ADDRESS_POLL_MS);
+      timer.unref();
+      return () => clearInterval(timer);
+    },
+    keepForRestart() {
+      if (!applied || !(tun instanceof NativeTun)) return false;
+      try {
+        // Restart without loss: the TUN outlives this process (its routes stay, and what is routed into it
+        // while nobody reads is dropped), and the rules stay for the next run to adopt.
+        tun.setPersist(true);
+        keepForRestart(applied);
+        applied = null;
+        return true;
+      } catch (err) {
+        log.error('could not keep the set-up for a restart; removing it instead', { error: (err as Error).message });
+        try {
+          tun.setPersist(false);
+        } catch {
+          // The device goes with the process anyway.
+        }
+        return false;
+      }
+    },
+    async teardown() {
+      if (applied) {
+        try {
+          await removeRouting(applied, (m: string) => log.debug(m));
+        } catch (err) {
+          log.error('removing the routing set-up failed; the next start will clean it', { error: (err as Error).message });
+        }
+        applied = null;
+      }
+      tun.close();
+      process.off('exit', onExit);
+    },
+  };
+}
+
+/** What the data plane needs from the system half (also what a privilege-separated child is told). */
+export interface DataplaneBase {
+  tun: TunDevice;
+  vnetHdr: boolean;
+  tunMtu: number;
+  publicIp: number;
+  owned: boolean;
+  clock?: () => number;
+  /** Listening sockets made by a privileged parent, used instead of binding cfg.http/httpSocket. */
+  httpHandles?: Server[];
+}
+
+export interface RunningDataplane {
+  readonly nat: Translator;
+  readonly loop: Dataplane;
+  setPublicAddress(addr: number): void;
+  reload(next: RouterConfig): string[];
+  /** Stop the loop; with `saveTo`, write the flow table there first. Closes HTTP and taps, not the TUN. */
+  close(saveTo: string | null): Promise<void>;
+}
+
+/** The unprivileged half: translator, loop, taps, HTTP. Touches nothing outside the process but its TUN fd. */
+export async function startDataplane(cfg: RouterConfig, log: Logger, base: DataplaneBase): Promise<RunningDataplane> {
+  const clock = base.clock ?? (() => performance.now());
+  const { tun, vnetHdr, tunMtu } = base;
   const nat = new Translator({
     internal: cfg.internal,
-    publicIp,
-    publicIpOwned: owned,
+    publicIp: base.publicIp,
+    publicIpOwned: base.owned,
     ports: cfg.ports,
     excludedPorts: [cfg.gatewayPorts],
     maxFlows: cfg.maxFlows,
@@ -255,32 +364,6 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
   const timers: NodeJS.Timeout[] = [];
   timers.push(setInterval(() => nat.sweep(clock(), sweepBudget), SWEEP_INTERVAL_MS));
   timers.push(setInterval(refreshLocalPorts, LOCAL_PORTS_POLL_MS));
-  if (masquerade) {
-    let checking = false;
-    timers.push(
-      setInterval(() => {
-        if (checking) return;
-        checking = true;
-        void (async () => {
-          try {
-            const addr = await interfacePrimaryIpv4(cfg.external);
-            if (addr !== null && addr !== nat.publicAddress && applied) {
-              const old = nat.publicAddress;
-              applied = await updatePublicIp(applied, addr);
-              const flushed = nat.setPublicAddress(addr);
-              log.info('external address changed; new flows use the new address', {
-                from: ipToString(old), to: ipToString(addr), flushed,
-              });
-            }
-          } catch (err) {
-            log.warn('could not read the external address', { error: (err as Error).message });
-          } finally {
-            checking = false;
-          }
-        })();
-      }, ADDRESS_POLL_MS),
-    );
-  }
   timers.forEach((t) => t.unref());
 
   const registry = createRegistry(nat, loop, { hosts: observe.hosts, loopMetrics: observe.loopMetrics, observe });
@@ -288,89 +371,105 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
   try {
     closeHttp = await startHttp(
       { registry, conntrack: () => listFlows(nat.flows, clock()), handlers: observe.handlers() },
-      { tcp: cfg.http, unixPath: cfg.httpSocket },
+      base.httpHandles ? { tcp: null, unixPath: null, handles: base.httpHandles } : { tcp: cfg.http, unixPath: cfg.httpSocket },
     );
   } catch (err) {
     log.error('cannot start the HTTP endpoint', { error: (err as Error).message });
   }
 
-  log.info('tunnat running', {
-    tun: cfg.tun,
-    internal: cfg.internal.map(cidrToString).join(','),
-    external: cfg.external,
-    publicIp: ipToString(publicIp),
-    mode: masquerade ? 'masquerade' : 'snat',
-    tunMtu,
-    ports: cfg.ports.join('-'),
-    http: cfg.http ? `${cfg.http.host}:${cfg.http.port}` : 'off',
-  });
+  return {
+    nat,
+    loop,
+    setPublicAddress(addr: number) {
+      const old = nat.publicAddress;
+      const flushed = nat.setPublicAddress(addr);
+      log.info('external address changed; new flows use the new address', { from: ipToString(old), to: ipToString(addr), flushed });
+    },
+    reload(next: RouterConfig): string[] {
+      const restartNeeded = RESTART_FIELDS.filter((k) => JSON.stringify(next[k]) !== JSON.stringify(cfg[k]));
+      nat.reconfigure({
+        timeouts: next.timeouts,
+        egress: next.allowEgress ? new EgressPolicy(next.allowEgress) : null,
+        egressReject: next.egressReject,
+        maxFlowsPerHost: next.maxFlowsPerHost,
+        icmpOnExhaustion: next.icmpErrors,
+        forwards: next.forwards,
+      });
+      log.level = next.logLevel;
+      for (const k of LIVE_FIELDS) (cfg as unknown as Record<string, unknown>)[k] = next[k];
+      log.info('configuration reloaded; flows kept', {
+        flows: nat.flows.size,
+        ...(restartNeeded.length > 0 ? { needsRestart: restartNeeded.join(',') } : {}),
+      });
+      return restartNeeded;
+    },
+    async close(saveTo: string | null) {
+      timers.forEach((t) => clearInterval(t));
+      loop.stop();
+      if (saveTo) {
+        writeSnapshot(saveTo, takeSnapshot(nat, cfg.internal.map(cidrToString), clock()));
+        log.info('flows saved', { file: saveTo, flows: nat.flows.size });
+      }
+      await observe.close().catch(() => {});
+      if (closeHttp) await closeHttp().catch(() => {});
+    },
+  };
+}
+
+/** Both halves in one process: the usual `tunnat run`. */
+export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: TunDevice; clock?: () => number } = {}): Promise<RunningRouter> {
+  const sys = await setupSystem(cfg, log, opts);
+  let dp: RunningDataplane;
+  try {
+    dp = await startDataplane(cfg, log, { ...sys, tun: sys.tun, ...(opts.clock ? { clock: opts.clock } : {}) });
+  } catch (err) {
+    await sys.teardown();
+    throw err;
+  }
+  const stopFollowing = sys.masquerade ? sys.followAddress((addr) => dp.setPublicAddress(addr)) : () => {};
+  logRunning(cfg, log, sys);
 
   let resolveDone!: () => void;
   const done = new Promise<void>((r) => (resolveDone = r));
   let stopping: Promise<void> | null = null;
-  const stop = (reason = 'stop', opts: { keepForRestart?: boolean } = {}) => {
+  const stop = (reason = 'stop', o: { keepForRestart?: boolean } = {}) => {
     if (stopping) return stopping;
     stopping = (async () => {
-      log.info('tunnat stopping', { reason, flows: nat.flows.size });
-      timers.forEach((t) => clearInterval(t));
-      loop.stop();
-      if (opts.keepForRestart && cfg.stateFile && applied && tun instanceof NativeTun) {
-        // Restart without loss: save the flows, make the TUN outlive this process (its routes stay, and
-        // what is routed into it while nobody reads is dropped), and leave the rules for the next run.
-        try {
-          writeSnapshot(cfg.stateFile, takeSnapshot(nat, cfg.internal.map(cidrToString), clock()));
-          tun.setPersist(true);
-          keepForRestart(applied);
-          keeping = true;
-          applied = null;
-          log.info('flows saved; the gateway stays failed closed until the next `tunnat run --state` (or `tunnat down`)', {
-            file: cfg.stateFile,
-            flows: nat.flows.size,
-          });
-        } catch (err) {
-          log.error('could not keep the set-up for a restart; removing it instead', { error: (err as Error).message });
-          tun.setPersist(false);
-        }
+      log.info('tunnat stopping', { reason, flows: dp.nat.flows.size });
+      stopFollowing();
+      const keep = o.keepForRestart === true && cfg.stateFile !== null;
+      let saved = false;
+      try {
+        await dp.close(keep ? cfg.stateFile : null);
+        saved = keep;
+      } catch (err) {
+        log.error('could not save the flows', { error: (err as Error).message });
       }
-      if (applied) {
-        try {
-          await removeRouting(applied, (m: string) => log.debug(m));
-        } catch (err) {
-          log.error('removing the routing set-up failed; the next start will clean it', { error: (err as Error).message });
-        }
-        applied = null;
+      if (saved && sys.keepForRestart()) {
+        log.info('the gateway stays failed closed until the next `tunnat run --state` (or `tunnat down`)');
       }
-      tun.close();
-      await observe.close().catch(() => {});
-      if (closeHttp) await closeHttp().catch(() => {});
-      process.off('exit', onExit);
+      await sys.teardown();
       log.info('tunnat stopped');
       resolveDone();
     })();
     return stopping;
   };
 
-  /** SIGHUP: apply what can change live; name what needs a restart. Flows are kept either way. */
-  const reload = (next: RouterConfig): string[] => {
-    const restartNeeded = RESTART_FIELDS.filter((k) => JSON.stringify(next[k]) !== JSON.stringify(cfg[k]));
-    nat.reconfigure({
-      timeouts: next.timeouts,
-      egress: next.allowEgress ? new EgressPolicy(next.allowEgress) : null,
-      egressReject: next.egressReject,
-      maxFlowsPerHost: next.maxFlowsPerHost,
-      icmpOnExhaustion: next.icmpErrors,
-      forwards: next.forwards,
-    });
-    log.level = next.logLevel;
-    for (const k of LIVE_FIELDS) (cfg as unknown as Record<string, unknown>)[k] = next[k];
-    log.info('configuration reloaded; flows kept', {
-      flows: nat.flows.size,
-      ...(restartNeeded.length > 0 ? { needsRestart: restartNeeded.join(',') } : {}),
-    });
-    return restartNeeded;
-  };
+  return { nat: dp.nat, loop: dp.loop, publicIp: () => dp.nat.publicAddress, stop, done, reload: (n) => dp.reload(n) };
+}
 
-  return { nat, loop, publicIp: () => nat.publicAddress, stop, done, reload };
+export function logRunning(cfg: RouterConfig, log: Logger, sys: SystemSetup, extra: Record<string, unknown> = {}): void {
+  log.info('tunnat running', {
+    tun: cfg.tun,
+    internal: cfg.internal.map(cidrToString).join(','),
+    external: cfg.external,
+    publicIp: ipToString(sys.publicIp),
+    mode: sys.masquerade ? 'masquerade' : 'snat',
+    tunMtu: sys.tunMtu,
+    ports: cfg.ports.join('-'),
+    http: cfg.http ? `${cfg.http.host}:${cfg.http.port}` : 'off',
+    ...extra,
+  });
 }
 
 /** Settings SIGHUP applies to the running router. */

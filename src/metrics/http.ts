@@ -1,4 +1,5 @@
 import http from 'node:http';
+import type { Server as NetServer } from 'node:net';
 import { rmSync } from 'node:fs';
 import type { Registry } from 'prom-client';
 import type { Endpoint } from '../cli/config.js';
@@ -23,7 +24,10 @@ function isFlowList(v: unknown): v is FilterableFlow[] {
   return Array.isArray(v);
 }
 
-export async function startHttp(routes: HttpRoutes, listen: { tcp: Endpoint | null; unixPath: string | null }): Promise<() => Promise<void>> {
+export async function startHttp(
+  routes: HttpRoutes,
+  listen: { tcp: Endpoint | null; unixPath: string | null; handles?: NetServer[] },
+): Promise<() => Promise<void>> {
   const handler: http.RequestListener = (req, res) => {
     const url = new URL(req.url ?? '/', 'http://x');
     // A client that vanishes mid-answer must not surface as an unhandled 'error'.
@@ -61,7 +65,7 @@ export async function startHttp(routes: HttpRoutes, listen: { tcp: Endpoint | nu
     })();
   };
   const servers: http.Server[] = [];
-  const listenOn = (s: http.Server, arg: { host: string; port: number } | string) =>
+  const listenOn = (s: http.Server, arg: { host: string; port: number } | string | NetServer) =>
     new Promise<void>((resolve, reject) => {
       s.once('error', reject);
       const done = () => {
@@ -69,8 +73,15 @@ export async function startHttp(routes: HttpRoutes, listen: { tcp: Endpoint | nu
         resolve();
       };
       if (typeof arg === 'string') s.listen(arg, done);
-      else s.listen(arg.port, arg.host, done);
+      else if ('port' in arg) s.listen(arg.port, arg.host, done);
+      else s.listen(arg, done);
     });
+  // Listening sockets a privileged parent bound and passed down (privilege separation): serve on them.
+  for (const h of listen.handles ?? []) {
+    const s = http.createServer(handler);
+    await listenOn(s, h);
+    servers.push(s);
+  }
   if (listen.tcp) {
     const s = http.createServer(handler);
     await listenOn(s, listen.tcp);
