@@ -62,6 +62,8 @@ export interface RouterConfig {
   offload: boolean;
   /** Flow table saved here on SIGTERM (gateway left failed closed) and restored on start; null: off. */
   stateFile: string | null;
+  /** Run the data plane as this unprivileged user (privilege separation); null: one root process. */
+  user: string | null;
 }
 
 export const DEFAULTS = {
@@ -79,7 +81,7 @@ export const DEFAULTS = {
 export const CONFIG_KEYS = [
   'internal', 'external', 'publicIp', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows',
   'timeouts', 'table', 'batch', 'logLevel', 'engine', 'backend', 'filtering', 'forward', 'allowEgress',
-  'egressReject', 'maxFlowsPerHost', 'icmpErrors', 'pcap', 'offload', 'state',
+  'egressReject', 'maxFlowsPerHost', 'icmpErrors', 'pcap', 'offload', 'state', 'user',
 ] as const;
 
 export function parseRange(field: string, v: unknown): [number, number] {
@@ -236,6 +238,10 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
     throw new ConfigError('state', `expected a file path, got ${JSON.stringify(stateV)}`);
   }
   const stateFile = stateV as string | null | undefined;
+  const userV = get('user') as string | null | undefined;
+  if (userV !== undefined && userV !== null && (typeof userV !== 'string' || !/^[a-z_][a-z0-9_-]*\$?$/i.test(userV))) {
+    throw new ConfigError('user', `not a user name: ${JSON.stringify(userV)}`);
+  }
   const pcap = get('pcap');
   if (pcap !== undefined && pcap !== null && (typeof pcap !== 'string' || pcap === '')) {
     throw new ConfigError('pcap', `expected a file name, got ${JSON.stringify(pcap)}`);
@@ -265,6 +271,7 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
     pcap: (pcap as string | null | undefined) ?? null,
     offload: bool('offload', get('offload'), true),
     stateFile: stateFile ?? null,
+    user: userV ?? null,
   };
   if (publicIp !== null && cfg.internal.some((c) => ((publicIp! & c.mask) >>> 0) === c.network)) {
     throw new ConfigError('publicIp', `${ipToString(publicIp)} lies inside --internal`);

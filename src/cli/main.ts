@@ -18,7 +18,7 @@ Usage:
              [--filtering endpoint|address|address-port] [--forward tcp|udp:PORT=ADDR[:PORT]]…
              [--allow-egress tcp:80,udp:53,icmp,tcp:443@CIDR…] [--egress-reject]
              [--max-flows-per-host N] [--no-icmp-errors] [--no-offload] [--engine userspace|kernel|auto]
-             [--pcap FILE] [--state FILE]
+             [--pcap FILE] [--state FILE] [--user NAME]
   ${CONNTRACK_USAGE}
   ${STATS_USAGE}
   ${TRACE_USAGE}
@@ -69,6 +69,7 @@ const RUN_OPTIONS = {
   'no-icmp-errors': { type: 'boolean' },
   'no-offload': { type: 'boolean' },
   state: { type: 'string' },
+  user: { type: 'string' },
   pcap: { type: 'string' },
 } satisfies ParseArgsConfig['options'];
 
@@ -92,6 +93,12 @@ async function startEngine(cfg: RouterConfig, log: Logger): Promise<{ stop(reaso
   if (cfg.engine === 'kernel') return (await import('../kernel/engine.js')).startKernelEngine(cfg, log);
   const { startRouter } = await import('../dataplane/router.js');
   try {
+    if (cfg.user !== null) {
+      const { startPrivsep, lookupUser } = await import('../dataplane/privsep.js');
+      const user = lookupUser(cfg.user);
+      if (!user) throw new ConfigError('user', `no such user ${JSON.stringify(cfg.user)} in /etc/passwd`);
+      return await startPrivsep(cfg, log, user);
+    }
     return await startRouter(cfg, log);
   } catch (err) {
     const kernel = await import('../kernel/engine.js');
@@ -120,6 +127,7 @@ async function cmdRun(args: string[]): Promise<number> {
   try {
     router = await startEngine(cfg, log);
   } catch (err) {
+    if (err instanceof ConfigError) throw err;
     if ((err as { code?: string }).code) {
       log.error((err as Error).message, { code: (err as { code?: string }).code });
       return 1;

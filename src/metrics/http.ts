@@ -65,7 +65,7 @@ export async function startHttp(
     })();
   };
   const servers: http.Server[] = [];
-  const listenOn = (s: http.Server, arg: { host: string; port: number } | string | NetServer) =>
+  const listenOn = (s: http.Server, arg: { host: string; port: number } | string) =>
     new Promise<void>((resolve, reject) => {
       s.once('error', reject);
       const done = () => {
@@ -73,13 +73,14 @@ export async function startHttp(
         resolve();
       };
       if (typeof arg === 'string') s.listen(arg, done);
-      else if ('port' in arg) s.listen(arg.port, arg.host, done);
-      else s.listen(arg, done);
+      else s.listen(arg.port, arg.host, done);
     });
-  // Listening sockets a privileged parent bound and passed down (privilege separation): serve on them.
-  for (const h of listen.handles ?? []) {
+  // Listening sockets a privileged parent bound and passed down (privilege separation): they already
+  // listen, so their connections are fed to an HTTP server that never binds anything itself.
+  const passed = listen.handles ?? [];
+  if (passed.length > 0) {
     const s = http.createServer(handler);
-    await listenOn(s, h);
+    for (const h of passed) h.on('connection', (sock) => s.emit('connection', sock));
     servers.push(s);
   }
   if (listen.tcp) {
@@ -94,7 +95,8 @@ export async function startHttp(
     servers.push(s);
   }
   return async () => {
-    const closed = servers.map((s) => new Promise<void>((r) => s.close(() => r())));
+    passed.forEach((h) => (typeof h.close === "function" ? h.close() : undefined));
+    const closed = servers.map((s) => new Promise<void>((r) => (s.listening ? s.close(() => r()) : r())));
     servers.forEach((s) => s.closeAllConnections());
     await Promise.all(closed);
     if (listen.unixPath) rmSync(listen.unixPath, { force: true });

@@ -1,0 +1,64 @@
+/**
+ * The unprivileged half of `tunnat run --user` (see privsep.ts): forked by the root parent with the
+ * user's uid and gid, the TUN queue on fd 3 and the HTTP listeners sent over the IPC channel.
+ */
+import type { Server, Socket } from 'node:net';
+import { EventEmitter } from 'node:events';
+import { createLogger } from '../util/log.js';
+import { NativeTun } from '../tun/native.js';
+import { startDataplane, type RunningDataplane } from './router.js';
+import { CHILD_TUN_FD, type ChildMessage, type ParentMessage } from './privsep.js';
+
+/** Connections the parent accepted arrive here; the HTTP endpoint takes them from this emitter. */
+const connections = new EventEmitter() as unknown as Server;
+let dp: RunningDataplane | null = null;
+let stateFile: string | null = null;
+const reply = (m: ChildMessage) => process.send?.(m);
+
+process.on('message', (m: ParentMessage, handle?: Socket) => {
+  void (async () => {
+    switch (m.type) {
+      case 'conn':
+        if (handle) connections.emit('connection', handle);
+        return;
+      case 'start': {
+        const log = createLogger(m.cfg.logLevel);
+        try {
+          if (process.getuid?.() === 0) throw new Error('refusing to run the data plane as root');
+          const tun = NativeTun.fromFd(CHILD_TUN_FD, { vnetHdr: m.base.vnetHdr });
+          stateFile = m.cfg.stateFile;
+          dp = await startDataplane(m.cfg, log, { ...m.base, tun, httpHandles: [connections] });
+          reply({ type: 'ready' });
+        } catch (err) {
+          reply({ type: 'error', message: (err as Error).message });
+          process.exit(1);
+        }
+        return;
+      }
+      case 'publicIp':
+        dp?.setPublicAddress(m.addr);
+        return;
+      case 'reload':
+        dp?.reload(m.cfg);
+        return;
+      case 'stop': {
+        let saved = false;
+        try {
+          const to = m.save ? stateFile : null;
+          await dp?.close(to);
+          saved = to !== null;
+        } catch {
+          saved = false;
+        }
+        reply({ type: 'stopped', saved });
+        process.exit(0);
+      }
+    }
+  })();
+});
+
+// Without the parent there is nothing to serve: the IPC channel closing means it is gone.
+process.on('disconnect', () => process.exit(0));
+// Signals go to the parent, which tells this process what to do.
+process.on('SIGINT', () => {});
+process.on('SIGTERM', () => {});
