@@ -33,6 +33,8 @@ export interface LoopStats {
   badVnet: number;
   /** GSO superpackets translated (each stands for several wire packets). */
   superpackets: number;
+  /** The wire packets those superpackets stand for. */
+  segments: number;
   /** Packets the TUN did not take back (its queue was full). */
   writeShort: number;
   /** Histogram of batch sizes, in buckets of 1, 2-3, 4-7, … 64+ (log2). */
@@ -95,7 +97,7 @@ export class Dataplane {
     this.lens = new Uint32Array(this.batch);
     this.outOffsets = new Uint32Array(this.batch * 2);
     this.outLens = new Uint32Array(this.batch * 2);
-    this.stats = { batches: 0, oversize: 0, badVnet: 0, superpackets: 0, writeShort: 0, batchSizes: new Float64Array(8) };
+    this.stats = { batches: 0, oversize: 0, badVnet: 0, superpackets: 0, segments: 0, writeShort: 0, batchSizes: new Float64Array(8) };
     const hdr = this.hdrLen;
     const loop = this;
     nat.sink = {
@@ -157,7 +159,6 @@ export class Dataplane {
         continue;
       }
       let partial = false;
-      let segments = 1;
       if (hdrLen) {
         // Never trust the header's lengths either: it must describe this very packet.
         if (len < hdrLen || !vnet.read(buf, slot, len - hdrLen)) {
@@ -166,15 +167,15 @@ export class Dataplane {
         }
         partial = vnet.needsCsum;
         if (vnet.gsoType !== 0) {
-          segments = vnetSegments(vnet, len - hdrLen);
           this.stats.superpackets++;
+          this.stats.segments += vnetSegments(vnet, len - hdrLen);
         }
       }
       const off = slot + hdrLen;
       const plen = len - hdrLen;
       const tap = this.tap;
       const tapped = tap !== null && tap.before(buf, off, plen, now);
-      const verdict = nat.process(buf, off, plen, now, partial, segments);
+      const verdict = nat.process(buf, off, plen, now, partial);
       if (tapped) tap.after(buf, off, plen, verdict, now);
       if (verdict === Verdict.FORWARD) {
         this.outOffsets[this.outCount] = slot;

@@ -199,11 +199,9 @@ export class Translator {
   lastPath = -1;
   /**
    * The packet in hand came with a partial transport checksum (virtio NEEDS_CSUM: the field holds the
-   * pseudo-header sum, and whoever sends it on completes the checksum over the data); and how many wire
-   * packets it stands for (a GSO superpacket is several).
+   * pseudo-header sum, and whoever sends it on completes the checksum over the data).
    */
   private partial = false;
-  private segments = 1;
 
   constructor(opts: NatOptions) {
     this.timeouts = opts.timeouts;
@@ -362,7 +360,7 @@ export class Translator {
 
   private forward(path: number, len: number): number {
     this.lastPath = path;
-    this.stats.packets[path]! += this.segments;
+    this.stats.packets[path]!++;
     this.stats.bytes[path]! += len;
     // The gateway routed this packet once into the TUN and will route it again: give one hop back.
     const ttl = this.ip.ttl;
@@ -386,9 +384,8 @@ export class Translator {
    * Returns Verdict.FORWARD (write the packet back; its length is unchanged), Verdict.DROP, or
    * Verdict.HELD (a fragment kept until its first fragment arrives; sent later through the sink).
    */
-  process(buf: Uint8Array, off: number, len: number, now: number, csumPartial = false, segments = 1): number {
+  process(buf: Uint8Array, off: number, len: number, now: number, csumPartial = false): number {
     this.partial = csumPartial;
-    this.segments = segments;
     const ip = this.ip;
     this.lastEntry = NONE;
     this.lastCreated = false;
@@ -507,10 +504,10 @@ export class Translator {
       if (proto !== IPPROTO.TCP) for (const ob of this.observers) ob.updated?.(flow, flows.state[flow]!, now);
     }
     flows.expires[flow] = now + timeout * 1000;
-    flows.packets[e]! += this.segments;
-    // A GSO superpacket stands for `segments` wire packets, each with its own IP and transport header.
-    const wire = this.segments > 1 ? total + (this.segments - 1) * (l4 - ip.off + (proto === IPPROTO.TCP ? this.tcp.headerLength : 8)) : total;
-    flows.bytes[e]! += wire;
+    // A GSO superpacket counts as one packet of its own length, as the kernel's interface and conntrack
+    // counters count it, so tunnat's figures line up with `ip -s link` and `conntrack -L`.
+    flows.packets[e]!++;
+    flows.bytes[e]! += total;
 
     // Rewrite to the inverse of the other direction's tuple.
     const o = e ^ 1;
@@ -529,8 +526,8 @@ export class Translator {
     }
     const path = fromInside ? (toPublic ? Path.HAIRPIN : Path.OUTBOUND) : Path.INBOUND;
     this.lastPath = path;
-    this.stats.packets[path]! += this.segments;
-    this.stats.bytes[path]! += wire;
+    this.stats.packets[path]!++;
+    this.stats.bytes[path]! += total;
     // Addresses and the hop given back (see forward()) in one checksum update.
     rewriteIpHeader(buf, ip.off, src, dst, newSrc, newDst);
     return Verdict.FORWARD;
