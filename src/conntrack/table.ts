@@ -80,6 +80,8 @@ export class FlowTable {
   readonly tDport: Uint16Array;
   readonly packets: Float64Array;
   readonly bytes: Float64Array;
+  /** TCP: the sequence number the sender of this direction will use next (valid once seen, see tcp.ts). */
+  readonly seqNext: Uint32Array;
   private readonly next: Int32Array;
 
   private readonly heads: Int32Array;
@@ -112,6 +114,7 @@ export class FlowTable {
     this.tDport = new Uint16Array(entries);
     this.packets = new Float64Array(entries);
     this.bytes = new Float64Array(entries);
+    this.seqNext = new Uint32Array(entries);
     this.next = new Int32Array(entries).fill(NONE);
     // About one bucket per entry keeps chains short (load factor ≤ 1).
     let buckets = 1;
@@ -219,9 +222,10 @@ export class FlowTable {
     if (!this.isInUse(flow)) return;
     this.unlink(flow * 2);
     this.unlink(flow * 2 + 1);
-    this.flags[flow] = 0;
     this.size--;
+    // The flow is out of the index but still whole (flags included) while the owner releases what it held.
     this.onRemove(flow, reason);
+    this.flags[flow] = 0;
     this.mapping[flow] = NONE;
     this.mapping2[flow] = NONE;
     this.free[this.freeTop++] = flow;
@@ -297,7 +301,7 @@ export class FlowTable {
   /** Bytes of typed-array storage per flow slot, index included (for the memory-per-flow figure). */
   bytesPerFlow(): number {
     const perFlow = 1 + 1 + 1 + 1 + 8 + 8 + 4 + 4 + 4; // proto flags state detail expires created mapping mapping2 free
-    const perEntry = 4 + 4 + 2 + 2 + 8 + 8 + 4; // tuple, counters, chain
+    const perEntry = 4 + 4 + 2 + 2 + 8 + 8 + 4 + 4; // tuple, counters, seqNext, chain
     return perFlow + 2 * perEntry + (this.heads.length * 4) / this.capacity;
   }
 }

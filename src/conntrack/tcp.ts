@@ -125,7 +125,7 @@ export function tcpStep(state: number, detail: number, dir: 0 | 1, flags: number
     // The second side's FIN (whether or not the first was acknowledged yet) leaves only the last ACK;
     // a first FIN half-closes; a retransmitted FIN changes nothing.
     if (next !== sKP) {
-      if (seen === (TCP_FIN_ORIG | TCP_FIN_REPLY)) next = sLA;
+      if ((seen & (TCP_FIN_ORIG | TCP_FIN_REPLY)) === (TCP_FIN_ORIG | TCP_FIN_REPLY)) next = sLA;
       else next = state === sSR || state === sES ? sFW : sKP;
     }
   } else if (cls === TcpClass.ACK && state === sFW) {

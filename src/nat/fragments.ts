@@ -138,6 +138,12 @@ export class FragmentTracker {
     this.entries.delete(key);
   }
 
+  /** Forget every datagram (the public address changed: remembered rewrites would use the old one). */
+  clear(): void {
+    this.entries.clear();
+    this.heldBytes = 0;
+  }
+
   /** Drop datagrams whose time is up (what was held is freed: an incomplete set is never sent on). */
   expire(now: number): number {
     let n = 0;

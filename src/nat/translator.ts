@@ -292,6 +292,8 @@ export class Translator {
     if (addr === this.publicIp) return 0;
     const old = this.publicIp;
     this.publicIp = addr;
+    // Fragments whose first fragment was translated to the old address must not follow with it.
+    this.fragments.clear();
     return this.flows.flush((f) => {
       const m = this.flows.mapping[f]!;
       return m < 0 || this.mappings.extAddr[m] === old;
@@ -477,6 +479,20 @@ export class Translator {
 
     // Track state and refresh the timer.
     let timeout: number;
+    if (proto === IPPROTO.TCP) {
+      // Remember where this direction's sequence numbers are, to judge a later RST (below).
+      const t = this.tcp;
+      const seqEnd = (t.sequenceNumber + t.payloadLength + (tcpFlags & 0x03 ? 1 : 0)) >>> 0;
+      if (tcpFlags & 0x04) {
+        // An RST whose sequence number is nowhere near what this side sends is ignored, as the endpoint
+        // itself would (RFC 5961 §3): otherwise anyone who guesses the 4-tuple could end the flow.
+        const known = flows.detail[flow]! & (dir === 0 ? TCP_SEQ_ORIG : TCP_SEQ_REPLY);
+        if (known && Math.abs(((t.sequenceNumber - flows.seqNext[e]!) | 0)) > RST_WINDOW) return this.drop(DropReason.TCP_FLAGS);
+      } else {
+        flows.seqNext[e] = seqEnd;
+        flows.detail[flow] = flows.detail[flow]! | (dir === 0 ? TCP_SEQ_ORIG : TCP_SEQ_REPLY);
+      }
+    }
     if (proto === IPPROTO.TCP && flows.state[flow] === TcpState.ESTABLISHED && (tcpFlags & 0x17) === 0x10) {
       // The bulk of all TCP: an ACK (maybe with data or PSH) on an established connection changes nothing
       // in the state machine; skip it.
@@ -649,10 +665,24 @@ export class Translator {
 
   /** A new flow from outside to the public address: a port forward or a filtered mapping. */
   private createInbound(proto: number, src: number, sport: number, dport: number, now: number): number {
-    const m = this.resolveTarget(proto, dport, src, NONE);
-    if (m < NONE) return m;
+    // The slot first: making room may evict a flow and with it free the very mapping resolved below.
     const flow = this.allocateFlow(now);
-    if (flow < 0) return flow;
+    if (flow < 0) {
+      // Without room it still matters whose port this is: the gateway's own traffic goes on regardless.
+      const probe = this.resolveTarget(proto, dport, src, NONE);
+      return probe === GATEWAY ? GATEWAY : flow;
+    }
+    const m = this.resolveTarget(proto, dport, src, NONE);
+    if (m < NONE) {
+      this.flows.release(flow);
+      return m;
+    }
+    // The flow's LAN side must not already be a flow of its own (a server behind a forward that opened
+    // the same connection outwards): one tuple, one flow.
+    if (this.flows.lookup(proto, target.addr, src, target.port, sport, now) >= 0) {
+      this.flows.release(flow);
+      return -(DropReason.NO_MAPPING + 1);
+    }
     const t = this.flows;
     t.setTuple(flow, DIR_ORIGINAL, src, this.publicIp, sport, dport);
     t.setTuple(flow, DIR_REPLY, target.addr, src, target.port, sport);
@@ -668,13 +698,18 @@ export class Translator {
     if (proto === IPPROTO.ICMP) return GATEWAY; // the gateway answers pings to its own address
     const pub = this.publicIp;
     // A host may hairpin to its own mapping (STUN's hairpin test does): that mapping talks to pub by now.
-    const self = this.mappings.lookupInternal(proto, src, sport);
-    const m2 = this.resolveTarget(proto, dport, pub, self);
-    if (m2 < NONE) return m2 === GATEWAY || m2 === -(DropReason.NO_MAPPING + 1) ? GATEWAY : m2;
+    const first = this.resolveTarget(proto, dport, pub, this.mappings.lookupInternal(proto, src, sport));
+    if (first < NONE) return first === GATEWAY || first === -(DropReason.NO_MAPPING + 1) ? GATEWAY : first;
     if (this.hostLimitReached(src)) return this.refuse(buf, DropReason.HOST_LIMIT, proto, this.icmpOnExhaustion, now);
-    const choice = this.lastPortChoice;
+    // The slot first (making room may free mappings), then resolve again against what is left.
     const flow = this.allocateFlow(now);
     if (flow < 0) return flow;
+    const m2 = this.resolveTarget(proto, dport, pub, this.mappings.lookupInternal(proto, src, sport));
+    if (m2 < NONE) {
+      this.flows.release(flow);
+      return m2 === GATEWAY || m2 === -(DropReason.NO_MAPPING + 1) ? GATEWAY : m2;
+    }
+    const choice = this.lastPortChoice;
     const m = this.mappingFor(proto, src, sport);
     if (m < 0) {
       this.flows.release(flow);
@@ -682,6 +717,15 @@ export class Translator {
     }
     if (choice === PortChoice.FORWARD) this.lastPortChoice = PortChoice.FORWARD;
     const t = this.flows;
+    if (t.lookup(proto, target.addr, pub, target.port, this.mappings.extPort[m]!, now) >= 0) {
+      // The reply side is already a flow (the target talked to this public endpoint first): one tuple, one flow.
+      t.release(flow);
+      if (this.mappings.refs[m] === 0) {
+        this.mappings.ref(m);
+        this.mappings.unref(m);
+      }
+      return -(DropReason.NO_MAPPING + 1);
+    }
     t.setTuple(flow, DIR_ORIGINAL, src, pub, sport, dport);
     t.setTuple(flow, DIR_REPLY, target.addr, pub, target.port, this.mappings.extPort[m]!);
     return this.commitFlow(flow, proto, m, m2, 0, src, pub, now);
@@ -885,8 +929,15 @@ export class Translator {
     // The error travels against the quoted packet: look up the inverse of the quoted tuple.
     const e = this.flows.lookup(qproto, qdst, qsrc, qdport, qsport, now);
     if (e < 0) return fromInside ? this.drop(DropReason.NO_MAPPING) : this.toGateway(total);
-    this.lastEntry = e;
     const flows = this.flows;
+    // An error goes to the sender of the packet it quotes (RFC 792), and it travels the way the flow's
+    // side it comes from sends: from inside only along a tuple whose source is inside, from outside only
+    // along one whose source is outside. Anything else is forged, and translating it would carry a LAN
+    // address out in the quote.
+    if (this.ip.destinationAddress !== qsrc || this.isInternal(flows.tSrc[e]!) !== fromInside) {
+      return this.drop(DropReason.NOT_OURS);
+    }
+    this.lastEntry = e;
     // The quoted packet travelled in the other direction; restore it to that direction's tuple as
     // the receiver of this error knows it.
     const qe = e ^ 1;
@@ -954,6 +1005,11 @@ export class Translator {
     const odst = ip.destinationAddress;
     if (odst === qsrc && nqsrc !== qsrc) ip.setDestinationAddressWithChecksum(nqsrc);
     if (osrc === qdst && nqdst !== qdst) ip.setSourceAddressWithChecksum(nqdst);
+    else if (fromInside && !this.isInternal(ip.destinationAddress) && osrc !== this.publicIp) {
+      // An error from another LAN device (a router, a firewall) about a flow leaving through the NAT leaves
+      // with the public address as its source, like any other packet of that flow (Linux SNATs it too).
+      ip.setSourceAddressWithChecksum(this.publicIp);
+    }
     this.stats.icmpErrorsTranslated++;
     const path = fromInside ? (odst === this.publicIp ? Path.HAIRPIN : Path.OUTBOUND) : Path.INBOUND;
     return this.forward(path, total);
@@ -1038,6 +1094,12 @@ export interface RestoredFlow {
   mapping: SavedMapping | null;
   mapping2: SavedMapping | null;
 }
+
+/** Flow detail bits (beside tcp.ts's FIN bits): a sequence number was seen from this direction. */
+const TCP_SEQ_ORIG = 0x10;
+const TCP_SEQ_REPLY = 0x20;
+/** How far from the expected sequence number an RST may be and still count (generous: windows scale). */
+const RST_WINDOW = 1 << 24;
 
 /** resolveTarget: "the gateway's own stack should have it". */
 const GATEWAY = -1000;
