@@ -1,0 +1,57 @@
+/**
+ * The arithmetic of the load benchmark: medians over rounds, percentiles over RTT samples, ratios
+ * against the kernel and the goals they are held to. Pure, so the smoke test can check it.
+ */
+
+/** Median of the finite values; null when there are none (every run of that cell failed). */
+export function median(values: readonly number[]): number | null {
+  const xs = values.filter((v) => Number.isFinite(v)).sort((a, b) => a - b);
+  if (xs.length === 0) return null;
+  const mid = xs.length >> 1;
+  return xs.length % 2 === 1 ? xs[mid]! : (xs[mid - 1]! + xs[mid]!) / 2;
+}
+
+/**
+ * The p-th percentile (0..100) by linear interpolation between closest ranks (Hyndman & Fan type 7,
+ * what numpy and most spreadsheets use), so p50 of an even count is the mean of the middle two.
+ */
+export function percentile(values: readonly number[], p: number): number | null {
+  if (!(p >= 0 && p <= 100)) throw new RangeError(`percentile must be in 0..100, got ${p}`);
+  const xs = values.filter((v) => Number.isFinite(v)).sort((a, b) => a - b);
+  if (xs.length === 0) return null;
+  const h = (xs.length - 1) * (p / 100);
+  const lo = Math.floor(h);
+  const hi = Math.ceil(h);
+  return xs[lo]! + (xs[hi]! - xs[lo]!) * (h - lo);
+}
+
+/** a / b, or null when either is missing or b is not positive. */
+export function ratio(a: number | null | undefined, b: number | null | undefined): number | null {
+  if (a === null || a === undefined || b === null || b === undefined) return null;
+  if (!Number.isFinite(a) || !Number.isFinite(b) || b <= 0) return null;
+  return a / b;
+}
+
+/**
+ * A goal from the issue. `ratio-at-least`: userspace/kernel ≥ target (throughput);
+ * `at-most`: the value itself ≤ target (RTT added, bytes per flow).
+ */
+export type Goal =
+  | { kind: 'ratio-at-least'; target: number }
+  | { kind: 'at-most'; target: number; unit: string };
+
+export function goalText(g: Goal): string {
+  return g.kind === 'ratio-at-least' ? `≥ ${g.target}× kernel` : `≤ ${g.target} ${g.unit}`;
+}
+
+/** Whether a goal is met by the ratio (ratio goals) or the value (at-most goals); null when unknown. */
+export function goalMet(g: Goal, value: number | null, ratioToKernel: number | null): boolean | null {
+  if (g.kind === 'ratio-at-least') return ratioToKernel === null ? null : ratioToKernel >= g.target;
+  return value === null ? null : value <= g.target;
+}
+
+/** Bytes per flow from two memory readings; null when nothing was added (no division by ~0). */
+export function bytesPerFlow(before: number | null, after: number | null, flowsAdded: number | null): number | null {
+  if (before === null || after === null || flowsAdded === null || flowsAdded <= 0) return null;
+  return (after - before) / flowsAdded;
+}
