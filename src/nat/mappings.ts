@@ -115,6 +115,19 @@ export class MappingTable {
     this.refs[m]!++;
   }
 
+  /** Drop a temporary hold without freeing the mapping, even at 0 (the caller is about to reference it). */
+  unrefKeep(m: number): void {
+    this.refs[m]!--;
+  }
+
+  /** Free a mapping no flow references (after unrefKeep when the flow could not be made after all). */
+  releaseIfUnused(m: number): void {
+    if (this.refs[m] === 0) {
+      this.refs[m] = 1;
+      this.unref(m);
+    }
+  }
+
   /** Drop one flow's reference; the last one frees the public port. */
   unref(m: number): void {
     if (--this.refs[m]! > 0) return;

@@ -620,6 +620,10 @@ export class Translator {
       return this.refuse(buf, DropReason.EGRESS_POLICY, proto, this.egressReject, now);
     }
     if (this.hostLimitReached(src)) return this.refuse(buf, DropReason.HOST_LIMIT, proto, this.icmpOnExhaustion, now);
+    // A flow that will find no public port must not evict another flow first.
+    if (this.mappings.lookupInternal(proto, src, sport) < 0 && this.mappings.pool(proto)!.available <= 0) {
+      return this.refuse(buf, DropReason.PORTS_EXHAUSTED, proto, this.icmpOnExhaustion, now);
+    }
     const flow = this.allocateFlow(now);
     if (flow < 0) return this.refuse(buf, -flow - 1, proto, this.icmpOnExhaustion, now);
     const m = this.mappingFor(proto, src, sport);
@@ -665,13 +669,21 @@ export class Translator {
 
   /** A new flow from outside to the public address: a port forward or a filtered mapping. */
   private createInbound(proto: number, src: number, sport: number, dport: number, now: number): number {
-    // The slot first: making room may evict a flow and with it free the very mapping resolved below.
+    // Only a packet that will become a flow may make room for one: an unsolicited packet never evicts.
+    const first = this.resolveTarget(proto, dport, src, NONE);
+    if (first < NONE) return first;
+    // Making room may evict a flow, and that flow may be the last one holding the target mapping: hold it
+    // meanwhile, so the packet that caused the eviction still gets the flow it was admitted for.
+    if (first >= 0) this.mappings.ref(first);
     const flow = this.allocateFlow(now);
-    if (flow < 0) {
-      // Without room it still matters whose port this is: the gateway's own traffic goes on regardless.
-      const probe = this.resolveTarget(proto, dport, src, NONE);
-      return probe === GATEWAY ? GATEWAY : flow;
-    }
+    if (first >= 0) this.mappings.unrefKeep(first);
+    const e = flow < 0 ? flow : this.finishInbound(flow, proto, src, sport, dport, now);
+    // Whatever happened, a held mapping that no flow took is freed now.
+    if (first >= 0) this.mappings.releaseIfUnused(first);
+    return e;
+  }
+
+  private finishInbound(flow: number, proto: number, src: number, sport: number, dport: number, now: number): number {
     const m = this.resolveTarget(proto, dport, src, NONE);
     if (m < NONE) {
       this.flows.release(flow);
@@ -702,8 +714,16 @@ export class Translator {
     if (first < NONE) return first === GATEWAY || first === -(DropReason.NO_MAPPING + 1) ? GATEWAY : first;
     if (this.hostLimitReached(src)) return this.refuse(buf, DropReason.HOST_LIMIT, proto, this.icmpOnExhaustion, now);
     // The slot first (making room may free mappings), then resolve again against what is left.
+    if (first >= 0) this.mappings.ref(first);
     const flow = this.allocateFlow(now);
-    if (flow < 0) return flow;
+    if (first >= 0) this.mappings.unrefKeep(first);
+    const e = flow < 0 ? flow : this.finishHairpin(flow, proto, src, sport, dport, now);
+    if (first >= 0) this.mappings.releaseIfUnused(first);
+    return e;
+  }
+
+  private finishHairpin(flow: number, proto: number, src: number, sport: number, dport: number, now: number): number {
+    const pub = this.publicIp;
     const m2 = this.resolveTarget(proto, dport, pub, this.mappings.lookupInternal(proto, src, sport));
     if (m2 < NONE) {
       this.flows.release(flow);

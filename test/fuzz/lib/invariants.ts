@@ -1,0 +1,332 @@
+/**
+ * What must hold of the translator's state after any input, however hostile, and of every packet it
+ * lets through. Checks return lists of violations (strings) rather than throwing, so a fuzzer can
+ * report all of them together with the input that led there.
+ *
+ * Some of the state is private (hash chains, free lists, fragment entries, permission counts); it is
+ * read through narrow structural casts below. That couples these checks to field names, which is the
+ * price of checking the structures themselves rather than only what the public API shows.
+ */
+import type { Translator } from '../../../src/nat/translator.js';
+import { Filtering } from '../../../src/nat/translator.js';
+import { FLOW_INBOUND } from '../../../src/conntrack/table.js';
+import type { FragEntry } from '../../../src/nat/fragments.js';
+import type { PermissionTable } from '../../../src/nat/permissions.js';
+import { ipToString } from '../../../src/wire/addr.js';
+import { ICMP_HEADER_LENGTH } from '../../../src/wire/icmp.js';
+import {
+  IP, PROTO_ICMP, dstOf, ihl, ipChecksumValid, isFragment, l4ChecksumValid, looksLikeIpv4, protoOf, rd16, rd32, srcOf,
+} from './packets.js';
+
+const NONE = -1;
+const PROTOS = [PROTO_ICMP, 6, 17] as const;
+
+interface FlowInternals {
+  heads: Int32Array;
+  next: Int32Array;
+}
+interface MappingInternals {
+  free: Int32Array;
+  freeTop: number;
+}
+interface TranslatorInternals {
+  permissions: PermissionTable | null;
+  hostFlows: Map<number, number>;
+  maxPerHost: number;
+}
+interface FragmentInternals {
+  entries: Map<string, FragEntry>;
+}
+
+const q = ipToString;
+
+/** A predicate over addresses: the --internal prefixes. */
+export type IsInternal = (addr: number) => boolean;
+
+/**
+ * Everything about the tables at rest (between batches): the flow index, the mappings and their
+ * reference counts, the port pools, per-host counts, permissions, fragments and their bounds.
+ */
+export function checkState(nat: Translator): string[] {
+  const v: string[] = [];
+  const flows = nat.flows;
+  const cap = flows.capacity;
+  const maps = nat.mappings;
+  const mcap = maps.capacity;
+
+  // Flow slots in use, and every hash chain walked with a step bound so a cycle fails instead of hanging.
+  let inUse = 0;
+  for (let f = 0; f < cap; f++) if (flows.isInUse(f)) inUse++;
+  if (inUse !== flows.size) v.push(`flows.size ${flows.size} but ${inUse} slots in use`);
+  if (flows.size > cap) v.push(`flows.size ${flows.size} > capacity ${cap}`);
+  const fi = flows as unknown as FlowInternals;
+  const seen = new Uint8Array(cap * 2);
+  let steps = 0;
+  const maxSteps = cap * 2 + 1;
+  for (let b = 0; b < fi.heads.length && steps <= maxSteps; b++) {
+    for (let e = fi.heads[b]!; e !== NONE && steps <= maxSteps; e = fi.next[e]!) {
+      steps++;
+      if (e < 0 || e >= cap * 2) {
+        v.push(`hash chain ${b} holds entry ${e}, outside the table`);
+        break;
+      }
+      if (seen[e]) v.push(`entry ${e} is linked twice`);
+      seen[e] = 1;
+      if (!flows.isInUse(e >> 1)) v.push(`entry ${e} of a free flow slot is still in the index`);
+    }
+  }
+  if (steps > maxSteps) v.push('a hash chain loops (more links than entries)');
+
+  // Every flow is found from both directions, and finds itself. `-Infinity` as the clock: lookup() removes
+  // expired flows it meets, and a check must not change what it checks.
+  const refs = new Int32Array(mcap);
+  for (let f = 0; f < cap; f++) {
+    if (!flows.isInUse(f)) {
+      if (flows.mapping[f] !== NONE || flows.mapping2[f] !== NONE) v.push(`free flow slot ${f} still names mappings`);
+      continue;
+    }
+    const proto = flows.proto[f]!;
+    for (let dir = 0; dir < 2; dir++) {
+      const e = f * 2 + dir;
+      if (!seen[e]) v.push(`flow ${f} dir ${dir} is not in the index`);
+      const found = flows.lookup(proto, flows.tSrc[e]!, flows.tDst[e]!, flows.tSport[e]!, flows.tDport[e]!, -Infinity);
+      // A host hairpinning to its own mapping has the same tuple both ways: either entry is right.
+      if (found !== e && !(found === (e ^ 1) && sameTuple(nat, e, e ^ 1))) {
+        v.push(`flow ${f} dir ${dir} ${tupleText(nat, e)}: lookup finds ${found}, not ${e}`);
+      }
+    }
+    const m = flows.mapping[f]!;
+    const m2 = flows.mapping2[f]!;
+    if (m >= mcap || m2 >= mcap) v.push(`flow ${f} names mapping ${m}/${m2} beyond the table`);
+    if (m >= 0 && m < mcap) refs[m]!++;
+    if (m2 >= 0 && m2 < mcap) refs[m2]!++;
+  }
+
+  // Mapping slots: free ones exactly once on the free list, live ones counted, referenced and indexed.
+  const mi = maps as unknown as MappingInternals;
+  const free = new Uint8Array(mcap);
+  for (let i = 0; i < mi.freeTop; i++) {
+    const m = mi.free[i]!;
+    if (m < 0 || m >= mcap) v.push(`mapping free list holds ${m}`);
+    else if (free[m]) v.push(`mapping ${m} is on the free list twice (double free)`);
+    else free[m] = 1;
+  }
+  let live = 0;
+  for (let m = 0; m < mcap; m++) {
+    if (free[m]) {
+      if (refs[m]! > 0) v.push(`freed mapping ${m} is still used by ${refs[m]} flow reference(s)`);
+      continue;
+    }
+    live++;
+    const proto = maps.proto[m]!;
+    const where = `mapping ${m} (${protoName(proto)} ${q(maps.intAddr[m]!)}:${maps.intPort[m]} → ${q(maps.extAddr[m]!)}:${maps.extPort[m]})`;
+    if (maps.refs[m] !== refs[m]) v.push(`${where} has refs ${maps.refs[m]} but ${refs[m]} flow reference(s)`);
+    if (refs[m] === 0) v.push(`${where} is live with no flow: leaked`);
+    const pool = maps.pool(proto);
+    if (!pool) v.push(`${where} has no pool`);
+    else if (pool.owner[maps.extPort[m]!] !== m) v.push(`${where}: its port is owned by ${pool.owner[maps.extPort[m]!]}`);
+    if (maps.lookupInternal(proto, maps.intAddr[m]!, maps.intPort[m]!) !== m) v.push(`${where} is not found by its internal endpoint`);
+    if (maps.extAddr[m] !== nat.publicAddress) v.push(`${where} is on an address that is no longer public`);
+  }
+  if (live !== maps.size) v.push(`mappings.size ${maps.size} but ${live} live slots`);
+
+  // Pools: `used` is exactly the ports owned by live mappings of that protocol.
+  for (const proto of PROTOS) {
+    const pool = maps.pool(proto);
+    if (!pool) continue;
+    let owned = 0;
+    for (let port = 0; port < 65536; port++) {
+      const m = pool.owner[port]!;
+      if (m === NONE) continue;
+      owned++;
+      if (m < 0 || m >= mcap || free[m]) v.push(`${protoName(proto)} port ${port} owned by dead mapping ${m}`);
+      else if (maps.extPort[m] !== port || maps.proto[m] !== proto) v.push(`${protoName(proto)} port ${port} owned by mapping ${m} of another port/protocol`);
+    }
+    if (owned !== pool.used) v.push(`${protoName(proto)} pool: used ${pool.used} but ${owned} ports owned`);
+    if (pool.used > pool.size + 65536) v.push(`${protoName(proto)} pool: used ${pool.used} is impossible`);
+  }
+
+  // What each flow says about its mappings agrees with the mappings.
+  for (let f = 0; f < cap; f++) {
+    if (!flows.isInUse(f)) continue;
+    const o = f * 2;
+    const r = o + 1;
+    const m = flows.mapping[f]!;
+    const m2 = flows.mapping2[f]!;
+    const inbound = (flows.flags[f]! & FLOW_INBOUND) !== 0;
+    if (m >= 0 && !free[m]) {
+      if (inbound) v.push(`inbound flow ${f} holds an own mapping ${m}`);
+      if (flows.tSrc[o] !== maps.intAddr[m] || flows.tSport[o] !== maps.intPort[m] || flows.tDst[r] !== maps.extAddr[m] || flows.tDport[r] !== maps.extPort[m]) {
+        v.push(`flow ${f} ${tupleText(nat, o)} / ${tupleText(nat, r)} disagrees with its mapping ${m}`);
+      }
+      if (flows.proto[f] !== maps.proto[m]) v.push(`flow ${f} and its mapping ${m} differ in protocol`);
+    }
+    if (m2 >= 0 && !free[m2]) {
+      if (flows.tSrc[r] !== maps.intAddr[m2] || flows.tSport[r] !== maps.intPort[m2] || flows.tDport[o] !== maps.extPort[m2]) {
+        v.push(`flow ${f} ${tupleText(nat, o)} / ${tupleText(nat, r)} disagrees with its target mapping ${m2}`);
+      }
+    }
+  }
+
+  const ti = nat as unknown as TranslatorInternals;
+  // Per-host counts (only kept when --max-flows-per-host is set).
+  if (ti.maxPerHost > 0) {
+    const want = new Map<number, number>();
+    const opened = new Map<number, number>();
+    for (let f = 0; f < cap; f++) {
+      if (!flows.isInUse(f)) continue;
+      const inbound = (flows.flags[f]! & FLOW_INBOUND) !== 0;
+      const host = inbound ? flows.tSrc[f * 2 + 1]! : flows.tSrc[f * 2]!;
+      want.set(host, (want.get(host) ?? 0) + 1);
+      if (!inbound) opened.set(host, (opened.get(host) ?? 0) + 1);
+    }
+    for (const [host, n] of want) {
+      if (nat.flowsOfHost(host) !== n) v.push(`host ${q(host)}: counted ${nat.flowsOfHost(host)} flows, holds ${n}`);
+    }
+    // The limit governs the flows a host opens; flows from outside to it count towards it but are not
+    // refused by it (so a host behind a busy port forward may hold more).
+    for (const [host, n] of opened) {
+      if (n > ti.maxPerHost) v.push(`host ${q(host)} opened ${n} flows, over the limit ${ti.maxPerHost}`);
+    }
+    if (ti.hostFlows.size !== want.size) v.push(`per-host counts cover ${ti.hostFlows.size} hosts, flows belong to ${want.size}`);
+  }
+
+  // Address-dependent filtering: every flow's permissions exist, and there are no more than flows can hold.
+  if (nat.filtering === Filtering.ADDRESS && ti.permissions) {
+    const perm = ti.permissions;
+    if (perm.size > 2 * flows.size) v.push(`permissions ${perm.size} > 2 × flows ${flows.size}`);
+    for (let f = 0; f < cap; f++) {
+      if (!flows.isInUse(f)) continue;
+      const peer = flows.flags[f]! & FLOW_INBOUND ? flows.tSrc[f * 2]! : flows.tDst[f * 2]!;
+      for (const m of [flows.mapping[f]!, flows.mapping2[f]!]) {
+        if (m >= 0 && !perm.has(m, peer)) v.push(`flow ${f}: mapping ${m} lacks the permission for ${q(peer)}`);
+      }
+    }
+  }
+
+  // Fragments: bounded in datagrams, bytes and pieces; the byte count is the sum of what is held.
+  const fr = nat.fragments;
+  const lim = fr.limits;
+  if (fr.size > lim.maxDatagrams) v.push(`fragments: ${fr.size} datagrams tracked > ${lim.maxDatagrams}`);
+  if (fr.heldBytes < 0 || fr.heldBytes > lim.maxHeldBytes) v.push(`fragments: heldBytes ${fr.heldBytes} outside 0..${lim.maxHeldBytes}`);
+  let held = 0;
+  for (const [key, e] of (fr as unknown as FragmentInternals).entries) {
+    let bytes = 0;
+    for (const h of e.held) bytes += h.length;
+    if (bytes !== e.heldBytes) v.push(`fragment set ${key}: heldBytes ${e.heldBytes} but holds ${bytes}`);
+    held += e.heldBytes;
+    if (e.ranges.length / 2 > lim.maxFragments) v.push(`fragment set ${key}: ${e.ranges.length / 2} pieces > ${lim.maxFragments}`);
+  }
+  if (held !== fr.heldBytes) v.push(`fragments: heldBytes ${fr.heldBytes} but entries hold ${held}`);
+  return v;
+}
+
+/** After every timeout has passed and a full sweep: nothing may be left (a leak shows up here). */
+export function checkDrained(nat: Translator): string[] {
+  const v: string[] = [];
+  if (nat.flows.size !== 0) v.push(`${nat.flows.size} flows left after every timeout passed`);
+  if (nat.mappings.size !== 0) v.push(`${nat.mappings.size} mappings left with no flows`);
+  for (const proto of PROTOS) {
+    const used = nat.mappings.pool(proto)?.used ?? 0;
+    if (used !== 0) v.push(`${protoName(proto)} pool still has ${used} ports in use`);
+  }
+  if (nat.fragments.size !== 0 || nat.fragments.heldBytes !== 0) {
+    v.push(`fragments: ${nat.fragments.size} sets / ${nat.fragments.heldBytes} bytes left after their timeout`);
+  }
+  const ti = nat as unknown as TranslatorInternals;
+  if (ti.permissions && ti.permissions.size !== 0) v.push(`${ti.permissions.size} permissions left with no flows`);
+  if (ti.hostFlows.size !== 0) v.push(`per-host counts left for ${ti.hostFlows.size} hosts`);
+  return v.concat(checkState(nat));
+}
+
+export interface PacketCheckInput {
+  /** The packet as it went in (a copy taken before translation). */
+  before: Uint8Array;
+  /** The same bytes after translation (only meaningful when forwarded). */
+  after: Uint8Array;
+  verdict: number;
+  /** The transport checksum is partial (virtio NEEDS_CSUM): compare after completing it. */
+  partial: boolean;
+  isInternal: IsInternal;
+  publicIp: number;
+}
+
+/** Per forwarded packet: checksums kept valid, TTL given back, nothing leaves with an inside address. */
+export function checkForwarded(c: PacketCheckInput): string[] {
+  const v: string[] = [];
+  const { before, after } = c;
+  if (!looksLikeIpv4(after)) return ['forwarded a packet that is not IPv4'];
+  if (after.length !== before.length) v.push(`length changed ${before.length} → ${after.length}`);
+  if (ipChecksumValid(before) && !ipChecksumValid(after)) v.push('IP header checksum broken by translation');
+  const ttlIn = before[IP.TTL]!;
+  const ttlOut = after[IP.TTL]!;
+  if (ttlOut !== Math.min(255, ttlIn + 1)) v.push(`TTL ${ttlIn} → ${ttlOut}, expected one hop given back`);
+  if (!c.partial && l4ChecksumValid(before) === true && l4ChecksumValid(after) !== true) {
+    v.push(`${protoName(protoOf(after))} checksum broken by translation`);
+  }
+  if (protoOf(after) === PROTO_ICMP && !isFragment(after)) {
+    const qb = quotedHeader(before);
+    const qa = quotedHeader(after);
+    if (qb && qa && quotedIpChecksumValid(before, qb) && !quotedIpChecksumValid(after, qa)) v.push('quoted IP header checksum broken');
+  }
+  v.push(...leaks(after, c.isInternal, c.publicIp));
+  const fromInside = c.isInternal(srcOf(before));
+  const outDst = dstOf(after);
+  if (fromInside && !c.isInternal(outDst) && outDst !== c.publicIp && srcOf(after) !== c.publicIp) {
+    v.push(`a LAN packet left for ${q(outDst)} with source ${q(srcOf(after))}, not the public address`);
+  }
+  return v;
+}
+
+/**
+ * The leak rule, for any packet written back to the TUN: if it is headed out (its destination is neither
+ * inside nor the public address), neither its source nor any address quoted in an ICMP error is inside.
+ */
+export function leaks(p: Uint8Array, isInternal: IsInternal, publicIp: number): string[] {
+  if (!looksLikeIpv4(p)) return [];
+  const dst = dstOf(p);
+  if (isInternal(dst) || dst === publicIp) return [];
+  const v: string[] = [];
+  if (isInternal(srcOf(p))) v.push(`LEAK: packet to ${q(dst)} leaves with inside source ${q(srcOf(p))}`);
+  const qh = quotedHeader(p);
+  if (qh !== null) {
+    const qs = rd32(p, qh + IP.SRC);
+    const qd = rd32(p, qh + IP.DST);
+    if (isInternal(qs) || isInternal(qd)) v.push(`LEAK: ICMP error to ${q(dst)} quotes inside address ${q(isInternal(qs) ? qs : qd)}`);
+  }
+  return v;
+}
+
+/** Offset of the quoted IP header inside an ICMP error, or null. */
+function quotedHeader(p: Uint8Array): number | null {
+  if (protoOf(p) !== PROTO_ICMP || isFragment(p)) return null;
+  const h = ihl(p);
+  const total = rd16(p, IP.TOTAL_LENGTH);
+  const type = p[h] ?? 255;
+  if (![3, 4, 5, 11, 12].includes(type)) return null;
+  const at = h + ICMP_HEADER_LENGTH;
+  return at + 20 <= total && (p[at]! >>> 4) === 4 ? at : null;
+}
+
+function quotedIpChecksumValid(p: Uint8Array, at: number): boolean {
+  const qhl = (p[at]! & 0x0f) * 4;
+  if (qhl < 20 || at + qhl > p.length) return false;
+  let sum = 0;
+  for (let i = 0; i < qhl; i += 2) sum += (p[at + i]! << 8) | p[at + i + 1]!;
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return sum === 0xffff;
+}
+
+function sameTuple(nat: Translator, a: number, b: number): boolean {
+  const t = nat.flows;
+  return t.tSrc[a] === t.tSrc[b] && t.tDst[a] === t.tDst[b] && t.tSport[a] === t.tSport[b] && t.tDport[a] === t.tDport[b];
+}
+
+function protoName(p: number): string {
+  return p === 6 ? 'tcp' : p === 17 ? 'udp' : p === 1 ? 'icmp' : `proto ${p}`;
+}
+
+function tupleText(nat: Translator, e: number): string {
+  const t = nat.flows;
+  return `${protoName(t.proto[e >> 1]!)} ${q(t.tSrc[e]!)}:${t.tSport[e]} → ${q(t.tDst[e]!)}:${t.tDport[e]}`;
+}
