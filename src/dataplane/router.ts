@@ -366,7 +366,7 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
   timers.push(setInterval(refreshLocalPorts, LOCAL_PORTS_POLL_MS));
   timers.forEach((t) => t.unref());
 
-  const registry = createRegistry(nat, loop, { hosts: observe.hosts, loopMetrics: observe.loopMetrics, observe });
+  const registry = createRegistry(nat, loop, { hosts: observe.hosts, loopMetrics: observe.loopMetrics, observe, tunName: cfg.tun });
   let closeHttp: (() => Promise<void>) | null = null;
   try {
     closeHttp = await startHttp(

@@ -1,4 +1,5 @@
 import { Registry, Counter, Gauge, collectDefaultMetrics } from 'prom-client';
+import { readFileSync } from 'node:fs';
 import type { Translator } from '../nat/translator.js';
 import { DROP_REASON_NAMES, PATH_NAMES } from '../nat/translator.js';
 import type { Dataplane } from '../dataplane/loop.js';
@@ -28,6 +29,8 @@ export interface RegistryOptions {
   hosts?: HostAccounting;
   loopMetrics?: LoopMetrics;
   observe?: ObserveStats;
+  /** The TUN's name, to export what the kernel dropped before tunnat could read it. */
+  tunName?: string;
 }
 
 /** prom-client counters are monotonic by API; ours mirror totals kept elsewhere, so set them on collect. */
@@ -214,6 +217,65 @@ export function createRegistry(nat: Translator, loop: Dataplane | null, opts: Re
       mirror(this, {}, nat.stats.icmpErrorsTranslated);
     },
   });
+  new Counter({
+    name: 'tunnat_generated_total',
+    help: 'Packets tunnat made itself (ICMP 3/13 and TCP resets refusing a new flow): sent, or suppressed by the rate limit or a full batch',
+    labelNames: ['outcome'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc({ outcome: 'sent' }, nat.stats.generated);
+      this.inc({ outcome: 'suppressed' }, nat.stats.generatedSuppressed);
+    },
+  });
+  new Gauge({
+    name: 'tunnat_fragment_datagrams',
+    help: 'IP datagrams whose fragments are being tracked (bounded)',
+    registers: [registry],
+    collect() {
+      this.set(nat.fragments.size);
+    },
+  });
+  new Gauge({
+    name: 'tunnat_fragment_held_bytes',
+    help: 'Bytes of fragments held until their first fragment arrives (bounded)',
+    registers: [registry],
+    collect() {
+      this.set(nat.fragments.heldBytes);
+    },
+  });
+  new Counter({
+    name: 'tunnat_fragment_events_total',
+    help: 'Fragment tracker events: held, released, expired (incomplete sets), overlaps, limit (bound reached)',
+    labelNames: ['event'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const f = nat.fragments.stats;
+      this.inc({ event: 'held' }, f.held);
+      this.inc({ event: 'released' }, f.released);
+      this.inc({ event: 'expired' }, f.expired);
+      this.inc({ event: 'overlap' }, f.overlaps);
+      this.inc({ event: 'limit' }, f.limitDrops);
+    },
+  });
+  if (opts.tunName) {
+    const tunName = opts.tunName;
+    new Counter({
+      name: 'tunnat_tun_kernel_dropped_total',
+      help: 'Packets the kernel dropped queuing them into the TUN for tunnat (its queue was full): tx_dropped of the device',
+      registers: [registry],
+      collect() {
+        let v = 0;
+        try {
+          v = Number(readFileSync(`/sys/class/net/${tunName}/statistics/tx_dropped`, 'utf8').trim()) || 0;
+        } catch {
+          // Device gone or sysfs not mounted for this namespace.
+        }
+        mirror(this, {}, v);
+      },
+    });
+  }
 
   if (census) {
     const perHost = (name: string, help: string, pick: (h: FlowCensus['hosts'][number], dir: 'outbound' | 'inbound') => number) =>

@@ -332,8 +332,9 @@ export class Translator {
     }
     if (m >= 0) this.mappings.unref(m);
     if (m2 >= 0) this.mappings.unref(m2);
-    {
+    if (!(t.flags[flow]! & FLOW_INBOUND)) {
       // Counted whether or not a limit is set, so a limit switched on by SIGHUP starts from the truth.
+      // Only flows a host opened count: senders outside must not be able to use up its allowance.
       const host = this.lanHost(flow);
       const n = (this.hostFlows.get(host) ?? 1) - 1;
       if (n <= 0) this.hostFlows.delete(host);
@@ -607,7 +608,7 @@ export class Translator {
       if (m >= 0) this.permissions.add(m, peer);
       if (m2 >= 0) this.permissions.add(m2, peer);
     }
-    this.noteHostFlow(host);
+    if (!(flags & FLOW_INBOUND)) this.noteHostFlow(host);
     this.stats.flowsCreated++;
     this.lastCreated = true;
     for (const o of this.observers) o.created?.(flow, now);

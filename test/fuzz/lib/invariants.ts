@@ -175,16 +175,16 @@ export function checkState(nat: Translator): string[] {
     const opened = new Map<number, number>();
     for (let f = 0; f < cap; f++) {
       if (!flows.isInUse(f)) continue;
-      const inbound = (flows.flags[f]! & FLOW_INBOUND) !== 0;
-      const host = inbound ? flows.tSrc[f * 2 + 1]! : flows.tSrc[f * 2]!;
+      // Only the flows a host opened count towards it: senders outside cannot use up its allowance.
+      if ((flows.flags[f]! & FLOW_INBOUND) !== 0) continue;
+      const host = flows.tSrc[f * 2]!;
       want.set(host, (want.get(host) ?? 0) + 1);
-      if (!inbound) opened.set(host, (opened.get(host) ?? 0) + 1);
+      opened.set(host, (opened.get(host) ?? 0) + 1);
     }
     for (const [host, n] of want) {
-      if (nat.flowsOfHost(host) !== n) v.push(`host ${q(host)}: counted ${nat.flowsOfHost(host)} flows, holds ${n}`);
+      if (nat.flowsOfHost(host) !== n) v.push(`host ${q(host)}: counted ${nat.flowsOfHost(host)} flows, opened ${n}`);
     }
-    // The limit governs the flows a host opens; flows from outside to it count towards it but are not
-    // refused by it (so a host behind a busy port forward may hold more).
+    // The limit governs the flows a host opens.
     for (const [host, n] of opened) {
       if (n > ti.maxPerHost) v.push(`host ${q(host)} opened ${n} flows, over the limit ${ti.maxPerHost}`);
     }
