@@ -1,3 +1,4 @@
+import { ROUTER_OPTIONS, configFlags } from './router-flags.js';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError, resolveConfig, type RouterConfig } from './config.js';
 import { createLogger } from '../util/log.js';
@@ -37,30 +38,9 @@ apply   apply it and exit; it stays until \`tunnat kernel remove\` (or a reboot)
 remove  remove what \`tunnat kernel apply\` (or a crashed \`tunnat run --engine kernel\`) left
 `;
 
-const KERNEL_OPTIONS = {
-  internal: { type: 'string' },
-  external: { type: 'string' },
-  'public-ip': { type: 'string' },
-  tun: { type: 'string' },
-  ports: { type: 'string' },
-  'gateway-ports': { type: 'string' },
-  http: { type: 'string' },
-  'http-socket': { type: 'string' },
-  config: { type: 'string' },
-  'max-flows': { type: 'string' },
-  table: { type: 'string' },
-  batch: { type: 'string' },
-  'log-level': { type: 'string' },
-  engine: { type: 'string' },
-  backend: { type: 'string' },
-  help: { type: 'boolean', short: 'h' },
-} satisfies ParseArgsConfig['options'];
+const KERNEL_OPTIONS = { ...ROUTER_OPTIONS, help: { type: 'boolean', short: 'h' } } satisfies ParseArgsConfig['options'];
 
 class UsageError extends Error {}
-
-function camel(flag: string): string {
-  return flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
-}
 
 function parseFlags(args: string[]): Record<string, unknown> {
   let values: Record<string, unknown>;
@@ -69,9 +49,8 @@ function parseFlags(args: string[]): Record<string, unknown> {
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
-  const flags: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(values)) flags[camel(k)] = v;
-  return flags;
+  const { help, ...rest } = values;
+  return { ...configFlags(rest), ...(help !== undefined ? { help } : {}) };
 }
 
 function backendFlag(flags: Record<string, unknown>): 'auto' | KernelBackend {

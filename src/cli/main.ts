@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError, resolveConfig, describeConfig, type RouterConfig } from './config.js';
+import { ROUTER_OPTIONS, configFlags } from './router-flags.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { cmdConntrack, CONNTRACK_USAGE } from './conntrack-cmd.js';
 import { cmdStats, STATS_USAGE } from './stats-cmd.js';
@@ -44,34 +45,7 @@ lab        build a namespace lab (LAN hosts, gateway, internet host), run tunnat
 
 class UsageError extends Error {}
 
-const RUN_OPTIONS = {
-  internal: { type: 'string' },
-  external: { type: 'string' },
-  'public-ip': { type: 'string' },
-  tun: { type: 'string' },
-  ports: { type: 'string' },
-  'gateway-ports': { type: 'string' },
-  http: { type: 'string' },
-  'http-socket': { type: 'string' },
-  config: { type: 'string' },
-  'max-flows': { type: 'string' },
-  table: { type: 'string' },
-  batch: { type: 'string' },
-  'log-level': { type: 'string' },
-  'dry-run': { type: 'boolean' },
-  engine: { type: 'string' },
-  backend: { type: 'string' },
-  filtering: { type: 'string' },
-  forward: { type: 'string', multiple: true },
-  'allow-egress': { type: 'string' },
-  'egress-reject': { type: 'boolean' },
-  'max-flows-per-host': { type: 'string' },
-  'no-icmp-errors': { type: 'boolean' },
-  'no-offload': { type: 'boolean' },
-  state: { type: 'string' },
-  user: { type: 'string' },
-  pcap: { type: 'string' },
-} satisfies ParseArgsConfig['options'];
+const RUN_OPTIONS = { ...ROUTER_OPTIONS, 'dry-run': { type: 'boolean' } } satisfies ParseArgsConfig['options'];
 
 function parse<T extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: T) {
   try {
@@ -79,10 +53,6 @@ function parse<T extends NonNullable<ParseArgsConfig['options']>>(args: string[]
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
-}
-
-function camel(flag: string): string {
-  return flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
 }
 
 /**
@@ -110,15 +80,10 @@ async function startEngine(cfg: RouterConfig, log: Logger): Promise<{ stop(reaso
 
 async function cmdRun(args: string[]): Promise<number> {
   const values = parse(args, RUN_OPTIONS) as Record<string, unknown>;
-  const flags: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(values)) {
-    if (k === 'dry-run') continue;
-    if (k === 'no-icmp-errors') flags.icmpErrors = !v;
-    else if (k === 'no-offload') flags.offload = !v;
-    else flags[camel(k)] = v;
-  }
+  const { 'dry-run': dryRun, ...rest } = values;
+  const flags = configFlags(rest);
   const cfg = resolveConfig(flags);
-  if (values['dry-run']) {
+  if (dryRun) {
     process.stdout.write(JSON.stringify(describeConfig(cfg), null, 2) + '\n');
     return 0;
   }
