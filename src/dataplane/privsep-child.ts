@@ -19,7 +19,10 @@ process.on('message', (m: ParentMessage, handle?: Socket) => {
   void (async () => {
     switch (m.type) {
       case 'conn':
-        if (handle) connections.emit('connection', handle);
+        if (handle) {
+          connections.emit('connection', handle);
+          handle.resume(); // the parent accepted it paused
+        }
         return;
       case 'start': {
         const log = createLogger(m.cfg.logLevel);

@@ -83,13 +83,15 @@ export async function startPrivsep(cfg: RouterConfig, log: Logger, user: Privsep
   let child: ChildProcess | null = null;
   try {
     if (cfg.http) {
-      const s = createServer();
+      // Paused: the parent must not read a byte of a connection it hands to the child.
+      const s = createServer({ pauseOnConnect: true });
       await listen(s, cfg.http);
       servers.push(s);
     }
     if (cfg.httpSocket) {
       rmSync(cfg.httpSocket, { force: true });
-      const s = createServer();
+      // Paused: the parent must not read a byte of a connection it hands to the child.
+      const s = createServer({ pauseOnConnect: true });
       await listen(s, cfg.httpSocket);
       servers.push(s);
     }
