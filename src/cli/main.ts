@@ -60,7 +60,11 @@ function parse<T extends NonNullable<ParseArgsConfig['options']>>(args: string[]
  * TUN can be opened (no /dev/net/tun, no privilege), with a log line saying so.
  */
 async function startEngine(cfg: RouterConfig, log: Logger): Promise<{ stop(reason?: string): Promise<void>; done: Promise<void> }> {
-  if (cfg.engine === 'kernel') return (await import('../kernel/engine.js')).startKernelEngine(cfg, log);
+  if (cfg.engine === 'kernel') {
+    // The kernel translates: there is no packet-parsing process to put behind --user.
+    if (cfg.user !== null) log.warn('--user applies to the userspace data plane; the kernel engine runs no packet path of its own');
+    return (await import('../kernel/engine.js')).startKernelEngine(cfg, log);
+  }
   const { startRouter } = await import('../dataplane/router.js');
   try {
     if (cfg.user !== null) {
