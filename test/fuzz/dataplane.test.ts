@@ -17,7 +17,7 @@ describe('data-plane fuzz (seeded, bounded)', () => {
 
   for (const config of FUZZ_CONFIGS) {
     it.each(SEEDS)(`${config.name}, seed %i: no exception, every invariant holds after every batch`, (seed) => {
-      // Open issue, reported (known-issues.test.ts): a refused new flow may already have evicted another.
+      // Residual cases of bug 7 (docs/reliability.md): a refused new flow may already have evicted another.
       // Counted, not failed: with tables of a few slots, making room can still free what the new flow then
       // lacks (a mapping slot, a permission, a port). The common cases are fixed (known-issues.test.ts).
       const r = runFuzz({ config, seed, packets: PACKETS_PER_SESSION, timeBudgetMs: SESSION_BUDGET_MS, tolerateEvictThenRefuse: true });

@@ -1,10 +1,7 @@
 /**
  * Bugs the data-plane fuzzer found, each reduced to a few packets (docs/reliability.md lists them with
- * their input as hex). Each test states the correct behaviour. Bugs 1–6 are fixed in src/ ("Fix what
- * the data-plane fuzzer found") and these are their regression tests; the comments say what used to
- * happen. The last two (bug 7) are open: marked `it.fails` until src/ is fixed, then drop the `.fails`
- * (and tolerateEvictThenRefuse in dataplane.test.ts, the eviction branch in state-intact.test.ts and the
- * `it.fails` in test/e2e/hostile-flood.test.ts).
+ * their input as hex), kept as regression tests now that src/ is fixed. Each test states the correct
+ * behaviour; the comments say what used to happen.
  */
 import { describe, expect, it } from 'vitest';
 import { DropReason, Verdict } from '../../src/nat/translator.js';
@@ -158,11 +155,10 @@ describe('bugs the fuzzer found (regressions)', () => {
     expect(send(later, 12_000)).toBe(Verdict.FORWARD);
   });
 
-  // Open (found after the fixes above, reported): createInbound now takes a table slot before it resolves
-  // the target, so with a full table an unsolicited packet from outside evicts an unreplied LAN flow
-  // (early drop) and is then refused anyway; with a table of replied flows it is counted as table-full
-  // rather than no-mapping. Marked `.fails` until src/ resolves the target first (as the hairpin path
-  // does) — drop the `.fails` then.
+  // Bug 7, found after the fixes above: createInbound took a table slot before it resolved the target,
+  // so with a full table an unsolicited packet from outside evicted an unreplied LAN flow (early drop)
+  // and was then refused anyway; with a table of replied flows it was counted as table-full rather than
+  // no-mapping.
   it('an unsolicited packet from outside neither evicts a flow nor is counted as table-full', () => {
     const nat = makeNat({ maxFlows: 4 });
     for (let i = 0; i < 4; i++) {
@@ -176,8 +172,8 @@ describe('bugs the fuzzer found (regressions)', () => {
     expect(nat.stats.flowsRemoved['early-drop']).toBe(0);
   });
 
-  // The same, from the LAN (open, reported): the table and the port pool are both full; a new endpoint's
-  // flow evicts an unreplied flow and is then refused for want of a port.
+  // Bug 7 from the LAN: the table and the port pool both full, a new endpoint's flow evicted an unreplied
+  // flow and was then refused for want of a port.
   it('a new flow refused for want of a port has not evicted another flow first', () => {
     const nat = makeNat({ maxFlows: 4, ports: [40000, 40001], excludedPorts: [] });
     for (const [host, dport] of [[HOST_A, 53], [HOST_A, 54], [HOST_B, 53], [HOST_B, 54]] as const) {

@@ -174,10 +174,9 @@ export interface RunOptions {
   /** …or after this much wall time, whichever comes first. */
   timeBudgetMs?: number;
   /**
-   * Open issue (reported; test/fuzz/known-issues.test.ts): a new flow refused after early drop already
-   * evicted a live flow to make room for it (unsolicited inbound packets, ports exhausted, mapping table
-   * full). When true such drops are counted in `evictedForRefused` instead of failing the run; set it
-   * to false (or drop the option) once src/ checks before it evicts.
+   * The residual cases of bug 7 (docs/reliability.md): a new flow refused after early drop already evicted
+   * a live flow to make room for it (a hairpin that finds no port, a full mapping table, a permission the
+   * eviction removed). When true such drops are counted in `evictedForRefused` instead of failing the run.
    */
   tolerateEvictThenRefuse?: boolean;
 }
