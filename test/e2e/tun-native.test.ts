@@ -23,7 +23,7 @@ describe.skipIf(process.getuid?.() !== 0)('native TUN device in a private networ
   async function inNamespace(script: string, config?: unknown): Promise<Record<string, unknown>> {
     const argv = ['node', fixture(script)];
     if (config !== undefined) argv.push(JSON.stringify(config));
-    const r = await run(argv, { netns: ns, timeoutMs: 30_000, allowFail: true });
+    const r = await run(argv, { netns: ns, timeoutMs: 90_000, allowFail: true });
     const line = r.stdout.trim().split('\n').pop() ?? '';
     let parsed: Record<string, unknown>;
     try {
@@ -129,7 +129,7 @@ describe.skipIf(process.getuid?.() !== 0)('native TUN device in a private networ
 
     beforeAll(async () => {
       r = await inNamespace('tun-open-cases.mjs');
-    });
+    }, 120_000);
 
     it('lets the kernel pick a name for an empty one', () => {
       expect(r.kernelName).toMatch(/^tun\d+$/);
