@@ -741,10 +741,7 @@ export class Translator {
     if (t.lookup(proto, target.addr, pub, target.port, this.mappings.extPort[m]!, now) >= 0) {
       // The reply side is already a flow (the target talked to this public endpoint first): one tuple, one flow.
       t.release(flow);
-      if (this.mappings.refs[m] === 0) {
-        this.mappings.ref(m);
-        this.mappings.unref(m);
-      }
+      this.mappings.releaseIfUnused(m);
       return -(DropReason.NO_MAPPING + 1);
     }
     t.setTuple(flow, DIR_ORIGINAL, src, pub, sport, dport);
@@ -1058,11 +1055,8 @@ export class Translator {
       return n;
     };
     const undo = (): false => {
-      // A mapping made here with no flow yet: one ref and unref frees it again.
-      for (const n of created) {
-        maps.ref(n);
-        maps.unref(n);
-      }
+      // A mapping made here has no flow yet: free it again.
+      for (const n of created) maps.releaseIfUnused(n);
       return false;
     };
     const m = mappingOf(r.mapping);
