@@ -89,7 +89,7 @@ async function oneRun(r: Runner, m: MeasurementName, runner: RunnerName, round: 
   process.stderr.write(`[${seq}/${r.total}] ${m} · round ${round} · ${runner} … `);
   let session: EngineSession | null = null;
   try {
-    session = await startRunner(r.bl, runner, { kernelVariant: r.kernel?.variant ?? 'kernel-manual' });
+    session = await startRunner(r.bl, runner, { kernelVariant: r.kernel?.variant ?? 'kernel-manual', tunnatArgs: r.plan.tunnatArgs });
     await probeTranslation(r.bl, session);
     const values: RunValues = await runMeasurement(m, r.bl, session, r.plan.measure, seq);
     if (runner === 'userspace') {
@@ -231,6 +231,7 @@ async function main(): Promise<number> {
     log(`bench:load (${plan.mode}): engines ${engines.join(', ')}; ${plan.rounds} round(s); ${plan.measurements.join(', ')}`);
     const bl = await buildBenchLab({ addresses: plan.flowAddresses, withSlirp: engines.includes('slirp4netns'), cleanup, log, cliPath });
     seen = bl.notes;
+    if (plan.tunnatArgs.length > 0) bl.notes.add(`the userspace engine ran as \`tunnat run … ${plan.tunnatArgs.join(' ')}\` (not the defaults)`);
     if (engines.includes('kernel')) {
       kernel = await decideKernelVariant(bl, args.kernel);
       log(`kernel column: ${KERNEL_VARIANT_TEXT[kernel.variant]} (${kernel.reason})`);

@@ -9,6 +9,7 @@ export const USAGE = `usage: node dist/bench/load.js [--quick] [--rounds N] [--o
   --rounds N       interleaved rounds per measurement (default 3; --quick 1)
   --only LIST      measurements to run: ${MEASUREMENTS.join(',')}
   --engines LIST   engines to compare: ${ENGINES.join(',')} (default: all; slirp4netns only if installed)
+  --tunnat-args A  extra flags for the userspace engine's \`tunnat run\`, space-separated (e.g. "--busy-poll 50")
   --kernel WHICH   kernel column: tunnat = \`tunnat run --engine kernel\`, manual = iptables MASQUERADE
                    stand-in, auto = tunnat's when it works here, else the stand-in (default)
   --flows N        concurrent UDP flows to open (default 100000; --quick 10000)
@@ -34,6 +35,8 @@ export interface LoadArgs {
   svg: string | null;
   /** Re-render this JSON report instead of running. */
   render: string | null;
+  /** Extra \`tunnat run\` flags for the userspace engine. */
+  tunnatArgs: string[];
   help: boolean;
 }
 
@@ -53,7 +56,7 @@ function integer(flag: string, value: string, min: number, max: number): number 
 export function parseLoadArgs(argv: readonly string[]): LoadArgs {
   const a: LoadArgs = {
     quick: false, rounds: null, only: null, engines: null, kernel: 'auto', flows: null, seconds: null,
-    json: null, writeDocs: false, svg: null, render: null, help: false,
+    json: null, writeDocs: false, svg: null, render: null, tunnatArgs: [], help: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
@@ -74,6 +77,13 @@ export function parseLoadArgs(argv: readonly string[]): LoadArgs {
       case '--json': a.json = value(); break;
       case '--svg': a.svg = value(); break;
       case '--render': a.render = value(); break;
+      case '--tunnat-args': {
+        // Its value is itself flags ("--busy-poll 50"), so it may start with "--".
+        const v = argv[++i];
+        if (v === undefined) throw new UsageError(`${arg} needs a value`);
+        a.tunnatArgs = v.split(/\s+/).filter((w) => w !== '');
+        break;
+      }
       case '--kernel': {
         const v = value();
         if (v !== 'auto' && v !== 'tunnat' && v !== 'manual') throw new UsageError(`--kernel: expected auto, tunnat or manual, got ${JSON.stringify(v)}`);
@@ -97,6 +107,7 @@ export interface Plan {
   /** Source addresses per client (spreads flows and connections). */
   flowAddresses: number;
   measure: MeasureConfig;
+  tunnatArgs: string[];
 }
 
 export const DEFAULT_MEASURE: MeasureConfig = {
@@ -142,6 +153,7 @@ export function planFromArgs(a: LoadArgs): Plan {
     enginesExplicit: a.engines !== null,
     flowAddresses: 4,
     measure,
+    tunnatArgs: a.tunnatArgs,
   };
 }
 

@@ -166,12 +166,14 @@ async function resetGatewayNetfilter(bl: BenchLab): Promise<string> {
 
 export interface StartOptions {
   kernelVariant: KernelVariant;
+  /** Extra \`tunnat run\` flags for the userspace engine. */
+  tunnatArgs?: readonly string[];
 }
 
 export async function startRunner(bl: BenchLab, runner: RunnerName, opts: StartOptions): Promise<EngineSession> {
   switch (runner) {
     case 'userspace':
-      return startTunnat(bl, 'userspace');
+      return startTunnat(bl, 'userspace', opts.tunnatArgs ?? []);
     case 'kernel':
       return opts.kernelVariant === 'tunnat-kernel' ? startTunnat(bl, 'kernel') : startKernelManual(bl);
     case 'slirp4netns':
@@ -181,7 +183,7 @@ export async function startRunner(bl: BenchLab, runner: RunnerName, opts: StartO
   }
 }
 
-async function routerFor(bl: BenchLab, engine: 'userspace' | 'kernel' | 'kernel-manual'): Promise<RouterHandle> {
+async function routerFor(bl: BenchLab, engine: 'userspace' | 'kernel' | 'kernel-manual', extra: readonly string[] = []): Promise<RouterHandle> {
   return startRouter({
     engine: engine === 'kernel-manual' ? 'kernel-manual' : 'userspace',
     netns: bl.lab.gw.netns,
@@ -190,12 +192,12 @@ async function routerFor(bl: BenchLab, engine: 'userspace' | 'kernel' | 'kernel-
     id: bl.lab.id,
     cleanup: bl.cleanup,
     cliPath: bl.cliPath,
-    ...(engine === 'kernel' ? { extraArgs: ['--engine', 'kernel'] } : {}),
+    ...(engine === 'kernel' ? { extraArgs: ['--engine', 'kernel'] } : extra.length > 0 ? { extraArgs: extra } : {}),
   });
 }
 
-async function startTunnat(bl: BenchLab, engine: 'userspace' | 'kernel'): Promise<EngineSession> {
-  const router = await routerFor(bl, engine);
+async function startTunnat(bl: BenchLab, engine: 'userspace' | 'kernel', extra: readonly string[] = []): Promise<EngineSession> {
+  const router = await routerFor(bl, engine, extra);
   const pid = router.process?.pid ?? null;
   const gw = bl.lab.gw.netns;
   if (engine === 'kernel') {

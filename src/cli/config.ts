@@ -39,6 +39,8 @@ export interface RouterConfig {
   /** Routing table for outbound traffic; table + 1 is used for inbound. */
   table: number;
   batch: number;
+  /** Microseconds the data plane keeps reading after the last packet before sleeping in poll; 0: off. */
+  busyPoll: number;
   logLevel: 'debug' | 'info' | 'warn' | 'error';
   /** Who translates: tunnat itself, the kernel's netfilter, or tunnat with the kernel as fallback. */
   engine: 'userspace' | 'kernel' | 'auto';
@@ -74,13 +76,14 @@ export const DEFAULTS = {
   maxFlows: 262144,
   table: 7301,
   batch: 64,
+  busyPoll: 0,
   logLevel: 'info' as const,
 };
 
 /** Every key the config file may hold, with the flag of the same meaning. */
 export const CONFIG_KEYS = [
   'internal', 'external', 'publicIp', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows',
-  'timeouts', 'table', 'batch', 'logLevel', 'engine', 'backend', 'filtering', 'forward', 'allowEgress',
+  'timeouts', 'table', 'batch', 'busyPoll', 'logLevel', 'engine', 'backend', 'filtering', 'forward', 'allowEgress',
   'egressReject', 'maxFlowsPerHost', 'icmpErrors', 'pcap', 'offload', 'state', 'user',
 ] as const;
 
@@ -121,6 +124,14 @@ function positiveInt(field: string, v: unknown, max: number): number {
   const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
   if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > max) {
     throw new ConfigError(field, `expected an integer in 1..${max}, got ${JSON.stringify(v)}`);
+  }
+  return n;
+}
+
+function boundedInt(field: string, v: unknown, min: number, max: number): number {
+  const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) {
+    throw new ConfigError(field, `expected an integer in ${min}..${max}, got ${JSON.stringify(v)}`);
   }
   return n;
 }
@@ -259,6 +270,7 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
     timeouts,
     table: get('table') !== undefined ? positiveInt('table', get('table'), 0x7ffffffe) : DEFAULTS.table,
     batch: get('batch') !== undefined ? positiveInt('batch', get('batch'), 1024) : DEFAULTS.batch,
+    busyPoll: get('busyPoll') !== undefined ? boundedInt('busyPoll', get('busyPoll'), 0, 10_000) : DEFAULTS.busyPoll,
     logLevel: logLevel as RouterConfig['logLevel'],
     engine: engine as RouterConfig['engine'],
     backend: backend as RouterConfig['backend'],

@@ -17,6 +17,7 @@ export const ROUTER_OPTIONS = {
   'max-flows': { type: 'string' },
   table: { type: 'string' },
   batch: { type: 'string' },
+  'busy-poll': { type: 'string' },
   'log-level': { type: 'string' },
   engine: { type: 'string' },
   backend: { type: 'string' },

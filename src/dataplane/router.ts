@@ -329,7 +329,13 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
     maxFlowsPerHost: cfg.maxFlowsPerHost,
     icmpOnExhaustion: cfg.icmpErrors,
   });
-  const loop = new Dataplane(tun, nat, { batch: cfg.batch, slotSize: vnetHdr ? GSO_SLOT_SIZE : Math.max(SLOT_SIZE, tunMtu), clock, vnetHdr });
+  const loop = new Dataplane(tun, nat, {
+    batch: cfg.batch,
+    slotSize: vnetHdr ? GSO_SLOT_SIZE : Math.max(SLOT_SIZE, tunMtu),
+    clock,
+    vnetHdr,
+    busyPollUs: cfg.busyPoll,
+  });
   // Per-host accounting and loop histograms from the first packet; pcap before the loop starts.
   const observe = new Observatory(nat, loop, { log, clock, tunName: cfg.tun });
   if (cfg.pcap) observe.startPcap(cfg.pcap);
@@ -476,6 +482,6 @@ export function logRunning(cfg: RouterConfig, log: Logger, sys: SystemSetup, ext
 const LIVE_FIELDS = ['timeouts', 'allowEgress', 'egressReject', 'maxFlowsPerHost', 'icmpErrors', 'forwards', 'logLevel'] as const;
 /** Settings that only a restart can change (the routing, the TUN, the table sizes, the listeners). */
 const RESTART_FIELDS = [
-  'internal', 'external', 'publicIp', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows', 'table', 'batch',
+  'internal', 'external', 'publicIp', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows', 'table', 'batch', 'busyPoll',
   'engine', 'backend', 'filtering', 'offload', 'pcap', 'stateFile',
 ] as const satisfies readonly (keyof RouterConfig)[];

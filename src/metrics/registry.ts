@@ -338,6 +338,14 @@ export function createRegistry(nat: Translator, loop: Dataplane | null, opts: Re
         mirror(this, {}, loop.stats.batches);
       },
     });
+    new Counter({
+      name: 'tunnat_busy_poll_packets_total',
+      help: 'Packets caught while busy polling after a wake-up (--busy-poll), each a wake-up saved',
+      registers: [registry],
+      collect() {
+        mirror(this, {}, loop.stats.spinPackets ?? 0);
+      },
+    });
   }
   const lm = opts.loopMetrics;
   if (lm) {

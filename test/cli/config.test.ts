@@ -16,7 +16,9 @@ describe('config', () => {
       ports: [1024, 65535],
       http: { host: '127.0.0.1', port: 9100 },
       table: 7301,
+      busyPoll: 0,
     });
+    expect(resolveConfig({ ...base, busyPoll: '50' }).busyPoll).toBe(50);
     expect(c.internal).toHaveLength(1);
     expect(c.timeouts.udp).toBe(300);
   });
@@ -49,6 +51,8 @@ describe('config', () => {
     [{ ...base, maxFlows: '0' }, 'maxFlows'],
     [{ ...base, timeouts: { tcpEstablished: 'long' } }, 'timeouts.tcpEstablished'],
     [{ ...base, gatewayPorts: '1-65535' }, 'gatewayPorts'],
+    [{ ...base, busyPoll: '-5' }, 'busyPoll'],
+    [{ ...base, busyPoll: '20000' }, 'busyPoll'],
   ])('rejects %j naming %s', (flags, field) => {
     try {
       resolveConfig(flags);

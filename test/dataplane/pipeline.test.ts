@@ -74,4 +74,83 @@ describe('data plane on a fake TUN', () => {
     });
     loop.stop();
   });
+
+  describe('busy polling', () => {
+    /** A FakeTun where a packet "arrives" while the loop is spinning: on the given empty read. */
+    function lateArrival(onEmptyRead: number, batch = 8, busyPollUs = 2000) {
+      const tun = new FakeTun();
+      const nat = makeNat();
+      const loop = new Dataplane(tun, nat, { batch, slotSize: 2048, clock: () => 0, busyPollUs });
+      const read = tun.readBatch.bind(tun);
+      let reads = 0;
+      let empty = 0;
+      tun.readBatch = (buf, slot, lens) => {
+        reads++;
+        const n = read(buf, slot, lens);
+        if (n === 0 && ++empty === onEmptyRead) {
+          tun.inject(udpPacket({ src: REMOTE, dst: PUB, srcPort: 7, dstPort: 4000, payload }));
+        }
+        return n;
+      };
+      return { tun, nat, loop, reads: () => reads };
+    }
+
+    it('is off by default: one read per wake when the TUN empties', () => {
+      const { tun, loop } = setup();
+      let reads = 0;
+      const read = tun.readBatch.bind(tun);
+      tun.readBatch = (buf, slot, lens) => (reads++, read(buf, slot, lens));
+      tun.inject(udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 4000, dstPort: 7, payload }));
+      expect(loop.drain()).toBe(1);
+      expect(reads).toBe(1);
+      expect(loop.stats.spins).toBe(0);
+    });
+
+    it('catches the answer that arrives while spinning, without another wake-up', () => {
+      const { tun, loop } = lateArrival(3);
+      tun.inject(udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 4000, dstPort: 7, payload }));
+      // The request, then the reply that turned up on the third empty read of the spin.
+      expect(loop.drain()).toBe(2);
+      const out = tun.takeWritten();
+      expect(out).toHaveLength(2);
+      expect(parse(out[0]!).src).toBe(PUB);
+      expect(parse(out[1]!)).toMatchObject({ dst: HOST_A, dport: 4000 });
+      expect(loop.stats).toMatchObject({ spins: 1, spinPackets: 1 });
+    });
+
+    it('gives up after the window when nothing comes, and never spins on an empty wake-up', () => {
+      const { tun, loop, reads } = lateArrival(Number.MAX_SAFE_INTEGER, 8, 300);
+      expect(loop.drain()).toBe(0);
+      expect(reads()).toBe(1);
+      tun.inject(udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 4000, dstPort: 7, payload }));
+      const t0 = performance.now();
+      expect(loop.drain()).toBe(1);
+      const spent = performance.now() - t0;
+      expect(spent).toBeGreaterThanOrEqual(0.3);
+      expect(reads()).toBeGreaterThan(2);
+      expect(loop.stats).toMatchObject({ spins: 1, spinPackets: 0 });
+    });
+
+    it('returns to the event loop after the per-wake budget under a steady stream', () => {
+      const tun = new FakeTun();
+      const nat = makeNat();
+      const loop = new Dataplane(tun, nat, { batch: 2, slotSize: 2048, clock: () => 0, busyPollUs: 10_000, maxBatchesPerWake: 4 });
+      const read = tun.readBatch.bind(tun);
+      let port = 1000;
+      // Every read finds one new packet: a stream that never lets the TUN run dry.
+      tun.readBatch = (buf, slot, lens) => {
+        tun.inject(udpPacket({ src: HOST_A, dst: REMOTE, srcPort: port++, dstPort: 7, payload }));
+        return read(buf, slot, lens);
+      };
+      const n = loop.drain();
+      // One short batch ends the normal drain; the spin then stops after its 4 batches, not after 10 ms of stream.
+      expect(n).toBe(1 + 4);
+      expect(loop.stats.batches).toBe(5);
+    });
+
+    it('rejects an impossible window', () => {
+      expect(() => new Dataplane(new FakeTun(), makeNat(), { busyPollUs: -1 })).toThrow(RangeError);
+      expect(() => new Dataplane(new FakeTun(), makeNat(), { busyPollUs: 1.5 })).toThrow(RangeError);
+    });
+  });
 });
