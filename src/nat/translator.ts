@@ -401,25 +401,28 @@ export class Translator {
       const v6 = verdict === Ipv4Verdict.BAD_VERSION && len > 0 && buf[off]! >>> 4 === 6;
       return this.drop(v6 ? DropReason.UNSUPPORTED_PROTOCOL : DropReason.MALFORMED);
     }
-    const src = ip.sourceAddress;
-    const dst = ip.destinationAddress;
+    // Straight from the bytes wrap() validated: the view's getters are not always inlined this deep.
+    const src = rd32(buf, off + 12);
+    const dst = rd32(buf, off + 16);
     const fromInside = this.isInternal(src);
     const toPublic = dst === this.publicIp;
     if (!fromInside && !toPublic) return this.drop(DropReason.NOT_OURS);
     if (fromInside && this.isInternal(dst)) return this.drop(DropReason.NOT_OURS);
-    if (!ip.isFragment) return this.translate(buf, now, src, dst, fromInside, toPublic);
-    if (ip.fragmentOffset !== 0) return this.laterFragment(buf, off, now, src, dst, fromInside);
+    const frag = rd16(buf, off + 6) & 0x3fff; // MF and the offset: any fragment
+    if (frag === 0) return this.translate(buf, now, src, dst, fromInside, toPublic, false);
+    if ((frag & 0x1fff) !== 0) return this.laterFragment(buf, off, now, src, dst, fromInside);
     return this.firstFragment(buf, now, src, dst, fromInside, toPublic);
   }
 
   /** Everything but fragment bookkeeping, for a whole packet or a first fragment. */
-  private translate(buf: Uint8Array, now: number, src: number, dst: number, fromInside: boolean, toPublic: boolean): number {
+  private translate(
+    buf: Uint8Array, now: number, src: number, dst: number, fromInside: boolean, toPublic: boolean, firstFragment: boolean,
+  ): number {
     const ip = this.ip;
     const total = ip.totalLength;
-    const proto = ip.protocol;
-    const l4 = ip.payloadOffset;
-    const l4len = ip.payloadLength;
-    const firstFragment = ip.isFragment;
+    const proto = buf[ip.off + 9]!;
+    const l4 = ip.off + ip.headerLength;
+    const l4len = total - ip.headerLength;
     let sport: number;
     let dport: number;
     let tcpFlags = 0;
@@ -759,7 +762,7 @@ export class Translator {
     const fr = this.fragments;
     const e = fr.open(key, now);
     if (!e || !fr.addRange(e, 0, ip.payloadLength, false)) return this.drop(DropReason.FRAGMENT);
-    const result = this.translate(buf, now, src, dst, fromInside, toPublic);
+    const result = this.translate(buf, now, src, dst, fromInside, toPublic, true);
     if (result === Verdict.FORWARD) {
       e.decision = this.lastPath === Path.LOCAL ? FragDecision.LOCAL : FragDecision.TRANSLATE;
       e.newSrc = ip.sourceAddress;
