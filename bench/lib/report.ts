@@ -2,7 +2,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Measurement } from './harness.js';
-import { countLabel, type Report } from './run.js';
+import { countLabel, GOAL_IMPL, structureLabel, type Report } from './run.js';
 
 /** Nanoseconds with three significant digits or more, always in ns (the column says so). */
 export function formatNs(ns: number): string {
@@ -60,7 +60,7 @@ export function formatReport(r: Report): string {
       ['structure', 'lookup', 'ratio', 'goal'],
       r.lookupScaling.map((s) => [
         s.structure, s.kind, `${countLabel(s.largeFlows)}/${countLabel(s.smallFlows)} = ${s.ratio.toFixed(2)}×`,
-        s.goal === undefined ? (s.structure === 'FlowTable' && s.kind === 'hit' ? '(goal ≤ 1.5× is for 1M/1K)' : '')
+        s.goal === undefined ? (s.structure === structureLabel(GOAL_IMPL) && s.kind === 'hit' ? '(goal ≤ 1.5× is for 1M/1K)' : '')
           : `≤ ${s.goal}× ${s.goalMet ? 'met' : 'MISSED'}`,
       ]),
       new Set<number>(),

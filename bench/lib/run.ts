@@ -5,7 +5,7 @@
 import { cpus, arch, loadavg, platform, release, totalmem } from 'node:os';
 import { BenchVerifyError, measure, type BenchCase, type Measurement, type TimingOptions } from './harness.js';
 import { checksumCases, type ChecksumOptions } from './checksum.js';
-import { conntrackCases, IMPLS, LOOKUP_RATIO_GOAL, countLabel, type ImplName } from './conntrack.js';
+import { conntrackCases, GOAL_IMPL, IMPLS, LOOKUP_RATIO_GOAL, countLabel, lookupName, structureLabel, type ImplName } from './conntrack.js';
 import { getGc, type MemoryRecord } from './memory.js';
 import { latencyCases, type LatencyOptions } from './latency.js';
 import { parseCases, type ParseOptions } from './parse.js';
@@ -77,7 +77,7 @@ export interface LookupScaling {
   smallFlows: number;
   largeFlows: number;
   ratio: number;
-  /** Set where the issue's goal applies: the FlowTable, 1 M against 1 K flows. */
+  /** Set where the issue's goal applies: the batched FlowTable, 1 M against 1 K flows. */
   goal?: number;
   goalMet?: boolean;
 }
@@ -129,18 +129,18 @@ export function lookupScaling(results: readonly Measurement[]): LookupScaling[] 
   const out: LookupScaling[] = [];
   for (const impl of IMPLS) {
     for (const kind of ['hit', 'miss'] as const) {
-      const rows = results.filter((r) => r.group === 'conntrack' && r.name === `lookup ${kind} (${impl})`);
+      const rows = results.filter((r) => r.group === 'conntrack' && r.name === lookupName(impl, kind));
       if (rows.length < 2) continue;
       const small = rows.reduce((a, b) => (b.size < a.size ? b : a));
       const large = rows.reduce((a, b) => (b.size > a.size ? b : a));
       const s: LookupScaling = {
-        structure: impl,
+        structure: structureLabel(impl),
         kind,
         smallFlows: small.size,
         largeFlows: large.size,
         ratio: large.medianNs / small.medianNs,
       };
-      if (impl === 'FlowTable' && small.size === 1_000 && large.size === 1_000_000) {
+      if (impl === GOAL_IMPL && small.size === 1_000 && large.size === 1_000_000) {
         s.goal = LOOKUP_RATIO_GOAL;
         s.goalMet = s.ratio <= LOOKUP_RATIO_GOAL;
       }
@@ -205,4 +205,4 @@ export function runAll(cfg: BenchConfig, hooks: RunHooks = {}): Report {
   };
 }
 
-export { countLabel, LOOKUP_RATIO_GOAL, TRANSLATE_GOAL_NS };
+export { countLabel, GOAL_IMPL, LOOKUP_RATIO_GOAL, structureLabel, TRANSLATE_GOAL_NS };

@@ -1,13 +1,25 @@
 /**
- * The connection-tracking table: fixed capacity, struct-of-arrays storage in typed arrays, and a
- * chained hash index that holds every flow twice, once per direction (netfilter's two tuplehash
- * entries), so a packet finds its flow from either side with one lookup.
+ * The connection-tracking table: fixed capacity, struct-of-arrays storage in typed arrays, and a hash
+ * index that holds every flow twice, once per direction (netfilter's two tuplehash entries), so a
+ * packet finds its flow from either side with one lookup.
  *
  * An "entry" is `flow * 2 + dir`; the tuple of that direction lives at index `entry` of the t* arrays.
  * Nothing here allocates after construction.
  *
+ * The index is open addressing with linear probing, at most half full. A 16-byte slot holds the whole
+ * key (source, destination, both ports, protocol) next to the entry number, so deciding hit or miss
+ * reads a few neighbouring slots (one cache line, sometimes two) and never the t* arrays: at a million
+ * flows every array touched is another trip to DRAM, and the chained index it replaces touched five
+ * per lookup. Deletion shifts the rest of the run back instead of leaving tombstones, so runs hold only
+ * live keys and never grow with churn.
+ *
  * Expiry is lazy plus incremental: a lookup that meets an expired flow removes it, and sweep() visits a
  * bounded number of slots per call from a rotating cursor, so no tick ever scans the whole table.
+ *
+ * For a batch of packets, lookupBatch() and prefetchBatch() first hash every key and load every home
+ * slot, then resolve: the loads of different keys do not depend on each other, so the CPU keeps many
+ * cache misses in flight at once instead of paying them one after another (the DPDK rte_hash bulk
+ * lookup idea, done with plain loads since JavaScript has no prefetch instruction).
  */
 export const DIR_ORIGINAL = 0;
 export const DIR_REPLY = 1;
@@ -48,10 +60,75 @@ function fmix(h: number): number {
  * the cost of mixing each word fully (measured in bench/lib/conntrack.ts).
  */
 export function tupleHash(seed: number, proto: number, src: number, dst: number, sport: number, dport: number): number {
+  return keyHash(seed, proto, src, dst, (sport << 16) | dport);
+}
+
+/** tupleHash with both ports already packed into one word, as the index stores them. */
+function keyHash(seed: number, proto: number, src: number, dst: number, ports: number): number {
   let h = Math.imul(seed ^ src, 0x9e3779b1);
   h = Math.imul((h ^ (h >>> 15)) ^ dst, 0x85ebca77);
-  h = Math.imul((h ^ (h >>> 15)) ^ ((sport << 16) | dport), 0xc2b2ae3d);
+  h = Math.imul((h ^ (h >>> 15)) ^ ports, 0xc2b2ae3d);
   return fmix(h ^ proto);
+}
+
+// Index slot layout, four int32 words: source, destination, sport << 16 | dport, and tag | entry. An entry
+// number needs 25 bits (capacity up to 2^24 flows, two entries each), which leaves 7 for the protocol:
+// the tag is protocol + 1 for protocols below 126 (every protocol a NAT carries), and an escape value
+// for the rest, whose protocol is then compared against proto[flow]. Tag 0 marks an empty slot.
+const ENTRY_BITS = 25;
+const ENTRY_MASK = (1 << ENTRY_BITS) - 1;
+const TAG_MASK = ~ENTRY_MASK;
+const ESCAPE = 127;
+const TAG_ESCAPE = ESCAPE << ENTRY_BITS;
+const SLOT_WORDS = 4;
+
+function protoTag(proto: number): number {
+  return proto >= 0 && proto < 126 && (proto | 0) === proto ? (proto + 1) << ENTRY_BITS : TAG_ESCAPE;
+}
+
+/**
+ * The keys of one batch of packets (struct of arrays, filled by add() in packet order and reused batch
+ * after batch), for FlowTable.lookupBatch and prefetchBatch. Stored as the index stores them: addresses
+ * as int32 (same bits), both ports in one word, so the batch passes read each key with four loads instead of five.
+ */
+export class FlowKeys {
+  n = 0;
+  /** Protocol numbers (a byte, as in the IP header). */
+  readonly proto: Uint8Array;
+  /** Source and destination addresses, as int32. */
+  readonly src: Int32Array;
+  readonly dst: Int32Array;
+  /** sport << 16 | dport. */
+  readonly ports: Int32Array;
+  /** Scratch of the batch calls (each key's home slot, entry); rewritten by every call, meaningless between. */
+  readonly home: Int32Array;
+  readonly entry: Int32Array;
+
+  constructor(readonly capacity: number) {
+    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError(`key batch capacity must be a positive integer, got ${capacity}`);
+    this.proto = new Uint8Array(capacity);
+    this.src = new Int32Array(capacity);
+    this.dst = new Int32Array(capacity);
+    this.ports = new Int32Array(capacity);
+    this.home = new Int32Array(capacity);
+    this.entry = new Int32Array(capacity);
+  }
+
+  /** Append a key; returns its index, or -1 when the batch is full. */
+  add(proto: number, src: number, dst: number, sport: number, dport: number): number {
+    const k = this.n;
+    if (k === this.capacity) return NONE;
+    this.proto[k] = proto;
+    this.src[k] = src;
+    this.dst[k] = dst;
+    this.ports[k] = ((sport & 0xffff) << 16) | (dport & 0xffff);
+    this.n = k + 1;
+    return k;
+  }
+
+  clear(): void {
+    this.n = 0;
+  }
 }
 
 export class FlowTable {
@@ -82,10 +159,21 @@ export class FlowTable {
   readonly bytes: Float64Array;
   /** TCP: the sequence number the sender of this direction will use next (valid once seen, see tcp.ts). */
   readonly seqNext: Uint32Array;
-  private readonly next: Int32Array;
 
-  private readonly heads: Int32Array;
-  private readonly mask: number;
+  /** The index: SLOT_WORDS int32 words per slot, a power of two of slots, at most half of them used. */
+  private readonly slots: Int32Array;
+  /** Slots in the index (a power of two, at least four per flow). */
+  readonly indexSlots: number;
+  private readonly slotMask: number;
+  /** Mask that wraps a word offset of a slot around the end of the index. */
+  private readonly wordMask: number;
+  /** Counts changes to the index, so a batch knows whether what it read from the index still holds. */
+  private generation = 0;
+  /** Where the batch calls leave the sum of what they loaded only to warm the cache (see hashBatch). */
+  private sink = 0;
+  private fsink = 0;
+  /** expires as int32 pairs, for loads whose value does not matter (see lookupBatch). */
+  private readonly expiresBits: Int32Array;
   private readonly free: Int32Array;
   private freeTop: number;
   private sweepCursor = 0;
@@ -104,6 +192,7 @@ export class FlowTable {
     this.state = new Uint8Array(capacity);
     this.detail = new Uint8Array(capacity);
     this.expires = new Float64Array(capacity);
+    this.expiresBits = new Int32Array(this.expires.buffer);
     this.created = new Float64Array(capacity);
     this.mapping = new Int32Array(capacity).fill(NONE);
     this.mapping2 = new Int32Array(capacity).fill(NONE);
@@ -115,12 +204,15 @@ export class FlowTable {
     this.packets = new Float64Array(entries);
     this.bytes = new Float64Array(entries);
     this.seqNext = new Uint32Array(entries);
-    this.next = new Int32Array(entries).fill(NONE);
-    // About one bucket per entry keeps chains short (load factor ≤ 1).
-    let buckets = 1;
-    while (buckets < entries) buckets <<= 1;
-    this.heads = new Int32Array(buckets).fill(NONE);
-    this.mask = buckets - 1;
+    // Two slots per entry at least: linear probing stays short (about 1.5 probes for a hit and 2.5 for a
+    // miss at load 0.5, Knuth) and the free slot that ends every run always exists.
+    let slots = 4;
+    while (slots < entries * 2) slots *= 2;
+    this.indexSlots = slots;
+    this.slotMask = slots - 1;
+    this.wordMask = slots * SLOT_WORDS - 1;
+    // All zero: every slot empty.
+    this.slots = new Int32Array(slots * SLOT_WORDS);
     this.free = new Int32Array(capacity);
     for (let i = 0; i < capacity; i++) this.free[i] = capacity - 1 - i;
     this.freeTop = capacity;
@@ -128,23 +220,136 @@ export class FlowTable {
 
   /** Find the entry whose tuple matches, or -1. An expired flow met here is removed and not returned. */
   lookup(proto: number, src: number, dst: number, sport: number, dport: number, now: number): number {
-    const b = tupleHash(this.seed, proto, src, dst, sport, dport) & this.mask;
-    let e = this.heads[b]!;
-    while (e !== NONE) {
-      if (
-        this.tSrc[e] === src && this.tDst[e] === dst && this.tSport[e] === sport &&
-        this.tDport[e] === dport && this.proto[e >> 1] === proto
-      ) {
-        const flow = e >> 1;
-        if (this.expires[flow]! <= now) {
-          this.remove(flow, 'expired');
-          return NONE;
+    // The key as the index stores it: addresses as int32 (same bits), ports as the 16 bits they have.
+    const a = src | 0;
+    const b = dst | 0;
+    const ports = ((sport & 0xffff) << 16) | (dport & 0xffff);
+    const e = this.find((keyHash(this.seed, proto, a, b, ports) & this.slotMask) * SLOT_WORDS, proto, a, b, ports);
+    return e < 0 ? NONE : this.unlessExpired(e, now);
+  }
+
+  /** The entry with this key, or -1, probing from word offset i (the key's home slot); reads only. */
+  private find(i: number, proto: number, a: number, b: number, ports: number): number {
+    const s = this.slots;
+    const m = this.wordMask;
+    for (;;) {
+      const w = s[i + 3]!;
+      if (w === 0) return NONE;
+      if (s[i] === a && s[i + 1] === b && s[i + 2] === ports) {
+        const tag = protoTag(proto);
+        if ((w & TAG_MASK) === tag) {
+          const e = w & ENTRY_MASK;
+          if (tag !== TAG_ESCAPE || this.proto[e >> 1] === proto) return e;
         }
-        return e;
       }
-      e = this.next[e]!;
+      i = (i + SLOT_WORDS) & m;
     }
-    return NONE;
+  }
+
+  private unlessExpired(e: number, now: number): number {
+    const flow = e >> 1;
+    if (this.expires[flow]! <= now) {
+      this.remove(flow, 'expired');
+      return NONE;
+    }
+    return e;
+  }
+
+  /**
+   * Look up every key of a batch, as many lookup() calls in key order would (same answers, expired flows
+   * removed the same way), into out[0 .. keys.n) (out must be that long; keys beyond it are skipped).
+   *
+   * Passes over the whole batch, so that the cache misses of different keys are in flight together
+   * instead of one after another: hash every key, then load every home slot; probe every key (its slots
+   * now in cache) for its entry, then load every such flow's expiry; then check the expiries. Only the
+   * last pass changes anything (it removes expired flows); once the index has changed, the keys after
+   * that are probed afresh, so the answers are those of lookups made one after another.
+   */
+  lookupBatch(keys: FlowKeys, now: number, out: Int32Array): void {
+    const all = this.hashBatch(keys);
+    const n = all < out.length ? all : out.length;
+    const { proto, src, dst, ports, home } = keys;
+    for (let k = 0; k < n; k++) {
+      out[k] = this.find(home[k]!, proto[k]!, src[k]!, dst[k]!, ports[k]!);
+    }
+    const expires = this.expires;
+    // The expiry of every hit, loaded in a loop as small as the first pass's (a miss reads flow 0's), through
+    // an int32 view so that the sum stays integer.
+    const bits = this.expiresBits;
+    let sink = 0;
+    for (let k = 0; k < n; k++) {
+      const e = out[k]!;
+      sink = (sink + bits[(e & ~(e >> 31)) | 1]!) | 0;
+    }
+    this.sink = sink;
+    const generation = this.generation;
+    for (let k = 0; k < n; k++) {
+      let e = out[k]!;
+      if (this.generation !== generation) {
+        e = this.find(home[k]!, proto[k]!, src[k]!, dst[k]!, ports[k]!);
+        out[k] = e;
+      }
+      if (e >= 0 && expires[e >> 1]! <= now) {
+        this.remove(e >> 1, 'expired');
+        out[k] = NONE;
+      }
+    }
+  }
+
+  /**
+   * Warm the cache for the lookups of a batch without changing anything: the index slots of every key
+   * and, for keys present, the lines of the flow that a lookup and the translation of an established
+   * packet read (flags, state, detail, expiry; this direction's counters and sequence number; the other
+   * direction's tuple). For a data plane that then looks up and translates one packet at a time: it only
+   * loads, so whatever earlier packets of the batch change, nothing here goes stale. Returns how many
+   * keys are present.
+   */
+  prefetchBatch(keys: FlowKeys): number {
+    const n = this.hashBatch(keys);
+    const { proto, src, dst, ports, home, entry } = keys;
+    let found = 0;
+    for (let k = 0; k < n; k++) {
+      const e = this.find(home[k]!, proto[k]!, src[k]!, dst[k]!, ports[k]!);
+      // A miss touches entry 0, so the loop below needs no branch.
+      entry[k] = e & ~(e >> 31);
+      found += e >= 0 ? 1 : 0;
+    }
+    // Only loads that do not depend on one another, and nothing else, so that as many as the CPU can
+    // track are in flight; the sums only keep the loads from being optimised away.
+    let sink = 0;
+    let fsink = 0;
+    for (let k = 0; k < n; k++) {
+      const e = entry[k]!;
+      const flow = e >> 1;
+      const o = e ^ 1;
+      sink = (sink + this.flags[flow]! + this.state[flow]! + this.detail[flow]! + this.seqNext[e]! +
+        this.tSrc[o]! + this.tDst[o]! + this.tSport[o]! + this.tDport[o]!) | 0;
+      fsink += this.expires[flow]! + this.packets[e]! + this.bytes[e]!;
+    }
+    this.sink = sink;
+    this.fsink = fsink;
+    return found;
+  }
+
+  /**
+   * First pass of the batch calls: the word offset of each key's home slot into keys.home. Loading the
+   * slot is the point: the loads of all keys are independent, so they are in flight together.
+   */
+  private hashBatch(keys: FlowKeys): number {
+    const n = keys.n < keys.capacity ? keys.n : keys.capacity;
+    const { proto, src, dst, ports, home } = keys;
+    const s = this.slots;
+    const seed = this.seed;
+    const mask = this.slotMask;
+    for (let k = 0; k < n; k++) {
+      home[k] = (keyHash(seed, proto[k]!, src[k]!, dst[k]!, ports[k]!) & mask) * SLOT_WORDS;
+    }
+    // A loop of its own, as small as can be: the CPU keeps as many of these loads in flight as its
+    // reorder window holds instructions, so the fewer per load, the more misses overlap.
+    let sink = 0;
+    for (let k = 0; k < n; k++) sink = (sink + s[home[k]! + 3]!) | 0;
+    this.sink = sink;
+    return n;
   }
 
   /** Take a free slot, or -1 when the table is full (the caller may try earlyDrop first). */
@@ -190,27 +395,143 @@ export class FlowTable {
   }
 
   private link(e: number): void {
-    const b = tupleHash(this.seed, this.proto[e >> 1]!, this.tSrc[e]!, this.tDst[e]!, this.tSport[e]!, this.tDport[e]!) & this.mask;
-    this.next[e] = this.heads[b]!;
-    this.heads[b] = e;
+    const proto = this.proto[e >> 1]!;
+    const a = this.tSrc[e]! | 0;
+    const b = this.tDst[e]! | 0;
+    const ports = (this.tSport[e]! << 16) | this.tDport[e]!;
+    const tag = protoTag(proto);
+    const s = this.slots;
+    let i = (keyHash(this.seed, proto, a, b, ports) & this.slotMask) * SLOT_WORDS;
+    let carry = tag | e;
+    for (;;) {
+      const w = s[i + 3]!;
+      if (w === 0) break;
+      if (
+        s[i] === a && s[i + 1] === b && s[i + 2] === ports && (w & TAG_MASK) === tag &&
+        (tag !== TAG_ESCAPE || this.proto[(w & ENTRY_MASK) >> 1] === proto)
+      ) {
+        // The same key is indexed already: the newer entry takes the earlier slot and shadows the older one
+        // until it is removed, as it did when chains were pushed at the head.
+        s[i + 3] = carry;
+        carry = w;
+      }
+      i = (i + SLOT_WORDS) & this.wordMask;
+    }
+    s[i] = a;
+    s[i + 1] = b;
+    s[i + 2] = ports;
+    s[i + 3] = carry;
+    this.generation++;
+  }
+
+  /** Word offset of the home slot of the key held at word offset j. */
+  private homeOfSlot(j: number): number {
+    const s = this.slots;
+    const w = s[j + 3]!;
+    const code = w >>> ENTRY_BITS;
+    const proto = code === ESCAPE ? this.proto[(w & ENTRY_MASK) >> 1]! : code - 1;
+    return (keyHash(this.seed, proto, s[j]!, s[j + 1]!, s[j + 2]!) & this.slotMask) * SLOT_WORDS;
+  }
+
+  /** Word offset of the slot holding entry e, or -1 if e is not indexed. */
+  private findSlot(e: number): number {
+    const proto = this.proto[e >> 1]!;
+    const ports = (this.tSport[e]! << 16) | this.tDport[e]!;
+    const s = this.slots;
+    let i = (keyHash(this.seed, proto, this.tSrc[e]!, this.tDst[e]!, ports) & this.slotMask) * SLOT_WORDS;
+    for (;;) {
+      const w = s[i + 3]!;
+      if (w === 0) return NONE;
+      if ((w & ENTRY_MASK) === e) return i;
+      i = (i + SLOT_WORDS) & this.wordMask;
+    }
   }
 
   private unlink(e: number): void {
-    const b = tupleHash(this.seed, this.proto[e >> 1]!, this.tSrc[e]!, this.tDst[e]!, this.tSport[e]!, this.tDport[e]!) & this.mask;
-    let cur = this.heads[b]!;
-    if (cur === e) {
-      this.heads[b] = this.next[e]!;
-    } else {
-      while (cur !== NONE) {
-        const nx = this.next[cur]!;
-        if (nx === e) {
-          this.next[cur] = this.next[e]!;
-          break;
-        }
-        cur = nx;
+    const s = this.slots;
+    const m = this.wordMask;
+    let hole = this.findSlot(e);
+    if (hole < 0) return;
+    // Backward-shift deletion: pull later keys of the run into the hole when the hole lies on their probe
+    // path (between their home and where they sit), so no run is ever cut short by an empty slot.
+    for (let j = (hole + SLOT_WORDS) & m; ; j = (j + SLOT_WORDS) & m) {
+      const w = s[j + 3]!;
+      if (w === 0) break;
+      if (((j - this.homeOfSlot(j)) & m) >= ((j - hole) & m)) {
+        s[hole] = s[j]!;
+        s[hole + 1] = s[j + 1]!;
+        s[hole + 2] = s[j + 2]!;
+        s[hole + 3] = w;
+        hole = j;
       }
     }
-    this.next[e] = NONE;
+    s[hole] = 0;
+    s[hole + 1] = 0;
+    s[hole + 2] = 0;
+    s[hole + 3] = 0;
+    this.generation++;
+  }
+
+  /** Index slot that holds entry e, or -1 if it is not indexed (for tests and diagnostics). */
+  slotOf(e: number): number {
+    const i = this.findSlot(e);
+    return i < 0 ? NONE : i / SLOT_WORDS;
+  }
+
+  /**
+   * Everything wrong with the index, as sentences (empty when it is sound), for tests and fuzzers: every
+   * slot names an entry of a flow in use, once, under that entry's current tuple and protocol; no key
+   * sits beyond an empty slot on its way from its home; both entries of every flow in use are indexed.
+   * Walks the whole index: not for the packet path.
+   */
+  indexProblems(): string[] {
+    const out: string[] = [];
+    const s = this.slots;
+    const slots = this.indexSlots;
+    const seen = new Uint8Array(this.capacity * 2);
+    let used = 0;
+    // Walking on from an empty slot meets every run from its start; a key must sit closer to its home
+    // than to the last empty slot before it, or a probe from its home would stop short of it.
+    let empty = -1;
+    for (let j = slots - 1; j >= 0 && empty < 0; j--) if (s[j * SLOT_WORDS + 3] === 0) empty = j;
+    if (empty < 0) return ['the index has no empty slot'];
+    const start = empty;
+    for (let step = 1; step <= slots; step++) {
+      const j = (start + step) % slots;
+      const i = j * SLOT_WORDS;
+      const w = s[i + 3]!;
+      if (w === 0) {
+        if (s[i] !== 0 || s[i + 1] !== 0 || s[i + 2] !== 0) out.push(`empty slot ${j} is not cleared`);
+        empty = j;
+        continue;
+      }
+      used++;
+      const e = w & ENTRY_MASK;
+      const flow = e >> 1;
+      if (flow >= this.capacity) {
+        out.push(`slot ${j} names entry ${e}, beyond the table`);
+        continue;
+      }
+      if (seen[e]) out.push(`entry ${e} is indexed twice`);
+      seen[e] = 1;
+      if (!this.isInUse(flow)) out.push(`slot ${j} names entry ${e} of a free flow slot`);
+      const ports = (this.tSport[e]! << 16) | this.tDport[e]!;
+      if (s[i] !== (this.tSrc[e]! | 0) || s[i + 1] !== (this.tDst[e]! | 0) || s[i + 2] !== ports ||
+        (w & TAG_MASK) !== protoTag(this.proto[flow]!)) {
+        out.push(`slot ${j} holds a key that is not entry ${e}'s tuple`);
+      }
+      const home = this.homeOfSlot(i) / SLOT_WORDS;
+      if (((j - home + slots) % slots) >= ((j - empty + slots) % slots)) {
+        out.push(`entry ${e} in slot ${j} is cut off from its home slot ${home} by an empty slot`);
+      }
+    }
+    for (let flow = 0; flow < this.capacity; flow++) {
+      if (!this.isInUse(flow)) continue;
+      if (!seen[flow * 2]) out.push(`flow ${flow} is not indexed in its original direction`);
+      if (!seen[flow * 2 + 1]) out.push(`flow ${flow} is not indexed in its reply direction`);
+    }
+    if (used !== this.size * 2) out.push(`${used} slots in use for ${this.size} flows`);
+    return out;
   }
 
   isInUse(flow: number): boolean {
@@ -301,7 +622,7 @@ export class FlowTable {
   /** Bytes of typed-array storage per flow slot, index included (for the memory-per-flow figure). */
   bytesPerFlow(): number {
     const perFlow = 1 + 1 + 1 + 1 + 8 + 8 + 4 + 4 + 4; // proto flags state detail expires created mapping mapping2 free
-    const perEntry = 4 + 4 + 2 + 2 + 8 + 8 + 4 + 4; // tuple, counters, seqNext, chain
-    return perFlow + 2 * perEntry + (this.heads.length * 4) / this.capacity;
+    const perEntry = 4 + 4 + 2 + 2 + 8 + 8 + 4; // tuple, counters, seqNext
+    return perFlow + 2 * perEntry + this.slots.byteLength / this.capacity;
   }
 }

@@ -21,10 +21,6 @@ import {
 const NONE = -1;
 const PROTOS = [PROTO_ICMP, 6, 17] as const;
 
-interface FlowInternals {
-  heads: Int32Array;
-  next: Int32Array;
-}
 interface MappingInternals {
   free: Int32Array;
   freeTop: number;
@@ -54,28 +50,12 @@ export function checkState(nat: Translator): string[] {
   const maps = nat.mappings;
   const mcap = maps.capacity;
 
-  // Flow slots in use, and every hash chain walked with a step bound so a cycle fails instead of hanging.
+  // Flow slots in use, and the index (every entry once, under its tuple, reachable; see indexProblems).
   let inUse = 0;
   for (let f = 0; f < cap; f++) if (flows.isInUse(f)) inUse++;
   if (inUse !== flows.size) v.push(`flows.size ${flows.size} but ${inUse} slots in use`);
   if (flows.size > cap) v.push(`flows.size ${flows.size} > capacity ${cap}`);
-  const fi = flows as unknown as FlowInternals;
-  const seen = new Uint8Array(cap * 2);
-  let steps = 0;
-  const maxSteps = cap * 2 + 1;
-  for (let b = 0; b < fi.heads.length && steps <= maxSteps; b++) {
-    for (let e = fi.heads[b]!; e !== NONE && steps <= maxSteps; e = fi.next[e]!) {
-      steps++;
-      if (e < 0 || e >= cap * 2) {
-        v.push(`hash chain ${b} holds entry ${e}, outside the table`);
-        break;
-      }
-      if (seen[e]) v.push(`entry ${e} is linked twice`);
-      seen[e] = 1;
-      if (!flows.isInUse(e >> 1)) v.push(`entry ${e} of a free flow slot is still in the index`);
-    }
-  }
-  if (steps > maxSteps) v.push('a hash chain loops (more links than entries)');
+  for (const p of flows.indexProblems()) v.push(`flow index: ${p}`);
 
   // Every flow is found from both directions, and finds itself. `-Infinity` as the clock: lookup() removes
   // expired flows it meets, and a check must not change what it checks.
@@ -88,7 +68,7 @@ export function checkState(nat: Translator): string[] {
     const proto = flows.proto[f]!;
     for (let dir = 0; dir < 2; dir++) {
       const e = f * 2 + dir;
-      if (!seen[e]) v.push(`flow ${f} dir ${dir} is not in the index`);
+      if (flows.slotOf(e) < 0) v.push(`flow ${f} dir ${dir} is not in the index`);
       const found = flows.lookup(proto, flows.tSrc[e]!, flows.tDst[e]!, flows.tSport[e]!, flows.tDport[e]!, -Infinity);
       // A host hairpinning to its own mapping has the same tuple both ways: either entry is right.
       if (found !== e && !(found === (e ^ 1) && sameTuple(nat, e, e ^ 1))) {
