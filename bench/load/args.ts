@@ -1,5 +1,6 @@
 /** Command line and the two presets of `npm run bench:load`. Pure. */
 import { ENGINES, type EngineName, type KernelChoice } from './engines.js';
+import { FLOW_FIRST_PORT, FLOW_PORT_CEILING } from './programs.js';
 import { MEASUREMENTS, type MeasureConfig, type MeasurementName } from './measure.js';
 
 export const USAGE = `usage: node dist/bench/load.js [--quick] [--rounds N] [--only LIST] [--engines LIST]
@@ -140,6 +141,10 @@ export function planFromArgs(a: LoadArgs): Plan {
   const base = a.quick ? QUICK_MEASURE : DEFAULT_MEASURE;
   const measure: MeasureConfig = { ...base };
   if (a.flows !== null) measure.flows = a.flows;
+  // Every LAN endpoint holds one public port (endpoint-independent mapping) and one public address has
+  // about 54 K of them outside the gateway's own range, so more flows come from more destination ports
+  // per endpoint, not from more endpoints (at most 50 K of them).
+  measure.flowDestPorts = Math.max(measure.flowDestPorts, Math.ceil(measure.flows / 50_000));
   if (a.seconds !== null) {
     measure.tcpSeconds = a.seconds;
     measure.udpSeconds = a.seconds;
@@ -151,7 +156,8 @@ export function planFromArgs(a: LoadArgs): Plan {
     measurements: a.only ?? [...MEASUREMENTS],
     engines: a.engines ?? [...ENGINES],
     enginesExplicit: a.engines !== null,
-    flowAddresses: 4,
+    // Enough source addresses that every flow gets its own port below the ceiling (4 for 100 K flows).
+    flowAddresses: Math.max(4, Math.ceil(measure.flows / ((FLOW_PORT_CEILING - FLOW_FIRST_PORT + 1) * measure.flowDestPorts))),
     measure,
     tunnatArgs: a.tunnatArgs,
   };

@@ -167,12 +167,14 @@ export interface FlowPlan {
 
 /** Highest source port the opener may bind: below Linux's default ephemeral range's top and within 16 bits. */
 export const FLOW_PORT_CEILING = 65000;
+/** First source port the flows measurement uses on each address. */
+export const FLOW_FIRST_PORT = 30000;
 
 /**
  * Spread `flows` over the client's addresses and the destination ports, rounding up so at least
  * `flows` are attempted. Throws when the ports per address would not fit under FLOW_PORT_CEILING.
  */
-export function planFlows(flows: number, addresses: readonly string[], destPorts: readonly number[], firstPort = 30000): FlowPlan {
+export function planFlows(flows: number, addresses: readonly string[], destPorts: readonly number[], firstPort = FLOW_FIRST_PORT): FlowPlan {
   if (!(Number.isInteger(flows) && flows >= 1)) throw new RangeError(`flows must be a positive integer, got ${flows}`);
   if (addresses.length === 0 || destPorts.length === 0) throw new RangeError('planFlows needs addresses and destination ports');
   const portsPerAddress = Math.ceil(flows / (addresses.length * destPorts.length));

@@ -195,22 +195,8 @@ export class Dataplane {
    * flow; a malformed packet is skipped here and judged by the translator as usual.
    */
   private prefetch(n: number): void {
-    const { buf, lens, slotSize, hdrLen, keys } = this;
-    keys.clear();
-    for (let i = 0; i < n; i++) {
-      const len = lens[i]!;
-      if (len > slotSize || len < hdrLen + 24) continue;
-      const o = i * slotSize + hdrLen;
-      const ihl = (buf[o]! & 15) * 4;
-      const proto = buf[o + 9]!;
-      if (buf[o]! >> 4 !== 4 || ihl < 20 || len - hdrLen < ihl + 4 || (proto !== 6 && proto !== 17)) continue;
-      if ((((buf[o + 6]! << 8) | buf[o + 7]!) & 0x1fff) !== 0) continue; // later fragments carry no ports
-      const src = ((buf[o + 12]! << 24) | (buf[o + 13]! << 16) | (buf[o + 14]! << 8) | buf[o + 15]!) >>> 0;
-      const dst = ((buf[o + 16]! << 24) | (buf[o + 17]! << 16) | (buf[o + 18]! << 8) | buf[o + 19]!) >>> 0;
-      const sport = (buf[o + ihl]! << 8) | buf[o + ihl + 1]!;
-      const dport = (buf[o + ihl + 2]! << 8) | buf[o + ihl + 3]!;
-      keys.add(proto, src, dst, sport, dport);
-    }
+    const keys = this.keys;
+    collectFlowKeys(this.buf, this.lens, 0, n, this.slotSize, this.hdrLen, keys);
     if (keys.n > 0) this.nat.flows.prefetchBatch(keys);
   }
 
@@ -266,5 +252,31 @@ export class Dataplane {
     this.stats.batchSizes[Math.min(7, 31 - Math.clz32(n))]!++;
     this.onBatch?.(n, now);
     return n;
+  }
+}
+
+/**
+ * The 5-tuples of the TCP and UDP packets in slots [first, first + count) of a batch buffer, into `keys`
+ * (cleared first), for FlowTable.prefetchBatch. Only what the flow lookup needs is read, within each
+ * packet's length; anything else (other protocols, later fragments, malformed headers) is skipped and
+ * left to the translator to judge.
+ */
+export function collectFlowKeys(
+  buf: Uint8Array, lens: ArrayLike<number>, first: number, count: number, slotSize: number, hdrLen: number, keys: FlowKeys,
+): void {
+  keys.clear();
+  for (let i = first; i < first + count; i++) {
+    const len = lens[i]!;
+    if (len > slotSize || len < hdrLen + 24) continue;
+    const o = i * slotSize + hdrLen;
+    const ihl = (buf[o]! & 15) * 4;
+    const proto = buf[o + 9]!;
+    if (buf[o]! >> 4 !== 4 || ihl < 20 || len - hdrLen < ihl + 4 || (proto !== 6 && proto !== 17)) continue;
+    if ((((buf[o + 6]! << 8) | buf[o + 7]!) & 0x1fff) !== 0) continue; // later fragments carry no ports
+    const src = ((buf[o + 12]! << 24) | (buf[o + 13]! << 16) | (buf[o + 14]! << 8) | buf[o + 15]!) >>> 0;
+    const dst = ((buf[o + 16]! << 24) | (buf[o + 17]! << 16) | (buf[o + 18]! << 8) | buf[o + 19]!) >>> 0;
+    const sport = (buf[o + ihl]! << 8) | buf[o + ihl + 1]!;
+    const dport = (buf[o + ihl + 2]! << 8) | buf[o + ihl + 3]!;
+    keys.add(proto, src, dst, sport, dport);
   }
 }
