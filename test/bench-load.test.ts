@@ -239,6 +239,18 @@ describe('command line', () => {
     const a = parseLoadArgs(['--json', 'x.json', '--write-docs', '--svg', 'c.svg', '--kernel', 'manual']);
     expect(a).toMatchObject({ json: 'x.json', writeDocs: true, svg: 'c.svg', kernel: 'manual' });
     expect(parseLoadArgs(['--render', 'bench/results/load-x.json']).render).toBe('bench/results/load-x.json');
+    // Its value is flags itself.
+    expect(planFromArgs(parseLoadArgs(['--tunnat-args', '--busy-poll 50  --max-flows 9'])).tunnatArgs).toEqual(['--busy-poll', '50', '--max-flows', '9']);
+    expect(d.tunnatArgs).toEqual([]);
+  });
+
+  it('scales destination ports, then addresses, with the flows asked for', () => {
+    expect(planFromArgs(parseLoadArgs([]))).toMatchObject({ flowAddresses: 4, measure: { flows: 100_000, flowDestPorts: 2 } });
+    // 1 M flows: at most 50 K LAN endpoints (one public port each), so 20 destination ports.
+    const m = planFromArgs(parseLoadArgs(['--flows', '1000000']));
+    expect(m.measure.flowDestPorts).toBe(20);
+    expect(m.flowAddresses * 35_001 * m.measure.flowDestPorts).toBeGreaterThanOrEqual(1_000_000);
+    expect(m.flowAddresses).toBe(4);
   });
 
   it('refuses what it does not know', () => {

@@ -296,7 +296,7 @@ export function markdownSection(r: LoadReport, resultsFile: string): string {
   out.push('### How the load benchmark measures');
   out.push('');
   out.push([
-    bullet('Reproduce, as root after building (`npx tsc -p tsconfig.build.json`): `npm run bench:load` (about 6–7 minutes), `npm run bench:load -- --quick` (under a minute), `--only`, `--rounds`, `--engines`, `--kernel auto|tunnat|manual`, `--write-docs`, and `--render FILE` to publish an earlier JSON report; `node dist/bench/load.js --help` lists them.'),
+    bullet('Reproduce, as root after building (`npx tsc -p tsconfig.build.json`): `npm run bench:load` (about 6–7 minutes), `npm run bench:load -- --quick` (under a minute), `--only`, `--rounds`, `--engines`, `--kernel auto|tunnat|manual`, `--flows N` (up to 1 M), `--tunnat-args "--busy-poll 50"` (extra flags for the userspace engine, noted in the report), `--write-docs`, and `--render FILE` to publish an earlier JSON report; `node dist/bench/load.js --help` lists them.'),
     bullet('One namespace lab (created and removed by the run; nothing touches the host\'s own network): a LAN host behind a gateway namespace, whose `wan0` (203.0.113.1) links to an "internet" host (203.0.113.2). ' +
       'tunnat and the kernel NAT run in the gateway namespace in turn; slirp4netns runs there too, as a process that owns a TAP device in a guest namespace of its own and re-sends the guest\'s traffic from ordinary sockets out of the same `wan0`.'),
     bullet(`Interleaving: for each measurement, round 1 runs every engine once in the order ${c.engines.join(', ')}, then round 2, and so on; the table shows medians over rounds. ` +
