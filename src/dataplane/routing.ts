@@ -40,6 +40,14 @@ export const ROUTE_PROTOCOL = 84;
 
 /** Rule preferences, in the order the kernel consults them. */
 export const RULE_PREF = {
+  /**
+   * iif WAN from <LAN prefix>: a WAN packet claiming a LAN source is dropped before anything else sees it
+   * (before the inbound rule, or tunnat would take it for LAN traffic). Silently: an ICMP error would go
+   * to the spoofed LAN address.
+   */
+  antiSpoof: 5,
+  /** iif WAN to <LAN prefix>: the WAN never reaches a LAN address directly, only through the translation. */
+  wanToLan: 6,
   /** iif WAN to <public address>: replies and the gateway's own inbound traffic go through tunnat. */
   inbound: 10,
   /**
@@ -52,8 +60,6 @@ export const RULE_PREF = {
   hairpin: 50,
   /** The local table, moved here from 0 so that the inbound rule can come before it. */
   local: 100,
-  /** iif WAN from <LAN prefix>: a WAN packet claiming a LAN source is never translated out. */
-  antiSpoof: 990,
   /** to <LAN prefix>: LAN-to-LAN traffic is routed, not translated. */
   lanToLan: 996,
   /** from <LAN prefix>: outbound LAN traffic goes into tunnat. */
@@ -665,11 +671,11 @@ async function planLocalRule(cfg: RoutingConfig): Promise<boolean> {
   const local = (await listRules()).filter(isPlainLocalRule);
   if (local.some((r) => r.priority === 0)) return true;
   const first = local.reduce((m, r) => Math.min(m, r.priority), Infinity);
-  if (first > RULE_PREF.hairpin && first < RULE_PREF.antiSpoof) return false;
+  if (first > RULE_PREF.hairpin && first < RULE_PREF.lanToLan) return false;
   const why =
     first === Infinity
       ? 'no rule looks up the local table at all'
-      : `the local table is looked up first at pref ${first}, but tunnat needs it after pref ${RULE_PREF.hairpin} and before ${RULE_PREF.antiSpoof}`;
+      : `the local table is looked up first at pref ${first}, but tunnat needs it after pref ${RULE_PREF.hairpin} and before ${RULE_PREF.lanToLan}`;
   throw new RoutingError(
     'ROUTING_CONFLICT',
     `${why}. Restore the kernel's rule with \`ip rule add pref 0 lookup local\` (and remove the moved copy) before starting tunnat on ${cfg.tun}.`,
@@ -729,7 +735,8 @@ async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkInfo, mov
     await j.step({ kind: 'rule', args: full, ...(inbound ? { inbound } : {}) }, () => ip(['ip', 'rule', 'add', ...full]));
     log(`ip rule add ${full.join(' ')}`);
   };
-  for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.antiSpoof), 'iif', wan, 'from', cidrText(c), 'prohibit']);
+  for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.antiSpoof), 'iif', wan, 'from', cidrText(c), 'blackhole']);
+  for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.wanToLan), 'iif', wan, 'to', cidrText(c), 'blackhole']);
   await rule(['pref', String(RULE_PREF.fromTunLocal), 'iif', tun, 'lookup', 'local']);
   await rule(['pref', String(RULE_PREF.fromTun), 'iif', tun, 'lookup', 'main']);
   for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.lanToLan), 'to', cidrText(c), 'lookup', 'main']);

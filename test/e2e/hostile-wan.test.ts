@@ -5,8 +5,8 @@
  * the live connection and invented ones, overlapping and stray fragments, other protocols, an RST out of
  * the connection's window. Each moves exactly the drop counter it should (or the gateway kernel's, for
  * what never reaches the TUN). Afterwards: the connection never stalled or reset, the idle LAN host
- * received nothing, memory stayed bounded, and nothing left on the WAN named a 192.168 address. Open
- * routing issues (WAN to LAN addresses, WAN packets with LAN sources) have `it.fails` tests.
+ * received nothing, memory stayed bounded, and nothing left on the WAN named a 192.168 address. Packets
+ * from the WAN to LAN addresses, and WAN packets with LAN sources, never get past the gateway's rules.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnIn, type NsProcess } from '../../src/lab/netns.js';
@@ -118,8 +118,8 @@ describe.skipIf(!isRoot)('hostile traffic from the internet (tunnat run in a lab
     expect(leaks).toEqual([]);
   });
 
-  // Known issue, reported: nothing stops a packet that arrives on the WAN addressed straight to a LAN
-  // address; the gateway's kernel routes it into the LAN (only its replies meet tunnat, which drops them).
+  // A packet arriving on the WAN addressed straight to a LAN address: the rule `iif WAN to <LAN> blackhole`
+  // (pref 6) drops it (before it, the gateway's kernel routed it into the LAN).
   let direct: string[] = [];
   it('a datagram from the WAN addressed straight to a LAN host (setup of the next test)', async () => {
     const cap = await captureOn(h.lab.lanHosts[1]!.netns, 'eth0', cleanup, ['udp', 'port', '9']);
@@ -128,14 +128,14 @@ describe.skipIf(!isRoot)('hostile traffic from the internet (tunnat run in a lab
     direct = (await cap.packets()).map((p) => p.line);
   });
 
-  it.fails('a packet from the WAN addressed straight to a LAN host never reaches it', () => {
+  it('a packet from the WAN addressed straight to a LAN host never reaches it', () => {
     expect(direct).toEqual([]);
   });
 
-  // Known issue, reported: the anti-spoofing rule (iif WAN from <LAN> prohibit) comes after the rule that
-  // sends everything for the public address into the TUN, so a WAN packet claiming a LAN source reaches
-  // tunnat, which takes it for LAN traffic to the gateway and hands it to the gateway's own stack; the
-  // gateway then answers the real LAN host (here: port unreachable), a reflection into the LAN.
+  // The anti-spoofing rule (iif WAN from <LAN> blackhole, pref 5) comes before the rule that sends
+  // everything for the public address into the TUN. When it came after, a WAN packet claiming a LAN source
+  // reached tunnat, which took it for LAN traffic to the gateway and handed it to the gateway's own stack;
+  // the gateway then answered the real LAN host (port unreachable), a reflection into the LAN.
   let spoof = { local: 0, hairpin: 0, reached: [] as string[] };
   it('a WAN packet claiming a LAN source, to the public address (setup of the next test)', async () => {
     const cap = await captureOn(h.lab.lanHosts[1]!.netns, 'eth0', cleanup, ['icmp', 'or', 'udp']);
@@ -146,7 +146,7 @@ describe.skipIf(!isRoot)('hostile traffic from the internet (tunnat run in a lab
     spoof = { local: d.local ?? 0, hairpin: d.hairpin ?? 0, reached: (await cap.packets()).map((p) => p.line) };
   });
 
-  it.fails('a WAN packet claiming a LAN source is not taken for LAN traffic', () => {
+  it('a WAN packet claiming a LAN source is not taken for LAN traffic', () => {
     expect(spoof.local + spoof.hairpin).toBe(0);
     expect(spoof.reached).toEqual([]);
   });

@@ -245,12 +245,13 @@ describe.skipIf(process.getuid?.() !== 0)('gateway routing (namespaces)', () => 
     const rules = (await run(['ip', '-n', lab.gw, 'rule', 'show'])).stdout.replace(/[ \t]+\n/g, '\n');
     expect(rules).toBe(
       [
+        '5:\tfrom 192.168.1.0/24 iif wan0 blackhole proto 84',
+        '6:\tfrom all to 192.168.1.0/24 iif wan0 blackhole proto 84',
         '10:\tfrom all to 203.0.113.1 iif wan0 lookup 7302 proto 84',
         '20:\tfrom all iif tun0 lookup local proto 84',
         '21:\tfrom all iif tun0 lookup main proto 84',
         '50:\tfrom 192.168.1.0/24 to 203.0.113.1 lookup 7301 proto 84',
         '100:\tfrom all lookup local proto 84',
-        '990:\tfrom 192.168.1.0/24 iif wan0 prohibit proto 84',
         '996:\tfrom all to 192.168.1.0/24 lookup main proto 84',
         '1000:\tfrom 192.168.1.0/24 lookup 7301 proto 84',
         '32766:\tfrom all lookup main',
@@ -317,7 +318,7 @@ describe.skipIf(process.getuid?.() !== 0)('gateway routing (namespaces)', () => 
     expect(leftover.crashed).toHaveLength(1);
     expect(leftover.crashed[0]).toMatchObject({ file: applied.stateFile, trusted: true });
     expect(leftover.foreign).toBe(false);
-    expect(leftover.found.filter((f) => f.kind === 'rule')).toHaveLength(8);
+    expect(leftover.found.filter((f) => f.kind === 'rule')).toHaveLength(9);
     expect(leftover.found.filter((f) => f.kind === 'route')).toHaveLength(3);
     expect(leftover.localRuleMissing).toBe(true);
 
