@@ -62,6 +62,11 @@ export const RULE_PREF = {
   local: 100,
   /** to <LAN prefix>: LAN-to-LAN traffic is routed, not translated. */
   lanToLan: 996,
+  /**
+   * iif lo ipproto icmp: the gateway's own ICMP to anywhere but itself and the LAN goes through tunnat,
+   * which restores the public side in the quote of an error about a packet it translated into the LAN.
+   */
+  gatewayIcmp: 998,
   /** from <LAN prefix>: outbound LAN traffic goes into tunnat. */
   outbound: 1000,
 } as const;
@@ -211,6 +216,8 @@ interface RuleRow {
   action?: string;
   target?: number;
   protocol?: string;
+  /** IP protocol selector; `ip -N` prints it as "ipproto-<number>". */
+  ipproto?: string;
   not?: unknown;
 }
 
@@ -283,6 +290,7 @@ async function listRules(): Promise<RuleRow[]> {
     action: str(o['action']),
     target: num(o['target']),
     protocol: str(o['protocol']),
+    ipproto: str(o['ipproto']),
     not: o['not'],
   }));
 }
@@ -318,6 +326,7 @@ function isPlainLocalRule(r: RuleRow): boolean {
     r.iif === undefined &&
     r.oif === undefined &&
     r.fwmark === undefined &&
+    r.ipproto === undefined &&
     r.not === undefined
   );
 }
@@ -330,6 +339,7 @@ function ruleDelArgs(r: RuleRow): string[] {
   if (r.iif !== undefined) a.push('iif', r.iif);
   if (r.oif !== undefined) a.push('oif', r.oif);
   if (r.fwmark !== undefined) a.push('fwmark', r.fwmask !== undefined ? `${r.fwmark}/${r.fwmask}` : r.fwmark);
+  if (r.ipproto !== undefined) a.push('ipproto', r.ipproto.replace(/^ipproto-/, ''));
   if (r.table !== undefined) a.push('lookup', r.table);
   else if (r.action === 'goto' && r.target !== undefined) a.push('goto', String(r.target));
   else if (r.action !== undefined) a.push(r.action);
@@ -726,7 +736,11 @@ async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkInfo, mov
   // Fail closed: if tunnat dies its TUN and the route through it vanish, and LAN traffic must be
   // refused rather than fall through to the main table and leave untranslated.
   await route(['prohibit', 'default', 'table', T, 'proto', PROTO, 'metric', String(FAIL_CLOSED_METRIC)]);
-  await route(['default', 'dev', tun, 'table', T, 'proto', PROTO]);
+  // The source the gateway's own packets take on this route (its ICMP errors, rule 998): the TUN has no
+  // address, and the kernel would otherwise borrow one from another interface, maybe the LAN's, which
+  // would then leave on the WAN (a Record Route option too records the route's source).
+  const srcHint = cfg.publicIpOwned ? cfg.publicIp : await interfacePrimaryIpv4(wan);
+  await route(['default', 'dev', tun, 'table', T, 'proto', PROTO, ...(srcHint !== null && !cfg.internal.some((c) => ((srcHint & prefixMask(c.prefixLength)) >>> 0) === c.network) ? ['src', ipToString(srcHint)] : [])]);
   // No fallback here: without tunnat the gateway's own inbound traffic falls through to the local table.
   await route(['default', 'dev', tun, 'table', T1, 'proto', PROTO]);
 
@@ -740,6 +754,7 @@ async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkInfo, mov
   await rule(['pref', String(RULE_PREF.fromTunLocal), 'iif', tun, 'lookup', 'local']);
   await rule(['pref', String(RULE_PREF.fromTun), 'iif', tun, 'lookup', 'main']);
   for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.lanToLan), 'to', cidrText(c), 'lookup', 'main']);
+  await rule(['pref', String(RULE_PREF.gatewayIcmp), 'iif', 'lo', 'ipproto', 'icmp', 'lookup', T]);
   for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.outbound), 'from', cidrText(c), 'lookup', T]);
   // Inert until the pref-0 local rule goes, so they are safe to add first.
   await rule(['pref', String(RULE_PREF.inbound), 'iif', wan, 'to', pub, 'lookup', T1], true);
@@ -890,6 +905,24 @@ export async function updatePublicIp(applied: AppliedRouting, newIp: number, log
       log(`ip rule add ${args.join(' ')}`);
     }
     await addProxyNeighbour(j, pub, wan, log);
+    // The outbound route's source hint was the old address (see applySteps): it moves with it.
+    const old = ipToString(state.config.publicIp);
+    for (const st of state.steps) {
+      if (st.kind !== 'route') continue;
+      const at = st.args.indexOf('src');
+      if (at < 0 || st.args[at + 1] !== old) continue;
+      let args = st.args.map((a, i) => (i === at + 1 ? pub : a));
+      try {
+        await ip(['ip', 'route', 'replace', ...args]);
+      } catch {
+        // Not (yet) an address of the gateway: the kernel picks the source itself, as without a hint.
+        args = st.args.filter((_, i) => i !== at && i !== at + 1);
+        await ip(['ip', 'route', 'replace', ...args]);
+      }
+      st.args = args;
+      j.save();
+      log(`ip route replace ${args.join(' ')}`);
+    }
   } catch (err) {
     throw new RoutingError('ROUTING_FAILED', `could not move the inbound rules to ${pub}: ${(err as Error).message}`, { cause: err });
   }

@@ -63,7 +63,7 @@ export function createRegistry(nat: Translator, loop: Dataplane | null, opts: Re
 
   new Counter({
     name: 'tunnat_packets_total',
-    help: 'Packets forwarded, by path: outbound (LAN to WAN, translated), inbound (WAN to LAN, translated), local (to the gateway itself, unchanged), hairpin (LAN to LAN through the public address)',
+    help: 'Packets forwarded, by path: outbound (LAN to WAN, translated), inbound (WAN to LAN, translated), local (the gateway itself: traffic to it, and its own ICMP to the WAN; unchanged), hairpin (LAN to LAN through the public address)',
     labelNames: ['path'],
     registers: [registry],
     collect() {

@@ -406,12 +406,39 @@ export class Translator {
     const dst = rd32(buf, off + 16);
     const fromInside = this.isInternal(src);
     const toPublic = dst === this.publicIp;
-    if (!fromInside && !toPublic) return this.drop(DropReason.NOT_OURS);
+    if (!fromInside && !toPublic) {
+      // Neither side is ours to translate. The routing sends the gateway's own ICMP to the WAN through the
+      // TUN (rule 998), so that its errors about packets tunnat translated into the LAN do not quote LAN
+      // addresses; nothing from outside reaches the TUN with such addresses.
+      return buf[off + 9] === IPPROTO.ICMP ? this.gatewayIcmp(buf, now, ip.totalLength) : this.drop(DropReason.NOT_OURS);
+    }
     if (fromInside && this.isInternal(dst)) return this.drop(DropReason.NOT_OURS);
     const frag = rd16(buf, off + 6) & 0x3fff; // MF and the offset: any fragment
     if (frag === 0) return this.translate(buf, now, src, dst, fromInside, toPublic, false);
     if ((frag & 0x1fff) !== 0) return this.laterFragment(buf, off, now, src, dst, fromInside);
     return this.firstFragment(buf, now, src, dst, fromInside, toPublic);
+  }
+
+  /**
+   * ICMP the gateway itself sends towards the WAN. An error about a packet tunnat translated inbound (the
+   * gateway could not deliver it into the LAN: no ARP answer, too big, …) quotes it as it left tunnat,
+   * with the LAN address: restore the quote to the public side, as an error from the LAN side of that
+   * flow would be. An error quoting a LAN address that no flow explains is dropped; everything else (the
+   * gateway's echo replies and requests, errors about its own traffic) passes unchanged.
+   */
+  private gatewayIcmp(buf: Uint8Array, now: number, total: number): number {
+    const ip = this.ip;
+    if (ip.isFragment || this.icmp.wrap(buf, ip.payloadOffset, ip.payloadLength) !== IcmpVerdict.OK) {
+      return this.drop(DropReason.NOT_OURS);
+    }
+    if (this.icmp.isError) {
+      const q = this.icmp.innerOffset;
+      const quotesLan = this.icmp.innerLength >= 20 && (this.isInternal(rd32(buf, q + 12)) || this.isInternal(rd32(buf, q + 16)));
+      if (quotesLan) return this.processIcmpError(buf, true, total, now);
+    }
+    // forward() gives back the hop the way out of the TUN will take: the gateway is this packet's source,
+    // not a router on its path, so it leaves with the TTL it was made with.
+    return this.forward(Path.LOCAL, total);
   }
 
   /** Everything but fragment bookkeeping, for a whole packet or a first fragment. */

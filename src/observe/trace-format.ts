@@ -69,7 +69,7 @@ export function formatTrace(r: TraceRecord): string[] {
     lines.push(`  dropped: ${r.drop ? (DROP_EXPLANATIONS[r.drop] ?? r.drop) : 'unknown reason'}`);
     return lines;
   }
-  if (r.path === 'local') lines.push("  no flow claims it: it is for the gateway itself, written back for the gateway's own stack");
+  if (r.path === 'local') lines.push("  no flow claims it: the gateway's own traffic (to it, or its own ICMP to the WAN), written back unchanged");
   if (r.changes.length > 0) {
     const fields = r.changes.filter((c) => !c.field.endsWith('checksum'));
     const sums = r.changes.filter((c) => c.field.endsWith('checksum'));

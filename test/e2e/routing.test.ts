@@ -253,6 +253,7 @@ describe.skipIf(process.getuid?.() !== 0)('gateway routing (namespaces)', () => 
         '50:\tfrom 192.168.1.0/24 to 203.0.113.1 lookup 7301 proto 84',
         '100:\tfrom all lookup local proto 84',
         '996:\tfrom all to 192.168.1.0/24 lookup main proto 84',
+        '998:\tfrom all iif lo ipproto icmp lookup 7301 proto 84',
         '1000:\tfrom 192.168.1.0/24 lookup 7301 proto 84',
         '32766:\tfrom all lookup main',
         '32767:\tfrom all lookup default',
@@ -265,7 +266,7 @@ describe.skipIf(process.getuid?.() !== 0)('gateway routing (namespaces)', () => 
         .map((l) => l.trim().replace(/ linkdown$/, ''))
         .filter(Boolean)
         .sort();
-    expect(await table('7301')).toEqual(['default dev tun0 proto 84 scope link', 'prohibit default proto 84 metric 4294967295']);
+    expect(await table('7301')).toEqual(['default dev tun0 proto 84 scope link src 203.0.113.1', 'prohibit default proto 84 metric 4294967295']);
     expect(await table('7302')).toEqual(['default dev tun0 proto 84 scope link']);
     expect((await run(['ip', '-n', lab.gw, 'neigh', 'show', 'proxy'])).stdout.trim()).toBe('203.0.113.1 dev wan0 proxy proto 84');
 
@@ -318,7 +319,7 @@ describe.skipIf(process.getuid?.() !== 0)('gateway routing (namespaces)', () => 
     expect(leftover.crashed).toHaveLength(1);
     expect(leftover.crashed[0]).toMatchObject({ file: applied.stateFile, trusted: true });
     expect(leftover.foreign).toBe(false);
-    expect(leftover.found.filter((f) => f.kind === 'rule')).toHaveLength(9);
+    expect(leftover.found.filter((f) => f.kind === 'rule')).toHaveLength(10);
     expect(leftover.found.filter((f) => f.kind === 'route')).toHaveLength(3);
     expect(leftover.localRuleMissing).toBe(true);
 

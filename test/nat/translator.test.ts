@@ -269,6 +269,51 @@ describe('ICMP', () => {
     expect(nat.process(bad, 0, bad.length, 0)).toBe(Verdict.DROP);
     expect(nat.stats.drops[DropReason.CHECKSUM]).toBe(1);
   });
+
+  describe("the gateway's own ICMP to the WAN (routed through the TUN)", () => {
+    it('restores the public side in an error about a packet translated into the LAN', () => {
+      const nat = makeNat();
+      const out = udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 4444, dstPort: 7, payload });
+      nat.process(out, 0, out.length, 0);
+      const pubPort = parse(out).sport;
+      const reply = udpPacket({ src: REMOTE, dst: PUB, srcPort: 7, dstPort: pubPort, payload });
+      expect(nat.process(reply, 0, reply.length, 0)).toBe(Verdict.FORWARD);
+      expect(parse(reply)).toMatchObject({ dst: HOST_A, dport: 4444 });
+      // The LAN host never answered ARP: the gateway's kernel reports the packet as tunnat delivered it.
+      const err = icmpError({ src: PUB, dst: REMOTE, type: 3, code: 1, quoted: reply });
+      expect(nat.process(err, 0, err.length, 1)).toBe(Verdict.FORWARD);
+      checkAllChecksums(err);
+      expect(parse(err)).toMatchObject({ src: PUB, dst: REMOTE, ttl: 65 });
+      expect(parse(Buffer.from(err.subarray(28)))).toMatchObject({ src: REMOTE, dst: PUB, sport: 7, dport: pubPort });
+      expect(nat.stats.icmpErrorsTranslated).toBe(1);
+    });
+
+    it('drops an error quoting a LAN address that no flow explains', () => {
+      const nat = makeNat();
+      const ghost = udpPacket({ src: REMOTE, dst: HOST_B, srcPort: 7, dstPort: 5555, payload });
+      const err = icmpError({ src: PUB, dst: REMOTE, type: 3, code: 1, quoted: ghost });
+      expect(nat.process(err, 0, err.length, 0)).toBe(Verdict.DROP);
+      expect(nat.stats.drops[DropReason.NO_MAPPING]).toBe(1);
+    });
+
+    it("passes the gateway's echoes and its errors about its own traffic unchanged, and nothing else", () => {
+      const nat = makeNat();
+      const echo = icmpEcho({ src: PUB, dst: REMOTE, type: 8, identifier: 3, sequence: 1 });
+      const before = Buffer.from(echo);
+      expect(nat.process(echo, 0, echo.length, 0)).toBe(Verdict.FORWARD);
+      // Only the hop the way out of the TUN will take is given back.
+      expect(parse(echo).ttl).toBe(parse(before).ttl + 1);
+      expect(Buffer.compare(echo.subarray(20), before.subarray(20))).toBe(0);
+      const own = udpPacket({ src: REMOTE, dst: PUB, srcPort: 9, dstPort: 22000, payload });
+      const unreachable = icmpError({ src: PUB, dst: REMOTE, type: 3, code: 3, quoted: own });
+      expect(nat.process(unreachable, 0, unreachable.length, 0)).toBe(Verdict.FORWARD);
+      expect(nat.stats.packets[Path.LOCAL]).toBe(2);
+      expect(nat.flows.size).toBe(0);
+      const udp = udpPacket({ src: PUB, dst: REMOTE, srcPort: 1, dstPort: 2, payload });
+      expect(nat.process(udp, 0, udp.length, 0)).toBe(Verdict.DROP);
+      expect(nat.stats.drops[DropReason.NOT_OURS]).toBe(1);
+    });
+  });
 });
 
 describe('malformed input', () => {
