@@ -199,21 +199,12 @@ async function routerFor(bl: BenchLab, engine: 'userspace' | 'kernel' | 'kernel-
 async function startTunnat(bl: BenchLab, engine: 'userspace' | 'kernel', extra: readonly string[] = []): Promise<EngineSession> {
   const router = await routerFor(bl, engine, extra);
   const pid = router.process?.pid ?? null;
-  const gw = bl.lab.gw.netns;
   if (engine === 'kernel') {
-    return {
-      runner: 'kernel',
-      client: bl.lan,
-      expectedSource: bl.publicAddress,
-      pid: null,
-      flowCount: () => conntrackCount(gw),
-      memory: async () => ({ rss: null, slab: readConntrackSlab() }),
-      stop: async () => {
-        await router.stop();
-        const left = await resetGatewayNetfilter(bl);
-        if (left !== '') bl.notes.add(`tunnat's kernel engine left rules behind in the gateway after stopping (the benchmark flushed them): ${left.replace(/\s+/g, ' ').slice(0, 300)}`);
-      },
-    };
+    return kernelSession(bl, async () => {
+      await router.stop();
+      const left = await resetGatewayNetfilter(bl);
+      if (left !== '') bl.notes.add(`tunnat's kernel engine left rules behind in the gateway after stopping (the benchmark flushed them): ${left.replace(/\s+/g, ' ').slice(0, 300)}`);
+    });
   }
   return {
     runner: 'userspace',
@@ -231,18 +222,22 @@ async function startTunnat(bl: BenchLab, engine: 'userspace' | 'kernel', extra: 
 
 async function startKernelManual(bl: BenchLab): Promise<EngineSession> {
   const router = await routerFor(bl, 'kernel-manual');
-  const gw = bl.lab.gw.netns;
+  return kernelSession(bl, async () => {
+    await router.stop();
+    await resetGatewayNetfilter(bl);
+  });
+}
+
+/** A run whose flows the gateway's kernel holds: counted by conntrack, their memory in its slab. */
+function kernelSession(bl: BenchLab, stop: () => Promise<void>): EngineSession {
   return {
     runner: 'kernel',
     client: bl.lan,
     expectedSource: bl.publicAddress,
     pid: null,
-    flowCount: () => conntrackCount(gw),
+    flowCount: () => conntrackCount(bl.lab.gw.netns),
     memory: async () => ({ rss: null, slab: readConntrackSlab() }),
-    stop: async () => {
-      await router.stop();
-      await resetGatewayNetfilter(bl);
-    },
+    stop,
   };
 }
 

@@ -7,6 +7,7 @@ import type { RouterConfig } from '../cli/config.js';
 import type { Logger } from '../util/log.js';
 import { NativeTun } from '../tun/native.js';
 import { setupSystem, logRunning, StartupError } from './router.js';
+import { listenOn } from '../metrics/http.js';
 
 /**
  * Privilege separation (`tunnat run --user NAME`): the process that parses hostile packets runs as an
@@ -61,18 +62,6 @@ const CHILD = join(here, 'privsep-child.js');
 /** The child's copy of the TUN fd: stdio slot 3 (0-2 inherited, the IPC channel at 4). */
 export const CHILD_TUN_FD = 3;
 
-function listen(server: Server, arg: { host: string; port: number } | string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    const done = () => {
-      server.off('error', reject);
-      resolve();
-    };
-    if (typeof arg === 'string') server.listen(arg, done);
-    else server.listen(arg.port, arg.host, done);
-  });
-}
-
 export async function startPrivsep(cfg: RouterConfig, log: Logger, user: PrivsepUser) {
   if (user.uid === 0) throw new StartupError('BAD_USER', `--user ${user.name} is root: nothing would be dropped`);
   const sys = await setupSystem(cfg, log);
@@ -85,14 +74,14 @@ export async function startPrivsep(cfg: RouterConfig, log: Logger, user: Privsep
     if (cfg.http) {
       // Paused: the parent must not read a byte of a connection it hands to the child.
       const s = createServer({ pauseOnConnect: true });
-      await listen(s, cfg.http);
+      await listenOn(s, cfg.http);
       servers.push(s);
     }
     if (cfg.httpSocket) {
       rmSync(cfg.httpSocket, { force: true });
       // Paused: the parent must not read a byte of a connection it hands to the child.
       const s = createServer({ pauseOnConnect: true });
-      await listen(s, cfg.httpSocket);
+      await listenOn(s, cfg.httpSocket);
       servers.push(s);
     }
     for (const f of [cfg.stateFile, cfg.pcap]) {

@@ -511,16 +511,8 @@ function* undoStep(step: RoutingStep, ctx: UndoCtx): Undo<boolean> {
         return false;
       }
     }
-    case 'tun-persist': {
-      const argv = ['ip', 'link', 'del', 'dev', step.dev];
-      const r = yield argv;
-      if (r.exitCode === 0) ctx.log(cmdText(argv));
-      else if (!isGone(r.stderr)) {
-        ctx.errors.push(failure(argv, r));
-        return false;
-      }
-      return true;
-    }
+    case 'tun-persist':
+      return yield* deleteUnlessGone(['ip', 'link', 'del', 'dev', step.dev], ctx);
     case 'link': {
       const show = ['ip', '-j', 'link', 'show', 'dev', step.dev];
       const r = yield show;
@@ -544,16 +536,8 @@ function* undoStep(step: RoutingStep, ctx: UndoCtx): Undo<boolean> {
       return true;
     }
     case 'route':
-    case 'rule': {
-      const argv = ['ip', step.kind, 'del', ...step.args];
-      const r = yield argv;
-      if (r.exitCode === 0) ctx.log(cmdText(argv));
-      else if (!isGone(r.stderr)) {
-        ctx.errors.push(failure(argv, r));
-        return false;
-      }
-      return true;
-    }
+    case 'rule':
+      return yield* deleteUnlessGone(['ip', step.kind, 'del', ...step.args], ctx);
     case 'local-rule-moved': {
       // Put the kernel's pref-0 rule back before the pref-100 copy goes (undo runs in reverse),
       // so that local delivery never stops.
@@ -580,17 +564,20 @@ function* undoStep(step: RoutingStep, ctx: UndoCtx): Undo<boolean> {
       ctx.log(cmdText(argv));
       return true;
     }
-    case 'proxy-neigh': {
-      const argv = ['ip', 'neigh', 'del', 'proxy', step.address, 'dev', step.dev];
-      const r = yield argv;
-      if (r.exitCode === 0) ctx.log(cmdText(argv));
-      else if (!isGone(r.stderr)) {
-        ctx.errors.push(failure(argv, r));
-        return false;
-      }
-      return true;
-    }
+    case 'proxy-neigh':
+      return yield* deleteUnlessGone(['ip', 'neigh', 'del', 'proxy', step.address, 'dev', step.dev], ctx);
   }
+}
+
+/** Run a deletion; an object already gone counts as deleted. */
+function* deleteUnlessGone(argv: string[], ctx: UndoCtx): Undo<boolean> {
+  const r = yield argv;
+  if (r.exitCode === 0) ctx.log(cmdText(argv));
+  else if (!isGone(r.stderr)) {
+    ctx.errors.push(failure(argv, r));
+    return false;
+  }
+  return true;
 }
 
 /**

@@ -5,6 +5,19 @@ import type { Registry } from 'prom-client';
 import type { Endpoint } from '../cli/config.js';
 import { FilterError, flowFilterFromQuery, flowMatches, type FilterableFlow } from '../observe/filter.js';
 
+/** Listen on HOST:PORT or a unix socket path; rejects with the bind error (address in use, …). */
+export function listenOn(server: NetServer, arg: { host: string; port: number } | string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    const done = () => {
+      server.off('error', reject);
+      resolve();
+    };
+    if (typeof arg === 'string') server.listen(arg, done);
+    else server.listen(arg.port, arg.host, done);
+  });
+}
+
 /**
  * The router's HTTP endpoint: /metrics (Prometheus text) and /conntrack (JSON flow list, optionally
  * filtered: ?proto=&src=&dst=&state=), plus whatever `handlers` add (the live page, event streams).
@@ -65,16 +78,6 @@ export async function startHttp(
     })();
   };
   const servers: http.Server[] = [];
-  const listenOn = (s: http.Server, arg: { host: string; port: number } | string) =>
-    new Promise<void>((resolve, reject) => {
-      s.once('error', reject);
-      const done = () => {
-        s.off('error', reject);
-        resolve();
-      };
-      if (typeof arg === 'string') s.listen(arg, done);
-      else s.listen(arg.port, arg.host, done);
-    });
   // Listening sockets a privileged parent bound and passed down (privilege separation): they already
   // listen, so their connections are fed to an HTTP server that never binds anything itself.
   const passed = listen.handles ?? [];
