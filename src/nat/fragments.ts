@@ -14,6 +14,8 @@
 export const FragDecision = { PENDING: 0, TRANSLATE: 1, LOCAL: 2, DROP: 3 } as const;
 
 export interface FragEntry {
+  /** The datagram's key (FragmentTracker.key), to delete the entry once its datagram is complete. */
+  readonly key: string;
   decision: number;
   newSrc: number;
   newDst: number;
@@ -76,7 +78,7 @@ export class FragmentTracker {
         return null;
       }
     }
-    e = { decision: FragDecision.PENDING, newSrc: 0, newDst: 0, entry: -1, expires: now + this.limits.timeoutMs, ranges: [], total: -1, covered: 0, held: [], heldBytes: 0 };
+    e = { key, decision: FragDecision.PENDING, newSrc: 0, newDst: 0, entry: -1, expires: now + this.limits.timeoutMs, ranges: [], total: -1, covered: 0, held: [], heldBytes: 0 };
     this.entries.set(key, e);
     return e;
   }

@@ -1,7 +1,8 @@
 import { readFileSync, writeFileSync, renameSync } from 'node:fs';
 import { ipToString, parseIpv4 } from '../wire/addr.js';
 import { FLOW_IN_USE } from '../conntrack/table.js';
-import type { Translator, RestoredFlow, SavedMapping } from './translator.js';
+import type { Translator } from './translator.js';
+import type { RestoredFlow, SavedMapping } from './restore.js';
 
 /**
  * The flow table across a restart (`tunnat run --state FILE`): written on SIGTERM, read back on the next

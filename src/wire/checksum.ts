@@ -97,3 +97,25 @@ export function csumUpdate32(csum: number, oldValue: number, newValue: number): 
     (newValue & 0xffff);
   return ~fold16(sum) & 0xffff;
 }
+
+/**
+ * RFC 1624 with several words changed at once: each change contributes ~m + m' to one running sum,
+ * and csumApply folds that sum into the checksum once (eqn. 3 over all of them). The terms are plain
+ * integers, so a rewrite of addresses, ports and TTL pays one fold instead of one per word.
+ */
+export function csumDiff16(oldWord: number, newWord: number): number {
+  return (~oldWord & 0xffff) + (newWord & 0xffff);
+}
+
+/** csumDiff16 for a 32-bit value (an address: two covered words). */
+export function csumDiff32(oldValue: number, newValue: number): number {
+  return (~oldValue >>> 16 & 0xffff) + (~oldValue & 0xffff) + (newValue >>> 16) + (newValue & 0xffff);
+}
+
+/** HC' = ~(~HC + Σ(~m + m')), for a sum of csumDiff16/csumDiff32 terms below 2^31. */
+export function csumApply(csum: number, diffs: number): number {
+  let s = (~csum & 0xffff) + diffs;
+  s = (s & 0xffff) + (s >>> 16);
+  s = (s & 0xffff) + (s >>> 16);
+  return ~s & 0xffff;
+}

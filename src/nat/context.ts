@@ -1,0 +1,289 @@
+import { Ipv4View, IPPROTO } from '../wire/ipv4.js';
+import { UdpView } from '../wire/udp.js';
+import { TcpView } from '../wire/tcp.js';
+import { IcmpView } from '../wire/icmp.js';
+import { FlowTable, FLOW_INBOUND, type RemoveReason } from '../conntrack/table.js';
+import type { TcpStep } from '../conntrack/tcp.js';
+import type { Timeouts } from '../conntrack/timeouts.js';
+import { MappingTable } from './mappings.js';
+import { PortPool, type Rng } from './ports.js';
+import { PermissionTable } from './permissions.js';
+import type { EgressPolicy, PortForward } from './policy.js';
+import { FragmentTracker, DEFAULT_FRAGMENT_LIMITS, type FragmentLimits } from './fragments.js';
+import {
+  DropReason, Filtering, FILTERING_NAMES, Path, PortChoice, Verdict, newNatStats,
+  type FilteringName, type FlowObserver, type NatStats, type PacketSink,
+} from './outcome.js';
+
+/**
+ * What every path through the translator shares: the tables, the configuration, the counters, the views
+ * re-pointed at each packet, and the few fields a path leaves behind for the next step (the new flow's
+ * entry, the target of an inbound packet) or for the trace (what was decided). The Translator
+ * (translator.ts) is this plus the packet path itself; the slow paths (outbound.ts, inbound.ts,
+ * hairpin.ts, icmp-error.ts, fragment-path.ts, refusal.ts) are functions over it, one file each, so
+ * each reads top to bottom. The packet path is single-threaded: one context, one packet at a time.
+ */
+
+export interface Cidr {
+  network: number;
+  prefixLength: number;
+}
+
+export interface NatOptions {
+  internal: readonly Cidr[];
+  publicIp: number;
+  /**
+   * Whether the gateway itself has the public address (masquerade, or a static address it owns).
+   * When it does not, nothing local can want an unmatched packet for it: those are dropped, because
+   * written back they would be routed straight out of the WAN again.
+   */
+  publicIpOwned?: boolean;
+  /** Range public ports are taken from (inclusive). */
+  ports: readonly [number, number];
+  /** Ports never mapped (the gateway's own ephemeral range). */
+  excludedPorts?: readonly (readonly [number, number])[];
+  maxFlows: number;
+  timeouts: Timeouts;
+  /** Hash seed (random in production). */
+  seed: number;
+  rng: Rng;
+  /** RFC 4787 REQ-8 filtering; default address-dependent. */
+  filtering?: FilteringName;
+  forwards?: readonly PortForward[];
+  /** Allowlist for new outbound flows; null allows everything. */
+  egress?: EgressPolicy | null;
+  /** Answer refused outbound flows with ICMP admin-prohibited / TCP RST instead of dropping silently. */
+  egressReject?: boolean;
+  /** Flows one LAN host may hold at once (0 = no limit). */
+  maxFlowsPerHost?: number;
+  /** When a new flow cannot be made (table full, no ports, host limit), answer ICMP 3/13 (RFC 5508 §6). */
+  icmpOnExhaustion?: boolean;
+  /** Generated ICMP/RST packets per second at most (a flood must not become an ICMP flood). */
+  generatedPerSecond?: number;
+  fragments?: FragmentLimits;
+}
+
+/** The protocols with a tracker and a port pool. */
+const TRACKED = [IPPROTO.TCP, IPPROTO.UDP, IPPROTO.ICMP] as const;
+export const NONE = -1;
+
+function maskOf(prefix: number): number {
+  return prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+}
+
+/** The LAN endpoint a packet from outside reaches, as resolveTarget (inbound.ts) found it. */
+export interface Target {
+  addr: number;
+  port: number;
+  /** The mapping that admitted it, or NONE for a port forward. */
+  mapping: number;
+}
+
+export class NatContext {
+  // ---- Tables
+  readonly flows: FlowTable;
+  readonly mappings: MappingTable;
+  /** Address-dependent filtering's permissions; null under the other filtering modes. */
+  readonly permissions: PermissionTable | null;
+  readonly fragments: FragmentTracker;
+
+  // ---- Configuration (SIGHUP may change the mutable ones; see Translator.reconfigure)
+  timeouts: Timeouts;
+  readonly filtering: number;
+  protected publicIp: number;
+  readonly publicIpOwned: boolean;
+  readonly rng: Rng;
+  private readonly internalNet: Uint32Array;
+  private readonly internalMask: Uint32Array;
+  /** Port forwards by protocol: public port → index into forwardList, or NONE. */
+  private readonly forwardIndex = new Map<number, Int32Array>();
+  forwardList: readonly PortForward[] = [];
+  egress: EgressPolicy | null;
+  egressReject: boolean;
+  maxPerHost: number;
+  icmpOnExhaustion: boolean;
+
+  // ---- Accounting
+  readonly stats: NatStats = newNatStats();
+  /** Flows each LAN host opened (counted whether or not a limit is set, so a limit set later starts from the truth). */
+  readonly hostFlows = new Map<number, number>();
+  readonly observers: FlowObserver[] = [];
+  /** Token bucket for generated packets (refusal.ts). */
+  readonly genRate: number;
+  genTokens: number;
+  genLast = 0;
+  /** Where generated packets and released fragments go; set by the data plane. */
+  sink: PacketSink | null = null;
+
+  // ---- The packet in hand: views re-pointed at every packet, and what it came with
+  readonly ip = new Ipv4View();
+  readonly udp = new UdpView();
+  readonly tcp = new TcpView();
+  readonly icmp = new IcmpView();
+  /** A second IPv4 view: the header quoted inside an ICMP error, or a released fragment. */
+  readonly innerIp = new Ipv4View();
+  readonly step: TcpStep = { state: 0, detail: 0, valid: true };
+  /**
+   * The packet came with a partial transport checksum (virtio NEEDS_CSUM: the field holds the
+   * pseudo-header sum, and whoever sends it on completes the checksum over the data).
+   */
+  partial = false;
+
+  // ---- What a slow path leaves for the next step (valid only right after the call that set it)
+  /** Setup.CREATED: the new flow's entry (its original direction). */
+  setupEntry = NONE;
+  /** Setup.REFUSED / Resolved.REFUSED: the DropReason. */
+  setupReason = 0;
+  readonly target: Target = { addr: 0, port: 0, mapping: NONE };
+
+  /**
+   * What the last process() call decided, for the trace and pcap taps: the entry it used (NONE if none),
+   * whether it created the flow, how the port was chosen, the drop reason (NONE if forwarded) and the path.
+   * Plain fields, overwritten per packet: reading them costs the hot path nothing.
+   */
+  lastEntry = NONE;
+  lastCreated = false;
+  lastPortChoice: number = PortChoice.NONE;
+  lastDrop = NONE;
+  lastPath = NONE;
+
+  constructor(opts: NatOptions) {
+    this.timeouts = opts.timeouts;
+    this.publicIp = opts.publicIp >>> 0;
+    this.publicIpOwned = opts.publicIpOwned ?? true;
+    this.rng = opts.rng;
+    this.internalNet = new Uint32Array(opts.internal.length);
+    this.internalMask = new Uint32Array(opts.internal.length);
+    opts.internal.forEach((c, i) => {
+      this.internalMask[i] = maskOf(c.prefixLength);
+      this.internalNet[i] = (c.network & this.internalMask[i]!) >>> 0;
+    });
+    this.filtering = FILTERING_NAMES.indexOf(opts.filtering ?? 'address');
+    if (this.filtering < 0) throw new RangeError(`unknown filtering ${opts.filtering}`);
+    this.flows = new FlowTable(opts.maxFlows, opts.seed);
+    const [lo, hi] = opts.ports;
+    const excluded = opts.excludedPorts ?? [];
+    this.mappings = new MappingTable(opts.maxFlows, opts.seed ^ 0x5bd1e995, (p) =>
+      // ICMP identifiers are not ports: the whole 16-bit space is usable.
+      p === IPPROTO.ICMP ? new PortPool(0, 65535) : new PortPool(lo, hi, excluded), TRACKED);
+    this.permissions = this.filtering === Filtering.ADDRESS ? new PermissionTable(opts.maxFlows * 2, opts.seed ^ 0x27d4eb2f) : null;
+    this.setForwards(opts.forwards ?? []);
+    this.egress = opts.egress ?? null;
+    this.egressReject = opts.egressReject ?? false;
+    this.maxPerHost = opts.maxFlowsPerHost ?? 0;
+    this.icmpOnExhaustion = opts.icmpOnExhaustion ?? true;
+    this.genRate = opts.generatedPerSecond ?? 100;
+    this.genTokens = this.genRate;
+    this.fragments = new FragmentTracker(opts.fragments ?? DEFAULT_FRAGMENT_LIMITS);
+    this.flows.onRemove = (flow, reason) => this.flowRemoved(flow, reason);
+  }
+
+  get publicAddress(): number {
+    return this.publicIp;
+  }
+
+  isInternal(addr: number): boolean {
+    const n = this.internalNet.length;
+    for (let i = 0; i < n; i++) if (((addr & this.internalMask[i]!) >>> 0) === this.internalNet[i]) return true;
+    return false;
+  }
+
+  /** Install the port forwards (replacing earlier ones); a forwarded port is never handed out as a mapping. */
+  protected setForwards(list: readonly PortForward[]): void {
+    for (const f of this.forwardList) {
+      this.forwardIndex.get(f.protocol)?.fill(NONE, f.publicPort, f.publicPort + 1);
+      this.mappings.pool(f.protocol)?.setAllowed(f.publicPort, true);
+    }
+    this.forwardList = list;
+    list.forEach((f, i) => {
+      let idx = this.forwardIndex.get(f.protocol);
+      if (!idx) this.forwardIndex.set(f.protocol, (idx = new Int32Array(65536).fill(NONE)));
+      idx[f.publicPort] = i;
+      this.mappings.pool(f.protocol)?.setAllowed(f.publicPort, false);
+    });
+  }
+
+  /** The port forward on a public port (index into forwardList), or NONE. */
+  forwardAt(proto: number, port: number): number {
+    const idx = this.forwardIndex.get(proto);
+    return idx ? idx[port]! : NONE;
+  }
+
+  /** Whether the gateway's stack, rather than the NAT, owns a public port (ports the NAT never maps). */
+  gatewayOwnsPort(proto: number, port: number): boolean {
+    const pool = this.mappings.pool(proto);
+    return !pool || pool.allowed[port] === 0;
+  }
+
+  // ---- Verdicts: every path ends in one of these three
+
+  drop(reason: number): number {
+    this.stats.drops[reason]!++;
+    this.lastDrop = reason;
+    return Verdict.DROP;
+  }
+
+  /**
+   * Count the packet on its path and write it back. The gateway routed it once into the TUN and will route
+   * it again: give one hop back, so the gateway counts as a single hop. (The established path does the
+   * same in one checksum update with the address rewrite: see rewriteIpv4Header.)
+   */
+  forward(path: number, len: number): number {
+    const ttl = this.ip.ttl;
+    if (ttl < 255) this.ip.setTtlWithChecksum(ttl + 1);
+    return this.countForward(path, len);
+  }
+
+  /** forward() for a packet whose hop was already given back with its rewrite. */
+  countForward(path: number, len: number): number {
+    this.lastPath = path;
+    this.stats.packets[path]!++;
+    this.stats.bytes[path]! += len;
+    return Verdict.FORWARD;
+  }
+
+  /** A packet from outside no flow claims: the gateway's own, if it owns the address; otherwise nobody's. */
+  toGateway(len: number): number {
+    return this.publicIpOwned ? this.forward(Path.LOCAL, len) : this.drop(DropReason.NO_MAPPING);
+  }
+
+  // ---- A flow's end: the inverse of commitFlow (flow-setup.ts)
+
+  /** The LAN host a flow belongs to: the original source of an outbound flow, else the reply source. */
+  lanHost(flow: number): number {
+    const t = this.flows;
+    return t.flags[flow]! & FLOW_INBOUND ? t.tSrc[flow * 2 + 1]! : t.tSrc[flow * 2]!;
+  }
+
+  /** The outside address a flow's mapping talks to, as the mapping sees it (the public address for hairpins). */
+  peerAddress(flow: number): number {
+    const t = this.flows;
+    return t.flags[flow]! & FLOW_INBOUND ? t.tSrc[flow * 2]! : t.tDst[flow * 2]!;
+  }
+
+  /** Called by the flow table for every removal, whatever the reason: give back what the flow held. */
+  private flowRemoved(flow: number, reason: RemoveReason): void {
+    for (const o of this.observers) o.removed?.(flow, reason);
+    const t = this.flows;
+    const m = t.mapping[flow]!;
+    const m2 = t.mapping2[flow]!;
+    const perm = this.permissions;
+    if (perm) {
+      // The flow's permissions: its own mapping towards the peer it talks to, and (inbound/hairpin)
+      // the target mapping towards the same peer.
+      const peer = this.peerAddress(flow);
+      if (m >= 0) perm.remove(m, peer);
+      if (m2 >= 0) perm.remove(m2, peer);
+    }
+    if (m >= 0) this.mappings.unref(m);
+    if (m2 >= 0) this.mappings.unref(m2);
+    if (!(t.flags[flow]! & FLOW_INBOUND)) {
+      // Only flows a host opened count: senders outside must not be able to use up its allowance.
+      const host = this.lanHost(flow);
+      const n = (this.hostFlows.get(host) ?? 1) - 1;
+      if (n <= 0) this.hostFlows.delete(host);
+      else this.hostFlows.set(host, n);
+    }
+    this.stats.flowsRemoved[reason]++;
+  }
+}

@@ -1,0 +1,128 @@
+import { Ipv4Verdict, IPPROTO } from '../wire/ipv4.js';
+import { IcmpVerdict, ICMP_TYPE } from '../wire/icmp.js';
+import { rd16, rd32 } from '../wire/bytes.js';
+import { rewriteIcmpIdentifier, rewriteIpv4Header, rewriteTransportEndpoints } from '../wire/rewrite.js';
+import type { NatContext } from './context.js';
+import { DropReason, Path } from './outcome.js';
+
+/**
+ * ICMP errors (RFC 5508 §4.2; RFC 792): "destination unreachable", "time exceeded" and the like quote
+ * the start of the packet that caused them. The error belongs to that packet's flow, and it travels
+ * against it: so the flow is found by the inverse of the quoted tuple, and then the quoted packet is put
+ * into the form its receiver sent it in, by the very same rewrite a packet of the flow gets
+ * (wire/rewrite.ts) — addresses, ports or identifier, and their checksums — applied to the quoted headers.
+ * The outer header follows. Errors never create, refresh or remove a flow.
+ *
+ * The quote is usually cut short (RFC 792 asks for 8 bytes of it), so it is read through wrapQuoted,
+ * which accepts a packet shorter than its total length, and the quoted transport checksum is patched
+ * only if it was quoted at all.
+ */
+
+/** Translate the ICMP error in hand; `fromInside`: it came from the LAN side. */
+export function translateIcmpError(nat: NatContext, buf: Uint8Array, fromInside: boolean, total: number, now: number): number {
+  const icmp = nat.icmp;
+  if (!icmp.verifyChecksum()) return nat.drop(DropReason.CHECKSUM);
+  const quoted = nat.innerIp;
+  if (quoted.wrapQuoted(buf, icmp.innerOffset, icmp.innerLength) !== Ipv4Verdict.OK || quoted.payloadLength < 8) {
+    return nat.drop(DropReason.MALFORMED);
+  }
+  // RFC 5508 REQ-3: a quoted IP header with a bad checksum makes the whole error suspect. (The quoted
+  // transport checksum is not checked: the quote is usually cut short, REQ-3c.)
+  if (!quoted.verifyChecksum()) return nat.drop(DropReason.CHECKSUM);
+
+  // The quoted packet's tuple, with an ICMP query's identifier as the querying side's "port".
+  const qproto = quoted.protocol;
+  const qsrc = quoted.sourceAddress;
+  const qdst = quoted.destinationAddress;
+  const ql4 = quoted.payloadOffset;
+  let qsport: number;
+  let qdport: number;
+  let quotedRequest = false;
+  if (qproto === IPPROTO.UDP || qproto === IPPROTO.TCP) {
+    qsport = rd16(buf, ql4);
+    qdport = rd16(buf, ql4 + 2);
+  } else if (qproto === IPPROTO.ICMP) {
+    const qtype = buf[ql4]!;
+    quotedRequest = qtype === ICMP_TYPE.ECHO_REQUEST || qtype === ICMP_TYPE.TIMESTAMP;
+    if (!quotedRequest && qtype !== ICMP_TYPE.ECHO_REPLY && qtype !== ICMP_TYPE.TIMESTAMP_REPLY) {
+      return fromInside ? nat.drop(DropReason.NO_MAPPING) : nat.toGateway(total);
+    }
+    const id = rd16(buf, ql4 + 4);
+    qsport = quotedRequest ? id : 0;
+    qdport = quotedRequest ? 0 : id;
+  } else {
+    return fromInside ? nat.drop(DropReason.NO_MAPPING) : nat.toGateway(total);
+  }
+
+  // The error travels against the quoted packet: look up the inverse of the quoted tuple.
+  const flows = nat.flows;
+  const e = flows.lookup(qproto, qdst, qsrc, qdport, qsport, now);
+  if (e < 0) return fromInside ? nat.drop(DropReason.NO_MAPPING) : nat.toGateway(total);
+  // An error goes to the sender of the packet it quotes (RFC 792), and it travels the way the flow's
+  // side it comes from sends: from inside only along a tuple whose source is inside, from outside only
+  // along one whose source is outside. Anything else is forged, and translating it would carry a LAN
+  // address out in the quote.
+  const ip = nat.ip;
+  if (ip.destinationAddress !== qsrc || nat.isInternal(flows.tSrc[e]!) !== fromInside) {
+    return nat.drop(DropReason.NOT_OURS);
+  }
+  nat.lastEntry = e;
+
+  // The quoted packet travelled in the other direction: give it that direction's tuple as its receiver
+  // (the one this error goes to) knows it.
+  const qe = e ^ 1;
+  const nqsrc = flows.tSrc[qe]!;
+  const nqdst = flows.tDst[qe]!;
+  if (qproto === IPPROTO.ICMP) {
+    rewriteIcmpIdentifier(buf, ql4, false, quotedRequest ? flows.tSport[qe]! : flows.tDport[qe]!);
+  } else {
+    rewriteTransportEndpoints(
+      buf, ql4, ql4 + quoted.payloadLength, qproto, false,
+      qsrc, qdst, qsport, qdport, nqsrc, nqdst, flows.tSport[qe]!, flows.tDport[qe]!,
+    );
+  }
+  rewriteIpv4Header(buf, quoted.off, qsrc, qdst, nqsrc, nqdst, false); // a quote keeps the TTL it was sent with
+
+  // The outer header: whichever address named the translated side follows it.
+  const osrc = ip.sourceAddress;
+  const odst = ip.destinationAddress;
+  const ndst = odst === qsrc ? nqsrc : odst;
+  let nsrc = osrc;
+  if (osrc === qdst && nqdst !== qdst) nsrc = nqdst;
+  else if (fromInside && !nat.isInternal(ndst) && osrc !== nat.publicAddress) {
+    // An error from another LAN device (a router, a firewall) about a flow leaving through the NAT leaves
+    // with the public address as its source, like any other packet of that flow (Linux SNATs it too).
+    nsrc = nat.publicAddress;
+  }
+  rewriteIpv4Header(buf, ip.off, osrc, odst, nsrc, ndst, true);
+  // The quote changed in the middle of the message: an error is rare enough to sum again in full, as
+  // Linux does (nf_nat_icmp_reply_translation).
+  icmp.fillChecksum();
+  nat.stats.icmpErrorsTranslated++;
+  const path = fromInside ? (odst === nat.publicAddress ? Path.HAIRPIN : Path.OUTBOUND) : Path.INBOUND;
+  return nat.countForward(path, total);
+}
+
+/**
+ * ICMP the gateway itself sends towards the WAN (the routing sends it through the TUN: rule 998). An error
+ * about a packet tunnat translated inbound (the gateway could not deliver it into the LAN: no ARP answer,
+ * too big, …) quotes it as it left tunnat, with the LAN address: restore the quote to the public side, as
+ * an error from the LAN side of that flow would be. An error quoting a LAN address that no flow explains
+ * is dropped; everything else (the gateway's echo replies and requests, errors about its own traffic)
+ * passes unchanged.
+ */
+export function gatewayIcmp(nat: NatContext, buf: Uint8Array, now: number, total: number): number {
+  const ip = nat.ip;
+  const icmp = nat.icmp;
+  if (ip.isFragment || icmp.wrap(buf, ip.payloadOffset, ip.payloadLength) !== IcmpVerdict.OK) {
+    return nat.drop(DropReason.NOT_OURS);
+  }
+  if (icmp.isError) {
+    const q = icmp.innerOffset;
+    const quotesLan = icmp.innerLength >= 20 && (nat.isInternal(rd32(buf, q + 12)) || nat.isInternal(rd32(buf, q + 16)));
+    if (quotesLan) return translateIcmpError(nat, buf, true, total, now);
+  }
+  // forward() gives back the hop the way out of the TUN will take: the gateway is this packet's source,
+  // not a router on its path, so it leaves with the TTL it was made with.
+  return nat.forward(Path.LOCAL, total);
+}
