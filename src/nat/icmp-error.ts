@@ -1,5 +1,6 @@
-import { Ipv4Verdict, IPPROTO } from '../wire/ipv4.js';
-import { IcmpVerdict, ICMP_TYPE } from '../wire/icmp.js';
+import { Ipv4Verdict, IPPROTO, IPV4_OFF, IPV4_MIN_HEADER_LENGTH } from '../wire/ipv4.js';
+import { IcmpVerdict, ICMP_OFF, ICMP_TYPE } from '../wire/icmp.js';
+import { UDP_OFF } from '../wire/udp.js';
 import { rd16, rd32 } from '../wire/bytes.js';
 import { rewriteIcmpIdentifier, rewriteIpv4Header, rewriteTransportEndpoints } from '../wire/rewrite.js';
 import type { NatContext } from './context.js';
@@ -18,12 +19,15 @@ import { DropReason, Path } from './outcome.js';
  * only if it was quoted at all.
  */
 
+/** What of the quoted transport header an error must carry: RFC 792's 8 bytes (ports, or the identifier). */
+const QUOTE_MIN_L4 = 8;
+
 /** Translate the ICMP error in hand; `fromInside`: it came from the LAN side. */
 export function translateIcmpError(nat: NatContext, buf: Uint8Array, fromInside: boolean, total: number, now: number): number {
   const icmp = nat.icmp;
   if (!icmp.verifyChecksum()) return nat.drop(DropReason.CHECKSUM);
   const quoted = nat.innerIp;
-  if (quoted.wrapQuoted(buf, icmp.innerOffset, icmp.innerLength) !== Ipv4Verdict.OK || quoted.payloadLength < 8) {
+  if (quoted.wrapQuoted(buf, icmp.innerOffset, icmp.innerLength) !== Ipv4Verdict.OK || quoted.payloadLength < QUOTE_MIN_L4) {
     return nat.drop(DropReason.MALFORMED);
   }
   // RFC 5508 REQ-3: a quoted IP header with a bad checksum makes the whole error suspect. (The quoted
@@ -39,15 +43,16 @@ export function translateIcmpError(nat: NatContext, buf: Uint8Array, fromInside:
   let qdport: number;
   let quotedRequest = false;
   if (qproto === IPPROTO.UDP || qproto === IPPROTO.TCP) {
-    qsport = rd16(buf, ql4);
-    qdport = rd16(buf, ql4 + 2);
+    // The ports are at the same offsets in both headers, inside the 8 bytes every quote has.
+    qsport = rd16(buf, ql4 + UDP_OFF.SOURCE_PORT);
+    qdport = rd16(buf, ql4 + UDP_OFF.DESTINATION_PORT);
   } else if (qproto === IPPROTO.ICMP) {
-    const qtype = buf[ql4]!;
+    const qtype = buf[ql4 + ICMP_OFF.TYPE]!;
     quotedRequest = qtype === ICMP_TYPE.ECHO_REQUEST || qtype === ICMP_TYPE.TIMESTAMP;
     if (!quotedRequest && qtype !== ICMP_TYPE.ECHO_REPLY && qtype !== ICMP_TYPE.TIMESTAMP_REPLY) {
       return fromInside ? nat.drop(DropReason.NO_MAPPING) : nat.toGateway(total);
     }
-    const id = rd16(buf, ql4 + 4);
+    const id = rd16(buf, ql4 + ICMP_OFF.IDENTIFIER);
     qsport = quotedRequest ? id : 0;
     qdport = quotedRequest ? 0 : id;
   } else {
@@ -119,7 +124,8 @@ export function gatewayIcmp(nat: NatContext, buf: Uint8Array, now: number, total
   }
   if (icmp.isError) {
     const q = icmp.innerOffset;
-    const quotesLan = icmp.innerLength >= 20 && (nat.isInternal(rd32(buf, q + 12)) || nat.isInternal(rd32(buf, q + 16)));
+    const quotesLan = icmp.innerLength >= IPV4_MIN_HEADER_LENGTH &&
+      (nat.isInternal(rd32(buf, q + IPV4_OFF.SOURCE)) || nat.isInternal(rd32(buf, q + IPV4_OFF.DESTINATION)));
     if (quotesLan) return translateIcmpError(nat, buf, true, total, now);
   }
   // forward() gives back the hop the way out of the TUN will take: the gateway is this packet's source,

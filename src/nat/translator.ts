@@ -1,5 +1,5 @@
-import { Ipv4Verdict, IPPROTO } from '../wire/ipv4.js';
-import { UdpVerdict } from '../wire/udp.js';
+import { Ipv4Verdict, IPPROTO, IPV4_OFF, IPV4_FRAG } from '../wire/ipv4.js';
+import { UdpVerdict, UDP_OFF, UDP_HEADER_LENGTH } from '../wire/udp.js';
 import { TcpVerdict, TCP_FLAGS } from '../wire/tcp.js';
 import { IcmpVerdict } from '../wire/icmp.js';
 import { rd16, rd32 } from '../wire/bytes.js';
@@ -123,20 +123,20 @@ export class Translator extends NatContext {
       return this.drop(v6 ? DropReason.UNSUPPORTED_PROTOCOL : DropReason.MALFORMED);
     }
     // Straight from the bytes wrap() validated: the view's getters are not always inlined this deep.
-    const src = rd32(buf, off + 12);
-    const dst = rd32(buf, off + 16);
+    const src = rd32(buf, off + IPV4_OFF.SOURCE);
+    const dst = rd32(buf, off + IPV4_OFF.DESTINATION);
     const fromInside = this.isInternal(src);
     const toPublic = dst === this.publicIp;
     if (!fromInside && !toPublic) {
       // Neither side is ours to translate. The routing sends the gateway's own ICMP to the WAN through the
       // TUN (rule 998), so that its errors about packets tunnat translated into the LAN do not quote LAN
       // addresses; nothing from outside reaches the TUN with such addresses.
-      return buf[off + 9] === IPPROTO.ICMP ? gatewayIcmp(this, buf, now, this.ip.totalLength) : this.drop(DropReason.NOT_OURS);
+      return buf[off + IPV4_OFF.PROTOCOL] === IPPROTO.ICMP ? gatewayIcmp(this, buf, now, this.ip.totalLength) : this.drop(DropReason.NOT_OURS);
     }
     if (fromInside && this.isInternal(dst)) return this.drop(DropReason.NOT_OURS);
-    const frag = rd16(buf, off + 6) & 0x3fff; // MF and the offset: any fragment
+    const frag = rd16(buf, off + IPV4_OFF.FLAGS_FRAGMENT) & (IPV4_FRAG.MORE_FRAGMENTS | IPV4_FRAG.OFFSET_MASK); // any fragment
     if (frag === 0) return this.translate(buf, now, src, dst, fromInside, toPublic, false);
-    if ((frag & 0x1fff) !== 0) return laterFragment(this, buf, off, now, src, dst, fromInside);
+    if ((frag & IPV4_FRAG.OFFSET_MASK) !== 0) return laterFragment(this, buf, off, now, src, dst, fromInside);
     // A first fragment carries the ports: translate it as a whole packet, then the rest follow it.
     const datagram = openFirstFragment(this, src, dst, now);
     if (datagram === null) return this.drop(DropReason.FRAGMENT);
@@ -152,7 +152,7 @@ export class Translator extends NatContext {
   ): number {
     const ip = this.ip;
     const total = ip.totalLength;
-    const proto = buf[ip.off + 9]!;
+    const proto = buf[ip.off + IPV4_OFF.PROTOCOL]!;
     const l4 = ip.off + ip.headerLength;
     const l4len = total - ip.headerLength;
 
@@ -163,9 +163,9 @@ export class Translator extends NatContext {
     let tcpFlags = 0;
     if (proto === IPPROTO.UDP) {
       // A first fragment's UDP length counts the later fragments too: only its header must be here.
-      if (firstFragment ? l4len < 8 : this.udp.wrap(buf, l4, l4len) !== UdpVerdict.OK) return this.drop(DropReason.MALFORMED);
-      sport = rd16(buf, l4);
-      dport = rd16(buf, l4 + 2);
+      if (firstFragment ? l4len < UDP_HEADER_LENGTH : this.udp.wrap(buf, l4, l4len) !== UdpVerdict.OK) return this.drop(DropReason.MALFORMED);
+      sport = rd16(buf, l4 + UDP_OFF.SOURCE_PORT);
+      dport = rd16(buf, l4 + UDP_OFF.DESTINATION_PORT);
     } else if (proto === IPPROTO.TCP) {
       if (this.tcp.wrap(buf, l4, l4len) !== TcpVerdict.OK) return this.drop(DropReason.MALFORMED);
       sport = this.tcp.sourcePort;

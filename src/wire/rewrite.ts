@@ -27,7 +27,7 @@ export function l4ChecksumOffset(proto: number): number {
 
 /**
  * Give a TCP or UDP header new addresses (through its pseudo-header) and ports. `l4` is where the header
- * starts, `end` the first byte past what is present. UDP's checksum 0 ("none", RFC 768) stays 0, and a
+ * starts (TCP and UDP put their ports at the same offsets), `end` the first byte past what is present. UDP's checksum 0 ("none", RFC 768) stays 0, and a
  * computed 0 is sent as 0xffff.
  */
 export function rewriteTransportEndpoints(
@@ -37,8 +37,8 @@ export function rewriteTransportEndpoints(
 ): void {
   const at = l4 + l4ChecksumOffset(proto);
   if (partial) {
-    wr16(buf, l4, nsport);
-    wr16(buf, l4 + 2, ndport);
+    wr16(buf, l4 + UDP_OFF.SOURCE_PORT, nsport);
+    wr16(buf, l4 + UDP_OFF.DESTINATION_PORT, ndport);
     if (nsrc === src && ndst === dst) return;
     let sum = ~rd16(buf, at) & 0xffff;
     if (nsrc !== src) sum = csumUpdate32(sum, src, nsrc);
@@ -48,11 +48,11 @@ export function rewriteTransportEndpoints(
   }
   let diffs = 0;
   if (nsport !== sport) {
-    wr16(buf, l4, nsport);
+    wr16(buf, l4 + UDP_OFF.SOURCE_PORT, nsport);
     diffs += csumDiff16(sport, nsport);
   }
   if (ndport !== dport) {
-    wr16(buf, l4 + 2, ndport);
+    wr16(buf, l4 + UDP_OFF.DESTINATION_PORT, ndport);
     diffs += csumDiff16(dport, ndport);
   }
   if (nsrc !== src) diffs += csumDiff32(src, nsrc);

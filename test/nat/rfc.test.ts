@@ -375,4 +375,22 @@ describe('ICMP error checks (RFC 5508 REQ-3)', () => {
     expect(nat.process(err, 0, err.length, 1)).toBe(Verdict.DROP);
     expect(nat.stats.drops[DropReason.CHECKSUM]).toBe(1);
   });
+
+  it('drops an error whose quoted header is not a sane IPv4 header (total length below its header length)', async () => {
+    const { icmpError } = await import('../../src/wire/build.js');
+    const { internetChecksum } = await import('../../src/wire/checksum.js');
+    const nat = makeNat();
+    const a = udp(HOST_A, REMOTE, 33434, 33435);
+    nat.process(a, 0, a.length, 0);
+    const bad = Buffer.from(a);
+    bad.writeUInt16BE(12, 2); // total length 12 < IHL 20; the quoted header checksum made right again
+    bad.writeUInt16BE(0, 10);
+    bad.writeUInt16BE(internetChecksum(bad, 0, 20), 10);
+    const err = icmpError({ src: OTHER, dst: PUB, type: 11, code: 0, quoted: bad });
+    expect(nat.process(err, 0, err.length, 1)).toBe(Verdict.DROP);
+    expect(nat.stats.drops[DropReason.MALFORMED]).toBe(1);
+    // The same error with the quote intact is translated: the check, not the lookup, refused it.
+    const good = icmpError({ src: OTHER, dst: PUB, type: 11, code: 0, quoted: a });
+    expect(nat.process(good, 0, good.length, 2)).toBe(Verdict.FORWARD);
+  });
 });
