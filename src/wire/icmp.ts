@@ -6,6 +6,7 @@
  * error does (updateChecksumFor16/32).
  */
 import { csumUpdate16, csumUpdate32, fold16, internetChecksum, sum16 } from './checksum.js';
+import { HeaderView } from './view.js';
 
 /** Field offsets relative to the start of the ICMP header. */
 export const ICMP_OFF = {
@@ -73,12 +74,7 @@ const ERROR_TYPES =
   (1 << ICMP_TYPE.TIME_EXCEEDED) |
   (1 << ICMP_TYPE.PARAM_PROBLEM);
 
-const EMPTY = new Uint8Array(0);
-
-export class IcmpView {
-  buf: Uint8Array = EMPTY;
-  /** Absolute index of the ICMP header in buf. */
-  off = 0;
+export class IcmpView extends HeaderView {
   private mlen = 0;
 
   /**
@@ -94,15 +90,6 @@ export class IcmpView {
     this.off = off;
     this.mlen = len;
     return IcmpVerdict.OK;
-  }
-
-  private u16(at: number): number {
-    return (this.buf[this.off + at]! << 8) | this.buf[this.off + at + 1]!;
-  }
-
-  private setU16(at: number, v: number): void {
-    this.buf[this.off + at] = v >>> 8;
-    this.buf[this.off + at + 1] = v;
   }
 
   /** The whole message in bytes, as wrapped. */

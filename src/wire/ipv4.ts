@@ -12,6 +12,8 @@
  * The same conventions hold for UdpView, TcpView and IcmpView.
  */
 import { csumUpdate16, csumUpdate32, internetChecksum, fold16, sum16 } from './checksum.js';
+import { HeaderView } from './view.js';
+import { rd16 } from './bytes.js';
 
 /** Field offsets relative to the start of the IPv4 header. */
 export const IPV4_OFF = {
@@ -60,14 +62,7 @@ export type Ipv4Verdict = (typeof Ipv4Verdict)[keyof typeof Ipv4Verdict];
 /** Verdict names indexed by verdict, for drop counters and logs. */
 export const IPV4_VERDICT_NAMES: readonly string[] = ['ok', 'truncated', 'bad_version', 'bad_ihl', 'bad_total_length'];
 
-const EMPTY = new Uint8Array(0);
-
-export class Ipv4View {
-  // buf and off are public so NAT code can address bytes next to the header; treat them as read-only.
-  /** The buffer of the last successful wrap(). */
-  buf: Uint8Array = EMPTY;
-  /** Absolute index of the first header byte in buf. */
-  off = 0;
+export class Ipv4View extends HeaderView {
   private hlen = 0;
   private tlen = 0;
   /** Bytes of the packet present in buf: tlen, or fewer for a truncated quote. */
@@ -80,24 +75,7 @@ export class Ipv4View {
    * On a non-OK verdict the view keeps its previous packet and no byte is touched.
    */
   wrap(buf: Uint8Array, off: number, len: number): Ipv4Verdict {
-    // `>>> 0 !== x` rejects negatives, fractions and NaN in one test.
-    if (off >>> 0 !== off || len >>> 0 !== len || off + len > buf.length || len < IPV4_MIN_HEADER_LENGTH) {
-      return Ipv4Verdict.TRUNCATED;
-    }
-    const vihl = buf[off]!;
-    if (vihl >>> 4 !== 4) return Ipv4Verdict.BAD_VERSION;
-    const hlen = (vihl & 0x0f) << 2;
-    const tlen = (buf[off + IPV4_OFF.TOTAL_LENGTH]! << 8) | buf[off + IPV4_OFF.TOTAL_LENGTH + 1]!;
-    if (hlen < IPV4_MIN_HEADER_LENGTH) return Ipv4Verdict.BAD_IHL;
-    if (tlen < IPV4_MIN_HEADER_LENGTH) return Ipv4Verdict.BAD_TOTAL_LENGTH;
-    if (hlen > tlen) return Ipv4Verdict.BAD_IHL;
-    if (tlen > len) return Ipv4Verdict.BAD_TOTAL_LENGTH;
-    this.buf = buf;
-    this.off = off;
-    this.hlen = hlen;
-    this.tlen = tlen;
-    this.plen = tlen;
-    return Ipv4Verdict.OK;
+    return this.point(buf, off, len, false);
   }
 
   /**
@@ -108,17 +86,23 @@ export class Ipv4View {
    * sequence number; read further L4 fields only if payloadLength says they are there.
    */
   wrapQuoted(buf: Uint8Array, off: number, len: number): Ipv4Verdict {
+    return this.point(buf, off, len, true);
+  }
+
+  /** The checks of wrap and wrapQuoted; they differ only in whether the whole packet must be there. */
+  private point(buf: Uint8Array, off: number, len: number, quoted: boolean): Ipv4Verdict {
+    // `>>> 0 !== x` rejects negatives, fractions and NaN in one test.
     if (off >>> 0 !== off || len >>> 0 !== len || off + len > buf.length || len < IPV4_MIN_HEADER_LENGTH) {
       return Ipv4Verdict.TRUNCATED;
     }
     const vihl = buf[off]!;
     if (vihl >>> 4 !== 4) return Ipv4Verdict.BAD_VERSION;
     const hlen = (vihl & 0x0f) << 2;
-    const tlen = (buf[off + IPV4_OFF.TOTAL_LENGTH]! << 8) | buf[off + IPV4_OFF.TOTAL_LENGTH + 1]!;
+    const tlen = rd16(buf, off + IPV4_OFF.TOTAL_LENGTH);
     if (hlen < IPV4_MIN_HEADER_LENGTH) return Ipv4Verdict.BAD_IHL;
     if (tlen < IPV4_MIN_HEADER_LENGTH) return Ipv4Verdict.BAD_TOTAL_LENGTH;
     if (hlen > tlen) return Ipv4Verdict.BAD_IHL;
-    if (hlen > len) return Ipv4Verdict.TRUNCATED;
+    if (quoted ? hlen > len : tlen > len) return quoted ? Ipv4Verdict.TRUNCATED : Ipv4Verdict.BAD_TOTAL_LENGTH;
     this.buf = buf;
     this.off = off;
     this.hlen = hlen;
@@ -130,30 +114,6 @@ export class Ipv4View {
   /** Only after wrapQuoted: fewer bytes are present than the total length says. */
   get truncated(): boolean {
     return this.plen < this.tlen;
-  }
-
-  private u16(at: number): number {
-    return (this.buf[this.off + at]! << 8) | this.buf[this.off + at + 1]!;
-  }
-
-  private setU16(at: number, v: number): void {
-    this.buf[this.off + at] = v >>> 8;
-    this.buf[this.off + at + 1] = v;
-  }
-
-  private u32(at: number): number {
-    const b = this.buf;
-    const i = this.off + at;
-    return ((b[i]! << 24) | (b[i + 1]! << 16) | (b[i + 2]! << 8) | b[i + 3]!) >>> 0;
-  }
-
-  private setU32(at: number, v: number): void {
-    const b = this.buf;
-    const i = this.off + at;
-    b[i] = v >>> 24;
-    b[i + 1] = v >>> 16;
-    b[i + 2] = v >>> 8;
-    b[i + 3] = v;
   }
 
   /** Always 4 after an OK wrap. */

@@ -5,6 +5,7 @@
  */
 import { csumUpdate16, csumUpdate32, fold16, pseudoHeaderSum, sum16 } from './checksum.js';
 import { IPPROTO } from './ipv4.js';
+import { HeaderView } from './view.js';
 
 /** Field offsets relative to the start of the TCP header. */
 export const TCP_OFF = {
@@ -41,12 +42,7 @@ export type TcpVerdict = (typeof TcpVerdict)[keyof typeof TcpVerdict];
 
 export const TCP_VERDICT_NAMES: readonly string[] = ['ok', 'truncated', 'bad_data_offset'];
 
-const EMPTY = new Uint8Array(0);
-
-export class TcpView {
-  buf: Uint8Array = EMPTY;
-  /** Absolute index of the TCP header in buf. */
-  off = 0;
+export class TcpView extends HeaderView {
   private hlen = 0;
   private slen = 0;
 
@@ -65,30 +61,6 @@ export class TcpView {
     this.hlen = hlen;
     this.slen = len;
     return TcpVerdict.OK;
-  }
-
-  private u16(at: number): number {
-    return (this.buf[this.off + at]! << 8) | this.buf[this.off + at + 1]!;
-  }
-
-  private setU16(at: number, v: number): void {
-    this.buf[this.off + at] = v >>> 8;
-    this.buf[this.off + at + 1] = v;
-  }
-
-  private u32(at: number): number {
-    const b = this.buf;
-    const i = this.off + at;
-    return ((b[i]! << 24) | (b[i + 1]! << 16) | (b[i + 2]! << 8) | b[i + 3]!) >>> 0;
-  }
-
-  private setU32(at: number, v: number): void {
-    const b = this.buf;
-    const i = this.off + at;
-    b[i] = v >>> 24;
-    b[i + 1] = v >>> 16;
-    b[i + 2] = v >>> 8;
-    b[i + 3] = v;
   }
 
   get sourcePort(): number {

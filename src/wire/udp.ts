@@ -7,6 +7,7 @@
  */
 import { csumUpdate16, csumUpdate32, fold16, pseudoHeaderSum, sum16 } from './checksum.js';
 import { IPPROTO } from './ipv4.js';
+import { HeaderView } from './view.js';
 
 /** Field offsets relative to the start of the UDP header. */
 export const UDP_OFF = {
@@ -31,12 +32,7 @@ export type UdpVerdict = (typeof UdpVerdict)[keyof typeof UdpVerdict];
 
 export const UDP_VERDICT_NAMES: readonly string[] = ['ok', 'truncated', 'bad_length'];
 
-const EMPTY = new Uint8Array(0);
-
-export class UdpView {
-  buf: Uint8Array = EMPTY;
-  /** Absolute index of the UDP header in buf. */
-  off = 0;
+export class UdpView extends HeaderView {
   private ulen = 0;
 
   /**
@@ -54,15 +50,6 @@ export class UdpView {
     this.off = off;
     this.ulen = ulen;
     return UdpVerdict.OK;
-  }
-
-  private u16(at: number): number {
-    return (this.buf[this.off + at]! << 8) | this.buf[this.off + at + 1]!;
-  }
-
-  private setU16(at: number, v: number): void {
-    this.buf[this.off + at] = v >>> 8;
-    this.buf[this.off + at + 1] = v;
   }
 
   get sourcePort(): number {
