@@ -1,6 +1,6 @@
 import { Journal, type Log } from '../host/journal.js';
 import { mustRun } from '../host/commands.js';
-import { interfacePrimaryIpv4, isPlainLocalRule, listProxyNeighbours, listRules, type LinkInfo } from '../host/ip-json.js';
+import { interfacePrimaryIpv4, isPlainLocalRule, listProxyNeighbours, listRules, type LinkInfo, type NeighRow } from '../host/ip-json.js';
 import { confKey, IP_FORWARD, isValidIfname, neighKey } from '../host/sysctl.js';
 import { ipToString, prefixMask } from '../wire/addr.js';
 import { cidrText, FAIL_CLOSED_METRIC, PROTO, RESERVED_TABLES, RoutingError, RULE_PREF, type RoutingConfig } from './routing-record.js';
@@ -56,8 +56,18 @@ export async function planLocalRule(cfg: RoutingConfig): Promise<boolean> {
   );
 }
 
+/** What the recipe reads and runs on the host; a test passes its own to see the plan without root. */
+export interface RecipeIo {
+  /** Run a command that must succeed. */
+  run(argv: string[]): Promise<unknown>;
+  proxyNeighbours(): Promise<NeighRow[]>;
+  primaryIpv4(dev: string): Promise<number | null>;
+}
+
+export const hostRecipeIo: RecipeIo = { run: mustRun, proxyNeighbours: listProxyNeighbours, primaryIpv4: interfacePrimaryIpv4 };
+
 /** Apply the recipe, each change journalled before it is made. */
-export async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkInfo, moveLocal: boolean, log: Log): Promise<void> {
+export async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkInfo, moveLocal: boolean, log: Log, io: RecipeIo = hostRecipeIo): Promise<void> {
   const { tun, externalIface: wan } = cfg;
   const T = String(cfg.table);
   const T1 = String(cfg.table + 1);
@@ -81,11 +91,11 @@ export async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkIn
   const linkArgs = ['ip', 'link', 'set', 'dev', tun, ...(cfg.tunMtu !== undefined ? ['mtu', String(cfg.tunMtu)] : []), 'up'];
   await j.step(
     { kind: 'link', dev: tun, wasUp: tunLink.up, oldMtu: tunLink.mtu, ...(cfg.tunMtu !== undefined ? { mtu: cfg.tunMtu } : {}) },
-    () => mustRun(linkArgs),
+    () => io.run(linkArgs),
   );
 
   const route = async (args: string[]): Promise<void> => {
-    await j.step({ kind: 'route', args }, () => mustRun(['ip', 'route', 'add', ...args]));
+    await j.step({ kind: 'route', args }, () => io.run(['ip', 'route', 'add', ...args]));
     log(`ip route add ${args.join(' ')}`);
   };
   // Fail closed: if tunnat dies its TUN and the route through it vanish, and LAN traffic must be
@@ -94,14 +104,14 @@ export async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkIn
   // The source the gateway's own packets take on this route (its ICMP errors, rule 998): the TUN has no
   // address, and the kernel would otherwise borrow one from another interface, maybe the LAN's, which
   // would then leave on the WAN (a Record Route option too records the route's source).
-  const srcHint = cfg.publicIpOwned ? cfg.publicIp : await interfacePrimaryIpv4(wan);
+  const srcHint = cfg.publicIpOwned ? cfg.publicIp : await io.primaryIpv4(wan);
   await route(['default', 'dev', tun, 'table', T, 'proto', PROTO, ...(srcHint !== null && !cfg.internal.some((c) => ((srcHint & prefixMask(c.prefixLength)) >>> 0) === c.network) ? ['src', ipToString(srcHint)] : [])]);
   // No fallback here: without tunnat the gateway's own inbound traffic falls through to the local table.
   await route(['default', 'dev', tun, 'table', T1, 'proto', PROTO]);
 
   const rule = async (args: string[], inbound = false): Promise<void> => {
     const full = [...args, 'protocol', PROTO];
-    await j.step({ kind: 'rule', args: full, ...(inbound ? { inbound } : {}) }, () => mustRun(['ip', 'rule', 'add', ...full]));
+    await j.step({ kind: 'rule', args: full, ...(inbound ? { inbound } : {}) }, () => io.run(['ip', 'rule', 'add', ...full]));
     log(`ip rule add ${full.join(' ')}`);
   };
   for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.antiSpoof), 'iif', wan, 'from', cidrText(c), 'blackhole']);
@@ -114,12 +124,12 @@ export async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkIn
   // Inert until the pref-0 local rule goes, so they are safe to add first.
   await rule(['pref', String(RULE_PREF.inbound), 'iif', wan, 'to', pub, 'lookup', T1], true);
   for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.hairpin), 'from', cidrText(c), 'to', pub, 'lookup', T], true);
-  await addProxyNeighbour(j, pub, wan, log);
+  await addProxyNeighbour(j, pub, wan, log, io);
 
   if (moveLocal) {
     // Add the new local rule before deleting the old one: a crash in between must not stop local delivery.
     await rule(['pref', String(RULE_PREF.local), 'lookup', 'local']);
-    await j.step({ kind: 'local-rule-moved' }, () => mustRun(['ip', 'rule', 'del', 'pref', '0', 'lookup', 'local']));
+    await j.step({ kind: 'local-rule-moved' }, () => io.run(['ip', 'rule', 'del', 'pref', '0', 'lookup', 'local']));
     log('ip rule del pref 0 lookup local');
   }
 
@@ -140,12 +150,12 @@ export async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkIn
  * the inbound rule makes the kernel see a route into the TUN instead of a local address, and it
  * would stop answering for its own WAN address once neighbours' caches expire.
  */
-export async function addProxyNeighbour(j: Journal, address: string, dev: string, log: Log): Promise<void> {
-  const existing = await listProxyNeighbours();
+export async function addProxyNeighbour(j: Journal, address: string, dev: string, log: Log, io: RecipeIo = hostRecipeIo): Promise<void> {
+  const existing = await io.proxyNeighbours();
   // Someone else's identical entry: adding would silently succeed and removing would take theirs.
   if (existing.some((n) => n.dst === address && n.dev === dev)) return;
   await j.step({ kind: 'proxy-neigh', address, dev }, () =>
-    mustRun(['ip', 'neigh', 'add', 'proxy', address, 'dev', dev, 'protocol', PROTO]),
+    io.run(['ip', 'neigh', 'add', 'proxy', address, 'dev', dev, 'protocol', PROTO]),
   );
   log(`ip neigh add proxy ${address} dev ${dev} protocol ${PROTO}`);
 }
