@@ -365,7 +365,8 @@ describe.skipIf(process.getuid?.() !== 0)('gateway routing (namespaces)', () => 
       { network: ip4('192.168.1.0'), prefixLength: 24 },
       { network: ip4('192.168.2.0'), prefixLength: 24 },
     ] }));
-    // Kill while the rules go in: routes and sysctls are done, the local rule not yet moved.
+    // Kill while the rules go in: routes and the first sysctls are done, the local rule not yet moved,
+    // and forwarding (last of all) not yet on.
     for (;;) {
       const m = await child.next(true);
       if (m.ok !== undefined) throw new Error(`apply finished before the kill point: ${JSON.stringify(m)}`);
@@ -373,7 +374,7 @@ describe.skipIf(process.getuid?.() !== 0)('gateway routing (namespaces)', () => 
     }
     child.proc.kill('SIGKILL');
     await child.exited;
-    expect(await sysctl(lab.gw, 'net.ipv4.ip_forward')).toBe('1');
+    expect(await sysctl(lab.gw, 'net.ipv4.ip_early_demux')).toBe('0');
 
     const cleaned = await once(lab.gw, 'clean', { tun: 'tun0', table: 7301 });
     expect(cleaned).toMatchObject({ ok: true });

@@ -1,5 +1,5 @@
 import { mkdirSync, readFileSync, readdirSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 
 /**
  * tunnat's record of what it changed in a namespace, kept under /run so that it outlives a crash
@@ -8,7 +8,7 @@ import { join } from 'node:path';
  * `ip netns exec` shares /run between namespaces, so files are keyed by the namespace's inode.
  * The kernel reuses those inode numbers as soon as a namespace is freed, so a file may describe an
  * earlier namespace that happened to get the same number; readers must check that before trusting
- * it (see detectLeftovers in routing.ts).
+ * it (see detectLeftovers in src/dataplane/leftovers.ts).
  */
 
 /** Overridable so that a test can look without touching the real directory; tunnat itself uses the default. */
@@ -41,7 +41,7 @@ export function stateFilesOfNetns(inode: number): string[] {
  * either the old record or the new one, never half of one.
  */
 export function writeStateFile(path: string, data: unknown): void {
-  mkdirSync(STATE_DIR, { recursive: true, mode: 0o755 });
+  mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
   // One fixed sibling name: a crash between write and rename leaves a file that the next write
   // or deleteStateFile replaces, instead of one more per crash.
   const tmp = `${path}.tmp`;

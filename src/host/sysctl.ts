@@ -67,3 +67,35 @@ export function sameSysctlValue(a: string, b: string): boolean {
 export function ipv4ConfDevices(): string[] {
   return readdirSync(ROOT + 'net/ipv4/conf').filter((d) => d !== 'all' && d !== 'default');
 }
+
+/** The sysctls as the journal reads and writes them; tests give it a map instead of /proc/sys. */
+export interface SysctlStore {
+  exists(key: string): boolean;
+  read(key: string): string;
+  write(key: string, value: string): void;
+  /** Interfaces with an IPv4 conf directory (for ip_forward's side effects). */
+  devices(): string[];
+}
+
+export const procSysctls: SysctlStore = {
+  exists: sysctlExists,
+  read: readSysctl,
+  write: writeSysctl,
+  devices: ipv4ConfDevices,
+};
+
+export const IP_FORWARD = 'net/ipv4/ip_forward';
+
+/**
+ * The sysctls the kernel rewrites when net.ipv4.ip_forward is written (net/ipv4/devinet.c,
+ * inet_forward_change): every interface's forwarding, the default for new ones, and
+ * all.accept_redirects (set to the opposite of forwarding).
+ */
+export function ipForwardSideEffects(store: SysctlStore): string[] {
+  return [confKey('all', 'accept_redirects'), confKey('default', 'forwarding'), ...store.devices().map((d) => confKey(d, 'forwarding'))];
+}
+
+/** ip_forward and the per-interface forwarding switches: what lets the gateway route between its links at all. */
+export function isForwardingKey(key: string): boolean {
+  return key === IP_FORWARD || /^net\/ipv4\/conf\/[^/]+\/forwarding$/.test(key);
+}

@@ -1,0 +1,26 @@
+/** The kernel engine's errors, with stable codes. */
+
+export type KernelNatErrorCode =
+  | 'NO_BINARY'
+  | 'NO_KERNEL_NAT'
+  | 'NO_EXTERNAL'
+  | 'PERMISSION'
+  | 'CONFLICT'
+  | 'LEFTOVER'
+  | 'ALREADY_RUNNING'
+  | 'APPLY_FAILED'
+  | 'VERIFY_FAILED'
+  | 'REMOVE_FAILED';
+
+export class KernelNatError extends Error {
+  constructor(
+    readonly code: KernelNatErrorCode,
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+    this.name = 'KernelNatError';
+  }
+}
+
+export const NOTHING_CHANGED = 'Nothing was changed.';
