@@ -84,12 +84,24 @@ function packageRoot(): string {
   }
 }
 
-/** Where `npm ci` (node-gyp rebuild --directory native) puts the addon. */
+const requireHere = createRequire(import.meta.url);
+
+/**
+ * The addon file, as node-gyp-build picks it in native/: a build from source (native/build/Release,
+ * what `npm ci` makes in a checkout) first, else the package's prebuild for this platform and
+ * architecture (native/prebuilds/linux-x64, linux-arm64). With neither, the path a build from source
+ * would have, for loadAddon to report as not built.
+ */
 export function addonPath(): string {
-  return join(packageRoot(), 'native', 'build', 'Release', 'tunnat_native.node');
+  const dir = join(packageRoot(), 'native');
+  const nodeGypBuild = requireHere('node-gyp-build') as { path(dir: string): string };
+  try {
+    return nodeGypBuild.path(dir);
+  } catch {
+    return join(dir, 'build', 'Release', 'tunnat_native.node');
+  }
 }
 
-const requireHere = createRequire(import.meta.url);
 const loaded = new Map<string, NativeAddon>();
 
 /**
