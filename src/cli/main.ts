@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { ConfigError, resolveConfig, describeConfig, type RouterConfig } from './config.js';
+import { ConfigError, type RouterConfig } from '../config/config.js';
+import { resolveConfig, describeConfig } from '../config/resolve.js';
 import { ROUTER_OPTIONS, configFlags } from './router-flags.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { cmdConntrack, CONNTRACK_USAGE } from './conntrack-cmd.js';

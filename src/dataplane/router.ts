@@ -3,7 +3,7 @@ import type { Server } from 'node:net';
 import { writeFileSync, existsSync, rmSync, readFileSync } from 'node:fs';
 import { run } from '../util/exec.js';
 import { takeSnapshot, writeSnapshot, restoreSnapshot } from '../nat/snapshot.js';
-import type { RouterConfig } from '../cli/config.js';
+import type { RouterConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import type { TunDevice } from '../tun/device.js';
 import { NativeTun, TUN_F } from '../tun/native.js';

@@ -1,4 +1,4 @@
-import type { RouterConfig } from '../cli/config.js';
+import type { RouterConfig } from '../config/config.js';
 import { startHttp } from '../metrics/http.js';
 import type { Logger } from '../util/log.js';
 import { ipToString } from '../wire/addr.js';

@@ -2,7 +2,7 @@ import http from 'node:http';
 import type { Server as NetServer } from 'node:net';
 import { rmSync } from 'node:fs';
 import type { Registry } from 'prom-client';
-import type { Endpoint } from '../cli/config.js';
+import type { Endpoint } from '../config/config.js';
 import { FilterError, flowFilterFromQuery, flowMatches, type FilterableFlow } from '../observe/filter.js';
 
 /** Listen on HOST:PORT or a unix socket path; rejects with the bind error (address in use, …). */
