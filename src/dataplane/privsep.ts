@@ -7,7 +7,7 @@ import type { RouterConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import { NativeTun } from '../tun/native.js';
 import { setupSystem, logRunning, StartupError } from './router.js';
-import { listenOn } from '../metrics/http.js';
+import { listenOn } from '../util/listen.js';
 
 /**
  * Privilege separation (`tunnat run --user NAME`): the process that parses hostile packets runs as an

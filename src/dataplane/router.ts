@@ -18,7 +18,7 @@ import {
   interfacePrimaryIpv4, gatewayOwnsAddress, type AppliedRouting,
 } from './routing.js';
 import { createRegistry } from '../metrics/registry.js';
-import { startHttp } from '../metrics/http.js';
+import { startHttp } from '../observe/http.js';
 import { Observatory } from '../observe/observatory.js';
 import { listFlows } from '../conntrack/listing.js';
 import { ipToString, cidrToString, parseCidr } from '../wire/addr.js';

@@ -5,7 +5,7 @@ import { ICMP_OFF, ICMP_TYPE } from '../wire/icmp.js';
 import { fold16, internetChecksum, pseudoHeaderSum } from '../wire/checksum.js';
 import { ipToString } from '../wire/addr.js';
 import type { PacketKey } from './filter.js';
-import { protoName } from './flowstate.js';
+import { protoName } from '../wire/ipv4.js';
 
 /**
  * Reading headers for the trace and the pcap comments: what a packet looked like, field by field,

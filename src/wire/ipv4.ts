@@ -45,6 +45,18 @@ export const IPV4_FRAG = {
 
 export const IPPROTO = { ICMP: 1, TCP: 6, UDP: 17 } as const;
 
+/** The protocols tunnat translates, by the names /conntrack, the metrics and the trace print. */
+export const PROTO_NAMES: Readonly<Record<number, 'tcp' | 'udp' | 'icmp'>> = {
+  [IPPROTO.TCP]: 'tcp',
+  [IPPROTO.UDP]: 'udp',
+  [IPPROTO.ICMP]: 'icmp',
+};
+
+/** A protocol's name, or its number as text when tunnat does not translate it. */
+export function protoName(proto: number): string {
+  return PROTO_NAMES[proto] ?? String(proto);
+}
+
 export const Ipv4Verdict = {
   OK: 0,
   /** Fewer than 20 bytes, or (off, len) does not lie inside the buffer. */
