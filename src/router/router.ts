@@ -7,16 +7,16 @@ import type { RouterConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import type { TunDevice } from '../tun/device.js';
 import { NativeTun, TUN_F } from '../tun/native.js';
-import { VNET_HDR_LEN } from './vnet.js';
+import { VNET_HDR_LEN } from '../dataplane/vnet.js';
 import { Translator } from '../nat/translator.js';
 import { EgressPolicy } from '../nat/policy.js';
 import { readLocalPorts } from '../nat/local-ports.js';
-import { Dataplane } from './loop.js';
+import { Dataplane } from '../dataplane/loop.js';
 import {
   applyRouting, removeRouting, removeRoutingSync, updatePublicIp, detectLeftovers, cleanLeftovers,
   adoptRouting, canAdoptRouting, keepForRestart, type RoutingConfig,
   interfacePrimaryIpv4, gatewayOwnsAddress, type AppliedRouting,
-} from './routing.js';
+} from '../dataplane/routing.js';
 import { createRegistry } from '../metrics/registry.js';
 import { startHttp } from '../observe/http.js';
 import { Observatory } from '../observe/observatory.js';
