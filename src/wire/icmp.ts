@@ -6,6 +6,7 @@
  * error does (updateChecksumFor16/32).
  */
 import { csumUpdate16, csumUpdate32, fold16, internetChecksum, sum16 } from './checksum.js';
+import { rd16, wr16 } from './bytes.js';
 
 /** Field offsets relative to the start of the ICMP header. */
 export const ICMP_OFF = {
@@ -73,6 +74,21 @@ const ERROR_TYPES =
   (1 << ICMP_TYPE.TIME_EXCEEDED) |
   (1 << ICMP_TYPE.PARAM_PROBLEM);
 
+/** Echo or timestamp, request or reply: messages with an identifier a NAT maps. */
+export function isQueryType(type: number): boolean {
+  return type < 32 && ((QUERY_TYPES >>> type) & 1) === 1;
+}
+
+/** Echo or timestamp request: the only ICMP that may open a NAT mapping. */
+export function isQueryRequestType(type: number): boolean {
+  return type < 32 && ((QUERY_REQUEST_TYPES >>> type) & 1) === 1;
+}
+
+/** Error messages that quote the offending packet (3, 4, 5, 11, 12). */
+export function isErrorType(type: number): boolean {
+  return type < 32 && ((ERROR_TYPES >>> type) & 1) === 1;
+}
+
 const EMPTY = new Uint8Array(0);
 
 export class IcmpView {
@@ -97,12 +113,11 @@ export class IcmpView {
   }
 
   private u16(at: number): number {
-    return (this.buf[this.off + at]! << 8) | this.buf[this.off + at + 1]!;
+    return rd16(this.buf, this.off + at);
   }
 
   private setU16(at: number, v: number): void {
-    this.buf[this.off + at] = v >>> 8;
-    this.buf[this.off + at + 1] = v;
+    wr16(this.buf, this.off + at, v);
   }
 
   /** The whole message in bytes, as wrapped. */
@@ -148,20 +163,17 @@ export class IcmpView {
 
   /** Echo or timestamp, request or reply: messages with an identifier a NAT maps. */
   get isQuery(): boolean {
-    const t = this.buf[this.off]!;
-    return t < 32 && ((QUERY_TYPES >>> t) & 1) === 1;
+    return isQueryType(this.buf[this.off + ICMP_OFF.TYPE]!);
   }
 
   /** Echo or timestamp request: the only ICMP that may open a NAT mapping. */
   get isQueryRequest(): boolean {
-    const t = this.buf[this.off]!;
-    return t < 32 && ((QUERY_REQUEST_TYPES >>> t) & 1) === 1;
+    return isQueryRequestType(this.buf[this.off + ICMP_OFF.TYPE]!);
   }
 
   /** Error messages that quote the offending packet (3, 4, 5, 11, 12). */
   get isError(): boolean {
-    const t = this.buf[this.off]!;
-    return t < 32 && ((ERROR_TYPES >>> t) & 1) === 1;
+    return isErrorType(this.buf[this.off + ICMP_OFF.TYPE]!);
   }
 
   /** Next-hop MTU of a "fragmentation needed" error (RFC 1191); 0 otherwise or if the sender predates RFC 1191. */

@@ -12,6 +12,7 @@
  * The same conventions hold for UdpView, TcpView and IcmpView.
  */
 import { csumUpdate16, csumUpdate32, internetChecksum, fold16, sum16 } from './checksum.js';
+import { rd16, rd32, wr16, wr32 } from './bytes.js';
 
 /** Field offsets relative to the start of the IPv4 header. */
 export const IPV4_OFF = {
@@ -99,7 +100,7 @@ export class Ipv4View {
     const vihl = buf[off]!;
     if (vihl >>> 4 !== 4) return Ipv4Verdict.BAD_VERSION;
     const hlen = (vihl & 0x0f) << 2;
-    const tlen = (buf[off + IPV4_OFF.TOTAL_LENGTH]! << 8) | buf[off + IPV4_OFF.TOTAL_LENGTH + 1]!;
+    const tlen = rd16(buf, off + IPV4_OFF.TOTAL_LENGTH);
     if (hlen < IPV4_MIN_HEADER_LENGTH) return Ipv4Verdict.BAD_IHL;
     if (tlen < IPV4_MIN_HEADER_LENGTH) return Ipv4Verdict.BAD_TOTAL_LENGTH;
     if (hlen > tlen) return Ipv4Verdict.BAD_IHL;
@@ -126,7 +127,7 @@ export class Ipv4View {
     const vihl = buf[off]!;
     if (vihl >>> 4 !== 4) return Ipv4Verdict.BAD_VERSION;
     const hlen = (vihl & 0x0f) << 2;
-    const tlen = (buf[off + IPV4_OFF.TOTAL_LENGTH]! << 8) | buf[off + IPV4_OFF.TOTAL_LENGTH + 1]!;
+    const tlen = rd16(buf, off + IPV4_OFF.TOTAL_LENGTH);
     if (hlen < IPV4_MIN_HEADER_LENGTH) return Ipv4Verdict.BAD_IHL;
     if (tlen < IPV4_MIN_HEADER_LENGTH) return Ipv4Verdict.BAD_TOTAL_LENGTH;
     if (hlen > tlen) return Ipv4Verdict.BAD_IHL;
@@ -145,27 +146,19 @@ export class Ipv4View {
   }
 
   private u16(at: number): number {
-    return (this.buf[this.off + at]! << 8) | this.buf[this.off + at + 1]!;
+    return rd16(this.buf, this.off + at);
   }
 
   private setU16(at: number, v: number): void {
-    this.buf[this.off + at] = v >>> 8;
-    this.buf[this.off + at + 1] = v;
+    wr16(this.buf, this.off + at, v);
   }
 
   private u32(at: number): number {
-    const b = this.buf;
-    const i = this.off + at;
-    return ((b[i]! << 24) | (b[i + 1]! << 16) | (b[i + 2]! << 8) | b[i + 3]!) >>> 0;
+    return rd32(this.buf, this.off + at);
   }
 
   private setU32(at: number, v: number): void {
-    const b = this.buf;
-    const i = this.off + at;
-    b[i] = v >>> 24;
-    b[i + 1] = v >>> 16;
-    b[i + 2] = v >>> 8;
-    b[i + 3] = v;
+    wr32(this.buf, this.off + at, v);
   }
 
   /** Always 4 after an OK wrap. */

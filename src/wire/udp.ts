@@ -6,6 +6,7 @@
  * it is not mistaken for "none".
  */
 import { csumUpdate16, csumUpdate32, fold16, pseudoHeaderSum, sum16 } from './checksum.js';
+import { rd16, wr16 } from './bytes.js';
 import { IPPROTO } from './ipv4.js';
 
 /** Field offsets relative to the start of the UDP header. */
@@ -48,7 +49,7 @@ export class UdpView {
     if (off >>> 0 !== off || len >>> 0 !== len || off + len > buf.length || len < UDP_HEADER_LENGTH) {
       return UdpVerdict.TRUNCATED;
     }
-    const ulen = (buf[off + UDP_OFF.LENGTH]! << 8) | buf[off + UDP_OFF.LENGTH + 1]!;
+    const ulen = rd16(buf, off + UDP_OFF.LENGTH);
     if (ulen < UDP_HEADER_LENGTH || ulen > len) return UdpVerdict.BAD_LENGTH;
     this.buf = buf;
     this.off = off;
@@ -57,12 +58,11 @@ export class UdpView {
   }
 
   private u16(at: number): number {
-    return (this.buf[this.off + at]! << 8) | this.buf[this.off + at + 1]!;
+    return rd16(this.buf, this.off + at);
   }
 
   private setU16(at: number, v: number): void {
-    this.buf[this.off + at] = v >>> 8;
-    this.buf[this.off + at + 1] = v;
+    wr16(this.buf, this.off + at, v);
   }
 
   get sourcePort(): number {

@@ -6,7 +6,8 @@
  * drops IP header checksum errors before routing, so most packets reaching the TUN have a good one).
  */
 import type { Rng } from './rng.js';
-import { IP, IP_OPTION_SAMPLES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, fitTotalLength, ihl, protoOf, rd16, withIpOptions, wr16, wr32 } from './packets.js';
+import { IP, IP_OPTION_SAMPLES, PROTO_ICMP, PROTO_TCP, PROTO_UDP, fitTotalLength, ihl, protoOf, withIpOptions, wr16, wr32 } from './packets.js';
+import { rd16 } from '../../../src/wire/bytes.js';
 
 /** Addresses worth putting anywhere: the lab's, the special ones, and neighbours of the lab's. */
 export interface AddressBook {
