@@ -39,7 +39,7 @@ export interface TranslateOptions {
   pristinePackets: number;
 }
 
-/** The performance issue's goal for translating one established packet. */
+/** The goal for translating one established packet (docs/benchmarks.md lists the goals). */
 export const TRANSLATE_GOAL_NS = 100;
 
 const SLOT = 64;

@@ -1,7 +1,7 @@
 /**
  * Zero-copy view over an IPv4 header (RFC 791).
  *
- * One Ipv4View is created per worker and re-pointed at every packet with wrap(); wrap() validates
+ * An Ipv4View is made once by its user and re-pointed at every packet with wrap(); wrap() validates
  * once and returns a verdict instead of throwing, and after an OK verdict the accessors read and
  * write the bytes directly without further checks. Offsets are absolute indices into the
  * Uint8Array passed to wrap(), so a Buffer slice or subarray with a non-zero byteOffset is honoured.
