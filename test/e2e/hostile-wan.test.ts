@@ -9,7 +9,7 @@
  * from the WAN to LAN addresses, and WAN packets with LAN sources, never get past the gateway's rules.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnIn, type NsProcess } from '../../src/lab/netns.js';
+import { spawnIn, type NsProcess } from '../../src/lab/process.js';
 import { metricValue } from './fixtures/rfc-lab.js';
 import { Cleanup, captureOn, isRoot, type Capture } from './harness.js';
 import {
