@@ -11,7 +11,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release, totalmem } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
-import { Cleanup } from '../src/lab/netns.js';
+import { Cleanup } from '../src/lab/cleanup.js';
 import { repoRoot } from '../src/lab/router.js';
 import { run } from '../src/util/exec.js';
 import { parseLoadArgs, planFromArgs, resultsFileName, USAGE, UsageError, type LoadArgs, type Plan } from './load/args.js';

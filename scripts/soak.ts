@@ -17,7 +17,7 @@
  * Needs root; creates only namespaces of its own (prefix "sk") and removes them on every exit path.
  */
 import { writeFileSync } from 'node:fs';
-import { Cleanup } from '../src/lab/netns.js';
+import { Cleanup } from '../src/lab/cleanup.js';
 import { httpSeenBy, ping, udpEcho } from '../src/lab/probes.js';
 import { tcpPacket, udpPacket } from '../src/wire/build.js';
 import { TCP_FLAGS } from '../src/wire/tcp.js';

@@ -15,6 +15,7 @@ import { PROTO_TCP, PROTO_UDP, perm32, readPacket, refChecksum, Rng32, wr16 } fr
 import { DEFAULT_CONFIG, lookupScaling, runAll, type BenchConfig } from '../bench/lib/run.js';
 import { formatReport } from '../bench/lib/report.js';
 import { internetChecksum } from '../src/wire/checksum.js';
+import { TCP_FLAGS } from '../src/wire/tcp.js';
 import type { MemoryRecord } from '../bench/lib/memory.js';
 
 /** Five runs (the harness's minimum for a median), each a fraction of a millisecond. */
@@ -149,7 +150,7 @@ describe('benchmarks on tiny sizes', () => {
   it('translation verification rejects an untranslated or corrupted packet', () => {
     const rng = new Rng32(3);
     const set = new PacketSet(1, 64);
-    const spec = { proto: PROTO_TCP, src: 0xc0a80105, dst: 0xc6336405, sport: 25000, dport: 443, ttl: 63, payloadLength: 20, flags: 0x18 } as const;
+    const spec = { proto: PROTO_TCP, src: 0xc0a80105, dst: 0xc6336405, sport: 25000, dport: 443, ttl: 63, payloadLength: 20, flags: TCP_FLAGS.ACK | TCP_FLAGS.PSH } as const;
     set.put(0, spec, rng);
     expect(() => verifyOutbound(set, 0, spec, 40000)).toThrow(/source address/);
     // Rewrite by hand without fixing the checksums: address and port now right, checksums wrong.

@@ -13,7 +13,8 @@ import {
   translatedSource,
   type FlowJson,
 } from '../src/lab/flows.js';
-import { checkIfName, checkNetnsName, Cleanup, MAX_IFNAME, netnsName, randomId } from '../src/lab/netns.js';
+import { checkIfName, checkNetnsName, MAX_IFNAME, netnsName, randomId } from '../src/lab/netns.js';
+import { Cleanup } from '../src/lab/cleanup.js';
 import { curlArgv, parsePing, udpClientArgv } from '../src/lab/probes.js';
 import { repoRoot, routerArgv, socketPathFor } from '../src/lab/router.js';
 import { parseEcho, parseSeenBy } from '../src/lab/services.js';

@@ -4,6 +4,7 @@
  * (by the independent reference code) of the packet as it would be after the rewrite.
  */
 import { csumUpdate16, csumUpdate32, internetChecksum } from '../../src/wire/checksum.js';
+import { TCP_FLAGS } from '../../src/wire/tcp.js';
 import type { BenchCase } from './harness.js';
 import { cyclicCase } from './cyclic.js';
 import { ephemeralPort, lanAddress, PacketSet, remoteAddress, servicePort } from './packets.js';
@@ -62,7 +63,7 @@ export function* checksumCases(opts: ChecksumOptions): Generator<BenchCase> {
   for (let j = 0; j < k; j++) {
     const s = {
       proto: PROTO_TCP, src: lanAddress(rng), dst: remoteAddress(rng), sport: ephemeralPort(rng), dport: servicePort(rng),
-      ttl: 64, payloadLength: 1 + rng.below(64), flags: 0x18, seq: rng.u32(), ack: rng.u32(),
+      ttl: 64, payloadLength: 1 + rng.below(64), flags: TCP_FLAGS.ACK | TCP_FLAGS.PSH, seq: rng.u32(), ack: rng.u32(),
     } as const;
     set.put(j, s, rng);
     const off = set.offset(j);

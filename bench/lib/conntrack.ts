@@ -13,8 +13,8 @@
  * accumulated answers are checked after it.
  *
  * "FlowTable batch" is the same table looked up as the data plane reads packets, BATCH keys at a time
- * through lookupBatch (gathering the keys into a FlowKeys is part of the measured cost); the issue's
- * 1 M / 1 K goal is judged on it. The one-at-a-time FlowTable rows stay, for what a lone lookup costs.
+ * through lookupBatch (gathering the keys into a FlowKeys is part of the measured cost); the
+ * 1 M / 1 K goal (LOOKUP_RATIO_GOAL) is judged on it. The one-at-a-time FlowTable rows stay, for what a lone lookup costs.
  */
 import { LRUCache } from 'lru-cache';
 import { DIR_ORIGINAL, DIR_REPLY, FlowKeys, FlowTable } from '../../src/conntrack/table.js';
@@ -55,7 +55,7 @@ export interface ConntrackOptions {
   memory: MemoryRecord[];
 }
 
-/** The lookup issue's goal: 1 M flows no more than this many times slower than 1 K. */
+/** The lookup goal: 1 M flows no more than this many times slower than 1 K (docs/benchmarks.md, "Against the performance goals"). */
 export const LOOKUP_RATIO_GOAL = 1.5;
 
 const FIXTURE_SEED = 0x51ed270b;

@@ -36,7 +36,7 @@ export interface BenchCase {
   /** Numeric size (flows, bytes, packets) for ratios; `sizeLabel` is what the table prints. */
   size: number;
   sizeLabel: string;
-  /** The performance issue's target for this case, in ns per operation, where it sets one. */
+  /** The target for this case, in ns per operation, where there is one (docs/benchmarks.md lists the goals). */
   goalNs?: number;
   /**
    * Untimed, once before anything else: checks that need no timing (e.g. every input's answer one by

@@ -4,7 +4,7 @@
  * fields is compared with the same digest computed from the values the packets were built from.
  */
 import { Ipv4View } from '../../src/wire/ipv4.js';
-import { TcpView } from '../../src/wire/tcp.js';
+import { TCP_FLAGS, TcpView } from '../../src/wire/tcp.js';
 import { UdpView } from '../../src/wire/udp.js';
 import type { BenchCase } from './harness.js';
 import { cyclicCase } from './cyclic.js';
@@ -19,7 +19,7 @@ export interface ParseOptions {
 /** DNS-query-sized UDP datagram, and a TCP data segment. */
 const UDP_PAYLOAD = 40;
 const TCP_PAYLOAD = 200;
-const TCP_ACK_PSH = 0x18;
+const TCP_ACK_PSH = TCP_FLAGS.ACK | TCP_FLAGS.PSH;
 
 export function* parseCases(opts: ParseOptions): Generator<BenchCase> {
   const rng = new Rng32(0x7a11);

@@ -77,7 +77,7 @@ export interface LookupScaling {
   smallFlows: number;
   largeFlows: number;
   ratio: number;
-  /** Set where the goal applies: the batched FlowTable, 1 M against 1 K flows. */
+  /** Set where the lookup goal applies: the batched FlowTable, 1 M against 1 K flows. */
   goal?: number;
   goalMet?: boolean;
 }

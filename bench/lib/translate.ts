@@ -20,6 +20,7 @@ import { collectFlowKeys } from '../../src/dataplane/loop.js';
 import { DIR_REPLY } from '../../src/conntrack/table.js';
 import { DEFAULT_TIMEOUTS } from '../../src/conntrack/timeouts.js';
 import { TcpState } from '../../src/conntrack/tcp.js';
+import { TCP_FLAGS } from '../../src/wire/tcp.js';
 import { seededRng } from '../../src/nat/ports.js';
 import { Path, Translator, Verdict } from '../../src/nat/translator.js';
 import { verify, type BenchCase } from './harness.js';
@@ -38,16 +39,12 @@ export interface TranslateOptions {
   pristinePackets: number;
 }
 
-/** The performance issue's goal for translating one established packet. */
+/** The goal for translating one established packet (docs/benchmarks.md lists the goals). */
 export const TRANSLATE_GOAL_NS = 100;
 
 const SLOT = 64;
 const PAYLOAD = 20;
 const TTL_IN = 63;
-const TCP_SYN = 0x02;
-const TCP_ACK = 0x10;
-const TCP_SYN_ACK = 0x12;
-const TCP_ACK_PSH = 0x18;
 /** README defaults: --ports 1024-65535, --gateway-ports 20000-29999. */
 const PORTS: readonly [number, number] = [1024, 65535];
 const GATEWAY_PORTS: readonly [number, number] = [20000, 29999];
@@ -206,15 +203,15 @@ function openFlow(nat: Translator, proto: PacketSpec['proto'], d: FlowDef, scrat
     verify(v === Verdict.FORWARD, () => `setup: packet ${JSON.stringify(spec)} was dropped`);
   };
   const out = (flags: number): void => send({ proto, src: d.src, dst: d.dst, sport: d.sport, dport: d.dport, ttl: TTL_IN, payloadLength: 0, flags });
-  out(TCP_SYN);
+  out(TCP_FLAGS.SYN);
   const ext = (scratch.buf[20]! << 8) | scratch.buf[21]!;
   verify(ext !== d.sport, () => `setup: port ${d.sport} of the gateway's own range was kept`);
   // The reply (SYN-ACK for TCP), addressed to the mapping, as the remote sends it.
-  send({ proto, src: d.dst, dst: PUBLIC_IP, sport: d.dport, dport: ext, ttl: 50, payloadLength: 0, flags: TCP_SYN_ACK });
+  send({ proto, src: d.dst, dst: PUBLIC_IP, sport: d.dport, dport: ext, ttl: 50, payloadLength: 0, flags: TCP_FLAGS.SYN | TCP_FLAGS.ACK });
   const back = readPacket(scratch.buf, 0);
   verify(back.dst === d.src && back.dport === d.sport, () => `setup: reply went to ${back.dst}:${back.dport}`);
   if (proto === PROTO_TCP) {
-    out(TCP_ACK);
+    out(TCP_FLAGS.ACK);
     const e = nat.flows.lookup(PROTO_TCP, d.src, d.dst, d.sport, d.dport, now);
     verify(e >= 0 && nat.flows.state[e >> 1] === TcpState.ESTABLISHED, () => `setup: TCP flow not ESTABLISHED after the handshake`);
   }
@@ -246,7 +243,7 @@ export function establishedCase(proto: PacketSpec['proto'], flows: number, opts:
     seq = (seq + PAYLOAD) >>> 0;
     pristine.put(s, {
       proto, src: d.src, dst: d.dst, sport: d.sport, dport: d.dport, ttl: TTL_IN, payloadLength: PAYLOAD,
-      flags: TCP_ACK_PSH, seq, ack: 1,
+      flags: TCP_FLAGS.ACK | TCP_FLAGS.PSH, seq, ack: 1,
     }, rng);
   }
   const work = new PacketSet(b, SLOT);

@@ -21,7 +21,9 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { run, runSync } from '../../src/util/exec.js';
-import { addAddress, Cleanup, createNetns, netnsName, spawnIn, type NsProcess } from '../../src/lab/netns.js';
+import { addAddress, createNetns, netnsName } from '../../src/lab/netns.js';
+import { Cleanup } from '../../src/lab/cleanup.js';
+import { spawnIn, type NsProcess } from '../../src/lab/process.js';
 import { defaultCliPath, startRouter, type RouterHandle } from '../../src/lab/router.js';
 import { buildLab, GW_WAN_ADDRESS, INET_ADDRESS, LAN_SUBNET, type Lab } from '../../src/lab/topology.js';
 import { startServices } from '../../src/lab/services.js';

@@ -4,7 +4,7 @@
  * through, counts add up) and throws when it does not, so a wrong number never reaches a median.
  */
 import { run } from '../../src/util/exec.js';
-import { spawnIn, type NsProcess } from '../../src/lab/netns.js';
+import { spawnIn, type NsProcess } from '../../src/lab/process.js';
 import type { BenchLab, EngineSession } from './engines.js';
 import {
   parseIperfTcp,

@@ -33,7 +33,7 @@ export function ratio(a: number | null | undefined, b: number | null | undefined
 }
 
 /**
- * A goal from the issue. `ratio-at-least`: userspace/kernel ≥ target (throughput);
+ * A performance goal (docs/benchmarks.md, "Against the performance goals"). `ratio-at-least`: userspace/kernel ≥ target (throughput);
  * `at-most`: the value itself ≤ target (RTT added, bytes per flow).
  */
 export type Goal =

@@ -1,6 +1,6 @@
 /**
  * The load benchmark's report: what ran (config, machine, engines), every run's raw numbers, and
- * the summary rows — medians per engine, the userspace/kernel ratio and the issue's goals. Pure:
+ * the summary rows — medians per engine, the userspace/kernel ratio and the performance goals. Pure:
  * `summarize` turns runs into rows, so the smoke test checks the arithmetic on made-up runs.
  */
 import type { EngineName, KernelVariant, RunnerName } from './engines.js';

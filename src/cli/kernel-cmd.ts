@@ -1,6 +1,7 @@
 import { ROUTER_OPTIONS, configFlags } from './router-flags.js';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { ConfigError, resolveConfig, type RouterConfig } from './config.js';
+import { ConfigError, type RouterConfig } from '../config/config.js';
+import { resolveConfig } from '../config/resolve.js';
 import { createLogger } from '../util/log.js';
 import {
   applyKernelNat,

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { ConfigError, resolveConfig, describeConfig, type RouterConfig } from './config.js';
+import { ConfigError, type RouterConfig } from '../config/config.js';
+import { resolveConfig, describeConfig } from '../config/resolve.js';
 import { ROUTER_OPTIONS, configFlags } from './router-flags.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { cmdConntrack, CONNTRACK_USAGE } from './conntrack-cmd.js';
@@ -65,10 +66,10 @@ async function startEngine(cfg: RouterConfig, log: Logger): Promise<{ stop(reaso
     if (cfg.user !== null) log.warn('--user applies to the userspace data plane; the kernel engine runs no packet path of its own');
     return (await import('../kernel/engine.js')).startKernelEngine(cfg, log);
   }
-  const { startRouter } = await import('../dataplane/router.js');
+  const { startRouter } = await import('../router/router.js');
   try {
     if (cfg.user !== null) {
-      const { startPrivsep, lookupUser } = await import('../dataplane/privsep.js');
+      const { startPrivsep, lookupUser } = await import('../router/privsep.js');
       const user = lookupUser(cfg.user);
       if (!user) throw new ConfigError('user', `no such user ${JSON.stringify(cfg.user)} in /etc/passwd`);
       return await startPrivsep(cfg, log, user);

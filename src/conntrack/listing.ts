@@ -1,6 +1,7 @@
 import { FlowTable, DIR_ORIGINAL, DIR_REPLY, FLOW_SEEN_REPLY, FLOW_ASSURED } from './table.js';
 import { TCP_STATE_NAMES } from './tcp.js';
 import { ipToString } from '../wire/addr.js';
+import { IPPROTO, protoName } from '../wire/ipv4.js';
 
 /** One flow as /conntrack and `tunnat conntrack` show it. */
 export interface FlowRecord {
@@ -15,26 +16,33 @@ export interface FlowRecord {
   bytes: { original: number; reply: number };
 }
 
-const PROTO: Record<number, string> = { 1: 'icmp', 6: 'tcp', 17: 'udp' };
+/** Every state name a flow can show (the `state` label values and the `--state` filter's choices). */
+export const FLOW_STATE_NAMES: readonly string[] = [...TCP_STATE_NAMES, 'UNREPLIED', 'REPLIED', 'ASSURED'];
+
+/**
+ * A flow's state as /conntrack, the metrics and the trace print it: TCP shows its tracker state; UDP
+ * and ICMP show UNREPLIED until a reply was seen, then REPLIED (ASSURED for UDP).
+ */
+export function flowStateName(t: FlowTable, flow: number): string {
+  const proto = t.proto[flow]!;
+  if (proto === IPPROTO.TCP) return TCP_STATE_NAMES[t.state[flow]!] ?? 'NONE';
+  const flags = t.flags[flow]!;
+  if (!(flags & FLOW_SEEN_REPLY)) return 'UNREPLIED';
+  return flags & FLOW_ASSURED && proto === IPPROTO.UDP ? 'ASSURED' : 'REPLIED';
+}
 
 export function flowRecord(t: FlowTable, flow: number, now: number): FlowRecord {
   const side = (dir: number) => {
     const e = flow * 2 + dir;
     return { src: ipToString(t.tSrc[e]!), dst: ipToString(t.tDst[e]!), srcPort: t.tSport[e]!, dstPort: t.tDport[e]! };
   };
-  const proto = t.proto[flow]!;
-  const flags = t.flags[flow]!;
-  let state: string;
-  if (proto === 6) state = TCP_STATE_NAMES[t.state[flow]!] ?? 'NONE';
-  else if (!(flags & FLOW_SEEN_REPLY)) state = 'UNREPLIED';
-  else state = flags & FLOW_ASSURED && proto === 17 ? 'ASSURED' : 'REPLIED';
   const o = flow * 2;
   return {
     id: flow,
-    protocol: PROTO[proto] ?? String(proto),
+    protocol: protoName(t.proto[flow]!),
     original: side(DIR_ORIGINAL),
     reply: side(DIR_REPLY),
-    state,
+    state: flowStateName(t, flow),
     secondsLeft: Math.max(0, Math.round((t.expires[flow]! - now) / 1000)),
     packets: { original: t.packets[o]!, reply: t.packets[o + 1]! },
     bytes: { original: t.bytes[o]!, reply: t.bytes[o + 1]! },

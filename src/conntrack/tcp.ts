@@ -1,4 +1,5 @@
 import type { Timeouts } from './timeouts.js';
+import { TCP_FLAGS } from '../wire/tcp.js';
 
 /**
  * The TCP connection tracker: a state machine driven by the flags seen in both directions, in the
@@ -28,10 +29,7 @@ export const TCP_STATE_NAMES = [
 /** Packet classes the table is indexed by (derived from the flag byte by tcpPacketClass). */
 export const TcpClass = { SYN: 0, SYNACK: 1, FIN: 2, ACK: 3, RST: 4, INVALID: 5 } as const;
 
-const FIN = 0x01;
-const SYN = 0x02;
-const RST = 0x04;
-const ACK = 0x10;
+const { FIN, SYN, RST, ACK } = TCP_FLAGS;
 
 /**
  * Classify a segment by its flags. Combinations no real stack sends (SYN+FIN, SYN+RST, no SYN/ACK/RST

@@ -2,6 +2,8 @@ import type { TunDevice } from '../tun/device.js';
 import { Translator, Verdict } from '../nat/translator.js';
 import { FlowKeys } from '../conntrack/table.js';
 import { VnetHeader, VNET_HDR_LEN, vnetSegments } from './vnet.js';
+import { IPPROTO, IPV4_FRAG, IPV4_MIN_HEADER_LENGTH, IPV4_OFF } from '../wire/ipv4.js';
+import { rd16, rd32 } from '../wire/bytes.js';
 
 /**
  * The packet loop: read a batch from the TUN into one buffer, translate each packet in place, write the
@@ -270,13 +272,14 @@ export function collectFlowKeys(
     if (len > slotSize || len < hdrLen + 24) continue;
     const o = i * slotSize + hdrLen;
     const ihl = (buf[o]! & 15) * 4;
-    const proto = buf[o + 9]!;
-    if (buf[o]! >> 4 !== 4 || ihl < 20 || len - hdrLen < ihl + 4 || (proto !== 6 && proto !== 17)) continue;
-    if ((((buf[o + 6]! << 8) | buf[o + 7]!) & 0x1fff) !== 0) continue; // later fragments carry no ports
-    const src = ((buf[o + 12]! << 24) | (buf[o + 13]! << 16) | (buf[o + 14]! << 8) | buf[o + 15]!) >>> 0;
-    const dst = ((buf[o + 16]! << 24) | (buf[o + 17]! << 16) | (buf[o + 18]! << 8) | buf[o + 19]!) >>> 0;
-    const sport = (buf[o + ihl]! << 8) | buf[o + ihl + 1]!;
-    const dport = (buf[o + ihl + 2]! << 8) | buf[o + ihl + 3]!;
+    const proto = buf[o + IPV4_OFF.PROTOCOL]!;
+    if (buf[o]! >> 4 !== 4 || ihl < IPV4_MIN_HEADER_LENGTH || len - hdrLen < ihl + 4 || (proto !== IPPROTO.TCP && proto !== IPPROTO.UDP)) continue;
+    if ((rd16(buf, o + IPV4_OFF.FLAGS_FRAGMENT) & IPV4_FRAG.OFFSET_MASK) !== 0) continue; // later fragments carry no ports
+    const src = rd32(buf, o + IPV4_OFF.SOURCE);
+    const dst = rd32(buf, o + IPV4_OFF.DESTINATION);
+    // The ports open both the TCP and the UDP header.
+    const sport = rd16(buf, o + ihl);
+    const dport = rd16(buf, o + ihl + 2);
     keys.add(proto, src, dst, sport, dport);
   }
 }

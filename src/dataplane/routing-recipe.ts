@@ -6,7 +6,7 @@ import { ipToString, prefixMask } from '../wire/addr.js';
 import { cidrText, FAIL_CLOSED_METRIC, PROTO, RESERVED_TABLES, RoutingError, RULE_PREF, type RoutingConfig } from './routing-record.js';
 
 /**
- * The recipe (DESIGN.md, recipe A) as journalled steps, in the order that keeps every instant
+ * The recipe (docs/operations.md, "What it changes on the system") as journalled steps, in the order that keeps every instant
  * failed closed: the settings that forward nothing by themselves first, then the fail-closed route
  * and every rule that diverts LAN traffic into the TUN, and forwarding last. The journal keeps the
  * forwarding switches at the end of the record, so undoing in reverse turns them off first.
@@ -79,7 +79,7 @@ export async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkIn
   await j.sysctl(confKey(tun, 'rp_filter'), '0');
   await j.sysctl(confKey(tun, 'accept_local'), '1');
   // Without this the kernel ties a reply for one of the gateway's own sockets to the socket
-  // before routing, then drops it when the route says "forward into the TUN" (DESIGN.md, A).
+  // before routing, then drops it when the route says "forward into the TUN" (docs/operations.md, the ip_early_demux row).
   await j.sysctl('net/ipv4/ip_early_demux', '0');
   // The gateway's own sockets stay inside this range; tunnat maps ports outside it.
   await j.sysctl('net/ipv4/ip_local_port_range', `${cfg.gatewayPorts[0]} ${cfg.gatewayPorts[1]}`);

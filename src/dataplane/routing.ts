@@ -15,7 +15,7 @@ export * from './routing-record.js';
 
 /**
  * The gateway set-up that steers LAN traffic into tunnat's TUN and the public address's traffic
- * back through it (DESIGN.md, recipe A), applied on start and removed on exit: its life cycle
+ * back through it (docs/operations.md, "What it changes on the system"), applied on start and removed on exit: its life cycle
  * (apply, remove, follow a new public address, keep for a restart, adopt). The recipe itself is in
  * routing-recipe.ts, leftovers of a crashed run in leftovers.ts.
  *
@@ -33,7 +33,7 @@ function undoFailed(state: AppliedRouting, errors: string[]): RoutingError {
 }
 
 /**
- * Set up the gateway's routing for tunnat (see the module comment and DESIGN.md). Refuses with
+ * Set up the gateway's routing for tunnat (see the module comment and docs/operations.md). Refuses with
  * ALREADY_RUNNING when a live tunnat owns this namespace and ROUTING_CONFLICT over leftovers or
  * someone else's rules in tables T/T+1. On failure everything applied so far is undone.
  */

@@ -1,5 +1,5 @@
-import type { RouterConfig } from '../cli/config.js';
-import { startHttp } from '../metrics/http.js';
+import type { RouterConfig } from '../config/config.js';
+import { startHttp } from '../observe/http.js';
 import type { Logger } from '../util/log.js';
 import { ipToString } from '../wire/addr.js';
 import {

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type { RouterConfig } from '../cli/config.js';
+import type { RouterConfig } from '../config/config.js';
 import { findBinary, output, runTool, type RunResult } from '../host/commands.js';
 import { listIpv4Addresses } from '../host/ip-json.js';
 import { inCidr, ipToString, parseCidr } from '../wire/addr.js';

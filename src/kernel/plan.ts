@@ -1,4 +1,4 @@
-import { DEFAULTS, type RouterConfig } from '../cli/config.js';
+import { DEFAULTS, type RouterConfig } from '../config/config.js';
 import { DEFAULT_TIMEOUTS, type Timeouts } from '../conntrack/timeouts.js';
 import { cidrToString, ipToString, type Cidr } from '../wire/addr.js';
 

@@ -7,7 +7,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run } from '../util/exec.js';
-import { Cleanup, spawnIn, type NsProcess } from './netns.js';
+import { Cleanup } from './cleanup.js';
+import { spawnIn, type NsProcess } from './process.js';
 
 export interface CapturedPacket {
   /** The line as tcpdump printed it. */

@@ -7,7 +7,7 @@
 import { createServer as createHttpServer } from 'node:http';
 import { connect, createServer, type Server } from 'node:net';
 import { formatFlowTable, type FlowJson } from './flows.js';
-import { Cleanup, type SignalTrap } from './netns.js';
+import { Cleanup, type SignalTrap } from './cleanup.js';
 import { httpSeenBy, ping, udpEcho } from './probes.js';
 import { startRouter, type LabEngine, type RouterHandle } from './router.js';
 import { startServices } from './services.js';

@@ -15,7 +15,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run, runSync } from '../util/exec.js';
 import { parseFlows, parseKernelConntrack, type FlowJson } from './flows.js';
-import { Cleanup, NsProcess, spawnIn } from './netns.js';
+import { Cleanup } from './cleanup.js';
+import { NsProcess, spawnIn } from './process.js';
 
 export type LabEngine = 'userspace' | 'kernel' | 'kernel-manual';
 export const LAB_ENGINES: readonly LabEngine[] = ['userspace', 'kernel', 'kernel-manual'];

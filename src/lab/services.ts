@@ -8,7 +8,8 @@
  * The program is plain JavaScript run with `node -e` inside the namespace, so it needs no build step
  * and no project code; it prints "ready" once every socket listens.
  */
-import { Cleanup, NsProcess, spawnIn } from './netns.js';
+import { Cleanup } from './cleanup.js';
+import { NsProcess, spawnIn } from './process.js';
 
 /** What `GET /` on the lab HTTP service answers. */
 export interface SeenBy {

@@ -13,19 +13,8 @@
  * Interface names only need to be unique inside their namespace, so they are fixed; the namespace
  * names carry the run's id.
  */
-import {
-  addAddress,
-  addBridge,
-  addRoute,
-  addVeth,
-  Cleanup,
-  createNetns,
-  linkUp,
-  netnsName,
-  randomId,
-  setMaster,
-  setSysctl,
-} from './netns.js';
+import { addAddress, addBridge, addRoute, addVeth, createNetns, linkUp, netnsName, randomId, setMaster, setSysctl } from './netns.js';
+import { Cleanup } from './cleanup.js';
 
 export const LAN_SUBNET = '192.168.1.0/24';
 export const LAN_GATEWAY = '192.168.1.1';

@@ -4,8 +4,7 @@ import type { Translator } from '../nat/translator.js';
 import { DROP_REASON_NAMES, PATH_NAMES } from '../nat/translator.js';
 import type { Dataplane } from '../dataplane/loop.js';
 import { ipToString } from '../wire/addr.js';
-import { PROTO_NAMES } from '../observe/flowstate.js';
-import type { FlowCensus, HostAccounting } from '../observe/hosts.js';
+import { PROTO_NAMES } from '../wire/ipv4.js';
 import { registerHistogram } from './histogram.js';
 import type { LoopMetrics } from './loop-metrics.js';
 
@@ -23,10 +22,40 @@ export interface ObserveStats {
   pcap(): { packets: { before: number; after: number }; dropped: number; bytes: number } | null;
 }
 
+/** Traffic of one inside host: what it sent and received, and its flows. */
+export interface HostTotals {
+  /** The inside address, or "other". */
+  host: string;
+  /** Outbound: sent by the host (LAN → WAN); inbound: received by it. */
+  packets: { outbound: number; inbound: number };
+  bytes: { outbound: number; inbound: number };
+  /** Flows in the table now. */
+  flows: number;
+  flowsCreated: number;
+}
+
+/** One walk over the flow table, shared by every metric of a scrape. */
+export interface FlowCensus {
+  hosts: HostTotals[];
+  /** Flows in the table by "protocol/state" (e.g. "tcp/ESTABLISHED"). */
+  byState: Map<string, number>;
+  total: number;
+}
+
+/**
+ * Where per-host traffic and flows by state come from (observe/hosts.ts keeps them); the registry asks
+ * for one census per scrape.
+ */
+export interface HostCensus {
+  /** Hosts with their own label; the rest are summed as host="other". */
+  readonly maxHosts: number;
+  census(): FlowCensus;
+}
+
 export interface RegistryOptions {
   defaultMetrics?: boolean;
   /** Per-LAN-host traffic and flows by state (without it, flows are counted by protocol only). */
-  hosts?: HostAccounting;
+  hosts?: HostCensus;
   loopMetrics?: LoopMetrics;
   observe?: ObserveStats;
   /** The TUN's name, to export what the kernel dropped before tunnat could read it. */
@@ -45,7 +74,7 @@ function mirror(counter: Counter<string>, labels: Record<string, string>, value:
  * scrape, however soon, walks the table again; were the calls ever spread out, each would only walk it
  * once more).
  */
-function censusCache(hosts: HostAccounting): () => FlowCensus {
+function censusCache(hosts: HostCensus): () => FlowCensus {
   let last: FlowCensus | null = null;
   return () => {
     if (!last) {

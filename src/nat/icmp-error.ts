@@ -1,5 +1,5 @@
 import { Ipv4Verdict, IPPROTO, IPV4_OFF, IPV4_MIN_HEADER_LENGTH } from '../wire/ipv4.js';
-import { IcmpVerdict, ICMP_OFF, ICMP_TYPE } from '../wire/icmp.js';
+import { IcmpVerdict, ICMP_OFF, isQueryRequestType, isQueryType } from '../wire/icmp.js';
 import { UDP_OFF } from '../wire/udp.js';
 import { rd16, rd32 } from '../wire/bytes.js';
 import { rewriteIcmpIdentifier, rewriteIpv4Header, rewriteTransportEndpoints } from '../wire/rewrite.js';
@@ -48,10 +48,8 @@ export function translateIcmpError(nat: NatContext, buf: Uint8Array, fromInside:
     qdport = rd16(buf, ql4 + UDP_OFF.DESTINATION_PORT);
   } else if (qproto === IPPROTO.ICMP) {
     const qtype = buf[ql4 + ICMP_OFF.TYPE]!;
-    quotedRequest = qtype === ICMP_TYPE.ECHO_REQUEST || qtype === ICMP_TYPE.TIMESTAMP;
-    if (!quotedRequest && qtype !== ICMP_TYPE.ECHO_REPLY && qtype !== ICMP_TYPE.TIMESTAMP_REPLY) {
-      return fromInside ? nat.drop(DropReason.NO_MAPPING) : nat.toGateway(total);
-    }
+    if (!isQueryType(qtype)) return fromInside ? nat.drop(DropReason.NO_MAPPING) : nat.toGateway(total);
+    quotedRequest = isQueryRequestType(qtype);
     const id = rd16(buf, ql4 + ICMP_OFF.IDENTIFIER);
     qsport = quotedRequest ? id : 0;
     qdport = quotedRequest ? 0 : id;

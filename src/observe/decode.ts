@@ -1,11 +1,12 @@
 import { IPV4_OFF, IPV4_FRAG, IPPROTO } from '../wire/ipv4.js';
 import { UDP_OFF } from '../wire/udp.js';
 import { TCP_OFF, TCP_FLAGS } from '../wire/tcp.js';
-import { ICMP_OFF, ICMP_TYPE } from '../wire/icmp.js';
+import { ICMP_OFF, isErrorType, isQueryType } from '../wire/icmp.js';
 import { fold16, internetChecksum, pseudoHeaderSum } from '../wire/checksum.js';
 import { ipToString } from '../wire/addr.js';
+import { rd16, rd32 } from '../wire/bytes.js';
 import type { PacketKey } from './filter.js';
-import { protoName } from './flowstate.js';
+import { protoName } from '../wire/ipv4.js';
 
 /**
  * Reading headers for the trace and the pcap comments: what a packet looked like, field by field,
@@ -13,13 +14,6 @@ import { protoName } from './flowstate.js';
  * attached, and the full decode only for packets that are shown), so clarity wins over speed; the
  * one function called for every packet while tracing, readKey, allocates nothing.
  */
-
-function rd16(b: Uint8Array, i: number): number {
-  return (b[i]! << 8) | b[i + 1]!;
-}
-function rd32(b: Uint8Array, i: number): number {
-  return ((b[i]! << 24) | (b[i + 1]! << 16) | (b[i + 2]! << 8) | b[i + 3]!) >>> 0;
-}
 
 /** Fill `k` with the packet's protocol, addresses and ports; false if it is not a whole IPv4 header. */
 export function readKey(b: Uint8Array, off: number, len: number, k: PacketKey): boolean {
@@ -76,9 +70,6 @@ export function tcpFlagLetters(flags: number): string {
   return s || '.';
 }
 
-const ICMP_QUERY = new Set<number>([ICMP_TYPE.ECHO_REQUEST, ICMP_TYPE.ECHO_REPLY, ICMP_TYPE.TIMESTAMP, ICMP_TYPE.TIMESTAMP_REPLY]);
-const ICMP_ERROR = new Set<number>([ICMP_TYPE.DEST_UNREACH, ICMP_TYPE.SOURCE_QUENCH, ICMP_TYPE.REDIRECT, ICMP_TYPE.TIME_EXCEEDED, ICMP_TYPE.PARAM_PROBLEM]);
-
 /** Decode the headers of one IPv4 packet; null when it has no whole IPv4 header. */
 export function decodePacket(b: Uint8Array, off: number, len: number): PacketInfo | null {
   if (len < 20 || b[off]! >>> 4 !== 4) return null;
@@ -113,8 +104,8 @@ export function decodePacket(b: Uint8Array, off: number, len: number): PacketInf
     p.icmpType = type;
     p.icmpCode = b[l4 + ICMP_OFF.CODE]!;
     p.l4Checksum = rd16(b, l4 + ICMP_OFF.CHECKSUM);
-    if (ICMP_QUERY.has(type)) p.icmpId = rd16(b, l4 + ICMP_OFF.IDENTIFIER);
-    else if (ICMP_ERROR.has(type) && l4len >= ICMP_OFF.QUOTED + 20 + 8) {
+    if (isQueryType(type)) p.icmpId = rd16(b, l4 + ICMP_OFF.IDENTIFIER);
+    else if (isErrorType(type) && l4len >= ICMP_OFF.QUOTED + 20 + 8) {
       const q = l4 + ICMP_OFF.QUOTED;
       const qhl = (b[q]! & 0x0f) << 2;
       if (b[q]! >>> 4 === 4 && qhl >= 20 && ICMP_OFF.QUOTED + qhl + 8 <= l4len) {

@@ -1,6 +1,6 @@
 import { parseCidr, ipToString, cidrToString, type Cidr } from '../wire/addr.js';
 import { IPPROTO } from '../wire/ipv4.js';
-import { FLOW_STATE_NAMES } from './flowstate.js';
+import { FLOW_STATE_NAMES } from '../conntrack/listing.js';
 
 /**
  * Filters for the flow listing and events (`tunnat conntrack --proto/--src/--dst/--state`) and for

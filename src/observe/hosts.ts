@@ -1,7 +1,9 @@
 import { FlowTable, FLOW_INBOUND, DIR_ORIGINAL, DIR_REPLY, type RemoveReason } from '../conntrack/table.js';
 import type { FlowObserver } from '../nat/translator.js';
 import { ipToString } from '../wire/addr.js';
-import { flowStateName, protoName } from './flowstate.js';
+import type { FlowCensus, HostCensus, HostTotals } from '../metrics/registry.js';
+import { flowStateName } from '../conntrack/listing.js';
+import { protoName } from '../wire/ipv4.js';
 
 /**
  * Traffic per inside (LAN) host, what a cloud NAT gateway's console shows per instance.
@@ -17,25 +19,7 @@ import { flowStateName, protoName } from './flowstate.js';
  */
 export const OTHER_HOSTS = 'other';
 
-export interface HostTotals {
-  /** The inside address, or "other". */
-  host: string;
-  /** Outbound: sent by the host (LAN → WAN); inbound: received by it. */
-  packets: { outbound: number; inbound: number };
-  bytes: { outbound: number; inbound: number };
-  /** Flows in the table now. */
-  flows: number;
-  flowsCreated: number;
-}
-
-export interface FlowCensus {
-  hosts: HostTotals[];
-  /** Flows in the table by "protocol/state" (e.g. "tcp/ESTABLISHED"). */
-  byState: Map<string, number>;
-  total: number;
-}
-
-export class HostAccounting implements FlowObserver {
+export class HostAccounting implements FlowObserver, HostCensus {
   private readonly index = new Map<number, number>();
   private readonly addrs: Uint32Array;
   /** Per slot: [packets out, packets in, bytes out, bytes in] of removed flows. */

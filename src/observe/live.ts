@@ -2,8 +2,9 @@ import type { Translator } from '../nat/translator.js';
 import { DROP_REASON_NAMES, PATH_NAMES } from '../nat/translator.js';
 import { flowRecord, type FlowRecord } from '../conntrack/listing.js';
 import { ipToString } from '../wire/addr.js';
-import { PROTO_NAMES } from './flowstate.js';
-import type { HostAccounting, HostTotals } from './hosts.js';
+import { PROTO_NAMES } from '../wire/ipv4.js';
+import type { HostAccounting } from './hosts.js';
+import type { HostTotals } from '../metrics/registry.js';
 import type { SseStream } from './sse.js';
 
 /**

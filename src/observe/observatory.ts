@@ -3,7 +3,7 @@ import type { Translator } from '../nat/translator.js';
 import type { Dataplane } from '../dataplane/loop.js';
 import type { Logger } from '../util/log.js';
 import type { ObserveStats } from '../metrics/registry.js';
-import type { RouteHandler } from '../metrics/http.js';
+import type { RouteHandler } from './http.js';
 import { LoopMetrics } from '../metrics/loop-metrics.js';
 import { HostAccounting } from './hosts.js';
 import { FlowEvents } from './events.js';

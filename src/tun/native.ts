@@ -167,7 +167,7 @@ export class NativeTun implements TunDevice {
   }
 
   /**
-   * Take over a TUN queue fd that a privileged parent opened and handed down (see src/dataplane/privsep.ts):
+   * Take over a TUN queue fd that a privileged parent opened and handed down (see src/router/privsep.ts):
    * no privilege is needed to read and write an open queue. `vnetHdr` must say how it was opened.
    */
   static fromFd(fd: number, opts: { vnetHdr?: boolean } = {}): NativeTun {

@@ -11,6 +11,7 @@
  * and tools, not for the data path.
  */
 import { internetChecksum, pseudoHeaderSum } from './checksum.js';
+import { wr16, wr32 } from './bytes.js';
 import { ICMP_HEADER_LENGTH, ICMP_OFF, ICMP_TYPE, ICMP_UNREACH_CODE } from './icmp.js';
 import { IPPROTO, IPV4_FRAG, IPV4_MIN_HEADER_LENGTH, IPV4_OFF } from './ipv4.js';
 import { TCP_MIN_HEADER_LENGTH, TCP_OFF, TCP_OPTION } from './tcp.js';
@@ -82,18 +83,6 @@ const MSS_OPTION_LENGTH = 4;
 /** RFC 1812 4.3.2.3: an ICMP error, IP header included, should not exceed 576 bytes. */
 export const ICMP_ERROR_MAX_LENGTH = 576;
 
-function put16(buf: Uint8Array, at: number, v: number): void {
-  buf[at] = v >>> 8;
-  buf[at + 1] = v;
-}
-
-function put32(buf: Uint8Array, at: number, v: number): void {
-  buf[at] = v >>> 24;
-  buf[at + 1] = v >>> 16;
-  buf[at + 2] = v >>> 8;
-  buf[at + 3] = v;
-}
-
 function checkRoom(buf: Uint8Array, off: number, total: number): void {
   if (total > IPV4_MAX_TOTAL_LENGTH) throw new RangeError(`IPv4 packet of ${total} bytes exceeds 65535`);
   if (off >>> 0 !== off || off + total > buf.length) {
@@ -119,15 +108,15 @@ export function emitIpv4Header(
 function writeIpv4Header(buf: Uint8Array, off: number, opts: Ipv4EmitOptions, protocol: number, totalLength: number): void {
   buf[off + IPV4_OFF.VERSION_IHL] = 0x45;
   buf[off + IPV4_OFF.DSCP_ECN] = opts.dscpEcn ?? 0;
-  put16(buf, off + IPV4_OFF.TOTAL_LENGTH, totalLength);
-  put16(buf, off + IPV4_OFF.IDENTIFICATION, opts.id ?? 0);
-  put16(buf, off + IPV4_OFF.FLAGS_FRAGMENT, opts.dontFragment === true ? IPV4_FRAG.DONT_FRAGMENT : 0);
+  wr16(buf, off + IPV4_OFF.TOTAL_LENGTH, totalLength);
+  wr16(buf, off + IPV4_OFF.IDENTIFICATION, opts.id ?? 0);
+  wr16(buf, off + IPV4_OFF.FLAGS_FRAGMENT, opts.dontFragment === true ? IPV4_FRAG.DONT_FRAGMENT : 0);
   buf[off + IPV4_OFF.TTL] = opts.ttl ?? DEFAULT_TTL;
   buf[off + IPV4_OFF.PROTOCOL] = protocol;
-  put16(buf, off + IPV4_OFF.CHECKSUM, 0);
-  put32(buf, off + IPV4_OFF.SOURCE, opts.src);
-  put32(buf, off + IPV4_OFF.DESTINATION, opts.dst);
-  put16(buf, off + IPV4_OFF.CHECKSUM, internetChecksum(buf, off, IPV4_MIN_HEADER_LENGTH));
+  wr16(buf, off + IPV4_OFF.CHECKSUM, 0);
+  wr32(buf, off + IPV4_OFF.SOURCE, opts.src);
+  wr32(buf, off + IPV4_OFF.DESTINATION, opts.dst);
+  wr16(buf, off + IPV4_OFF.CHECKSUM, internetChecksum(buf, off, IPV4_MIN_HEADER_LENGTH));
 }
 
 export function ipv4UdpLength(payloadLength: number): number {
@@ -140,15 +129,15 @@ export function emitIpv4Udp(buf: Uint8Array, off: number, opts: UdpEmitOptions):
   checkRoom(buf, off, total);
   writeIpv4Header(buf, off, opts, IPPROTO.UDP, total);
   const u = off + IPV4_MIN_HEADER_LENGTH;
-  put16(buf, u + UDP_OFF.SOURCE_PORT, opts.srcPort);
-  put16(buf, u + UDP_OFF.DESTINATION_PORT, opts.dstPort);
-  put16(buf, u + UDP_OFF.LENGTH, ulen);
-  put16(buf, u + UDP_OFF.CHECKSUM, 0);
+  wr16(buf, u + UDP_OFF.SOURCE_PORT, opts.srcPort);
+  wr16(buf, u + UDP_OFF.DESTINATION_PORT, opts.dstPort);
+  wr16(buf, u + UDP_OFF.LENGTH, ulen);
+  wr16(buf, u + UDP_OFF.CHECKSUM, 0);
   buf.set(opts.payload, u + UDP_OFF.DATA);
   if (opts.checksum !== false) {
     const c = internetChecksum(buf, u, ulen, pseudoHeaderSum(opts.src >>> 0, opts.dst >>> 0, IPPROTO.UDP, ulen));
     // A computed 0 is sent as 0xffff: 0 would mean "no checksum" (RFC 768).
-    put16(buf, u + UDP_OFF.CHECKSUM, c || 0xffff);
+    wr16(buf, u + UDP_OFF.CHECKSUM, c || 0xffff);
   }
   return total;
 }
@@ -165,22 +154,22 @@ export function emitIpv4Tcp(buf: Uint8Array, off: number, opts: TcpEmitOptions):
   checkRoom(buf, off, total);
   writeIpv4Header(buf, off, opts, IPPROTO.TCP, total);
   const t = off + IPV4_MIN_HEADER_LENGTH;
-  put16(buf, t + TCP_OFF.SOURCE_PORT, opts.srcPort);
-  put16(buf, t + TCP_OFF.DESTINATION_PORT, opts.dstPort);
-  put32(buf, t + TCP_OFF.SEQUENCE, opts.seq);
-  put32(buf, t + TCP_OFF.ACKNOWLEDGMENT, opts.ack);
+  wr16(buf, t + TCP_OFF.SOURCE_PORT, opts.srcPort);
+  wr16(buf, t + TCP_OFF.DESTINATION_PORT, opts.dstPort);
+  wr32(buf, t + TCP_OFF.SEQUENCE, opts.seq);
+  wr32(buf, t + TCP_OFF.ACKNOWLEDGMENT, opts.ack);
   buf[t + TCP_OFF.DATA_OFFSET] = (hlen >>> 2) << 4;
   buf[t + TCP_OFF.FLAGS] = opts.flags;
-  put16(buf, t + TCP_OFF.WINDOW, opts.window ?? DEFAULT_WINDOW);
-  put16(buf, t + TCP_OFF.CHECKSUM, 0);
-  put16(buf, t + TCP_OFF.URGENT_POINTER, opts.urgentPointer ?? 0);
+  wr16(buf, t + TCP_OFF.WINDOW, opts.window ?? DEFAULT_WINDOW);
+  wr16(buf, t + TCP_OFF.CHECKSUM, 0);
+  wr16(buf, t + TCP_OFF.URGENT_POINTER, opts.urgentPointer ?? 0);
   if (opts.mss !== undefined) {
     buf[t + TCP_OFF.OPTIONS] = TCP_OPTION.MSS;
     buf[t + TCP_OFF.OPTIONS + 1] = MSS_OPTION_LENGTH;
-    put16(buf, t + TCP_OFF.OPTIONS + 2, opts.mss);
+    wr16(buf, t + TCP_OFF.OPTIONS + 2, opts.mss);
   }
   if (opts.payload !== undefined) buf.set(opts.payload, t + hlen);
-  put16(
+  wr16(
     buf,
     t + TCP_OFF.CHECKSUM,
     internetChecksum(buf, t, slen, pseudoHeaderSum(opts.src >>> 0, opts.dst >>> 0, IPPROTO.TCP, slen)),
@@ -200,11 +189,11 @@ export function emitIpv4IcmpEcho(buf: Uint8Array, off: number, opts: IcmpEchoEmi
   const m = off + IPV4_MIN_HEADER_LENGTH;
   buf[m + ICMP_OFF.TYPE] = opts.type;
   buf[m + ICMP_OFF.CODE] = 0;
-  put16(buf, m + ICMP_OFF.CHECKSUM, 0);
-  put16(buf, m + ICMP_OFF.IDENTIFIER, opts.identifier);
-  put16(buf, m + ICMP_OFF.SEQUENCE, opts.sequence);
+  wr16(buf, m + ICMP_OFF.CHECKSUM, 0);
+  wr16(buf, m + ICMP_OFF.IDENTIFIER, opts.identifier);
+  wr16(buf, m + ICMP_OFF.SEQUENCE, opts.sequence);
   if (opts.payload !== undefined) buf.set(opts.payload, m + ICMP_HEADER_LENGTH);
-  put16(buf, m + ICMP_OFF.CHECKSUM, internetChecksum(buf, m, mlen));
+  wr16(buf, m + ICMP_OFF.CHECKSUM, internetChecksum(buf, m, mlen));
   return total;
 }
 
@@ -230,21 +219,21 @@ export function emitIpv4IcmpError(buf: Uint8Array, off: number, opts: IcmpErrorE
   const m = off + IPV4_MIN_HEADER_LENGTH;
   buf[m + ICMP_OFF.TYPE] = opts.type;
   buf[m + ICMP_OFF.CODE] = opts.code;
-  put16(buf, m + ICMP_OFF.CHECKSUM, 0);
+  wr16(buf, m + ICMP_OFF.CHECKSUM, 0);
   // The second word of an error header is "unused" (zero) except for these three layouts.
-  put32(buf, m + 4, 0);
+  wr32(buf, m + 4, 0);
   if (opts.type === ICMP_TYPE.DEST_UNREACH && opts.code === ICMP_UNREACH_CODE.FRAG_NEEDED) {
-    put16(buf, m + ICMP_OFF.NEXT_HOP_MTU, opts.mtu ?? 0);
+    wr16(buf, m + ICMP_OFF.NEXT_HOP_MTU, opts.mtu ?? 0);
   } else if (opts.type === ICMP_TYPE.PARAM_PROBLEM) {
     buf[m + ICMP_OFF.POINTER] = opts.pointer ?? 0;
   } else if (opts.type === ICMP_TYPE.REDIRECT) {
-    put32(buf, m + 4, opts.gateway ?? 0);
+    wr32(buf, m + 4, opts.gateway ?? 0);
   }
   // A byte loop, not set(subarray(...)): subarray would allocate, and the quote is at most 548 bytes.
   const q = opts.quoted;
   const dst = m + ICMP_OFF.QUOTED;
   for (let i = 0; i < qlen; i++) buf[dst + i] = q[i]!;
-  put16(buf, m + ICMP_OFF.CHECKSUM, internetChecksum(buf, m, mlen));
+  wr16(buf, m + ICMP_OFF.CHECKSUM, internetChecksum(buf, m, mlen));
   return total;
 }
 

@@ -74,6 +74,21 @@ const ERROR_TYPES =
   (1 << ICMP_TYPE.TIME_EXCEEDED) |
   (1 << ICMP_TYPE.PARAM_PROBLEM);
 
+/** Echo or timestamp, request or reply: messages with an identifier a NAT maps. */
+export function isQueryType(type: number): boolean {
+  return type < 32 && ((QUERY_TYPES >>> type) & 1) === 1;
+}
+
+/** Echo or timestamp request: the only ICMP that may open a NAT mapping. */
+export function isQueryRequestType(type: number): boolean {
+  return type < 32 && ((QUERY_REQUEST_TYPES >>> type) & 1) === 1;
+}
+
+/** Error messages that quote the offending packet (3, 4, 5, 11, 12). */
+export function isErrorType(type: number): boolean {
+  return type < 32 && ((ERROR_TYPES >>> type) & 1) === 1;
+}
+
 export class IcmpView extends HeaderView {
   private mlen = 0;
 
@@ -135,20 +150,17 @@ export class IcmpView extends HeaderView {
 
   /** Echo or timestamp, request or reply: messages with an identifier a NAT maps. */
   get isQuery(): boolean {
-    const t = this.buf[this.off]!;
-    return t < 32 && ((QUERY_TYPES >>> t) & 1) === 1;
+    return isQueryType(this.buf[this.off + ICMP_OFF.TYPE]!);
   }
 
   /** Echo or timestamp request: the only ICMP that may open a NAT mapping. */
   get isQueryRequest(): boolean {
-    const t = this.buf[this.off]!;
-    return t < 32 && ((QUERY_REQUEST_TYPES >>> t) & 1) === 1;
+    return isQueryRequestType(this.buf[this.off + ICMP_OFF.TYPE]!);
   }
 
   /** Error messages that quote the offending packet (3, 4, 5, 11, 12). */
   get isError(): boolean {
-    const t = this.buf[this.off]!;
-    return t < 32 && ((ERROR_TYPES >>> t) & 1) === 1;
+    return isErrorType(this.buf[this.off + ICMP_OFF.TYPE]!);
   }
 
   /** Next-hop MTU of a "fragmentation needed" error (RFC 1191); 0 otherwise or if the sender predates RFC 1191. */

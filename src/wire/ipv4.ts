@@ -1,7 +1,7 @@
 /**
  * Zero-copy view over an IPv4 header (RFC 791).
  *
- * One Ipv4View is created per worker and re-pointed at every packet with wrap(); wrap() validates
+ * An Ipv4View is made once by its user and re-pointed at every packet with wrap(); wrap() validates
  * once and returns a verdict instead of throwing, and after an OK verdict the accessors read and
  * write the bytes directly without further checks. Offsets are absolute indices into the
  * Uint8Array passed to wrap(), so a Buffer slice or subarray with a non-zero byteOffset is honoured.
@@ -46,6 +46,18 @@ export const IPV4_FRAG = {
 } as const;
 
 export const IPPROTO = { ICMP: 1, TCP: 6, UDP: 17 } as const;
+
+/** The protocols tunnat translates, by the names /conntrack, the metrics and the trace print. */
+export const PROTO_NAMES: Readonly<Record<number, 'tcp' | 'udp' | 'icmp'>> = {
+  [IPPROTO.TCP]: 'tcp',
+  [IPPROTO.UDP]: 'udp',
+  [IPPROTO.ICMP]: 'icmp',
+};
+
+/** A protocol's name, or its number as text when tunnat does not translate it. */
+export function protoName(proto: number): string {
+  return PROTO_NAMES[proto] ?? String(proto);
+}
 
 export const Ipv4Verdict = {
   OK: 0,

@@ -4,6 +4,7 @@
  * and that is the length the pseudo-header carries.
  */
 import { csumUpdate16, csumUpdate32, fold16, pseudoHeaderSum, sum16 } from './checksum.js';
+import { rd16, rd32, wr16, wr32 } from './bytes.js';
 import { IPPROTO } from './ipv4.js';
 import { HeaderView } from './view.js';
 
@@ -209,7 +210,7 @@ export class TcpView extends HeaderView {
   /** The MSS option's value, or 0 if absent (0 is not a usable MSS, so it cannot be confused). */
   mssOption(): number {
     const at = this.mssOptionOffset();
-    return at < 0 ? 0 : (this.buf[at]! << 8) | this.buf[at + 1]!;
+    return at < 0 ? 0 : rd16(this.buf, at);
   }
 
   /**
@@ -223,20 +224,18 @@ export class TcpView extends HeaderView {
     const b = this.buf;
     let c = this.u16(TCP_OFF.CHECKSUM);
     if (((at - this.off) & 1) === 0) {
-      const old = (b[at]! << 8) | b[at + 1]!;
-      b[at] = mss >>> 8;
-      b[at + 1] = mss;
+      const old = rd16(b, at);
+      wr16(b, at, mss);
       c = csumUpdate16(c, old, mss & 0xffff);
     } else {
       // Aligned words (at-1, at) and (at+1, at+2); both lie inside the header because the
       // option's kind byte is at at-2 and its value ends at at+1 < end, and the header length
       // is a multiple of 4.
-      const old1 = (b[at - 1]! << 8) | b[at]!;
-      const old2 = (b[at + 1]! << 8) | b[at + 2]!;
-      b[at] = mss >>> 8;
-      b[at + 1] = mss;
-      c = csumUpdate16(c, old1, (b[at - 1]! << 8) | b[at]!);
-      c = csumUpdate16(c, old2, (b[at + 1]! << 8) | b[at + 2]!);
+      const old1 = rd16(b, at - 1);
+      const old2 = rd16(b, at + 1);
+      wr16(b, at, mss);
+      c = csumUpdate16(c, old1, rd16(b, at - 1));
+      c = csumUpdate16(c, old2, rd16(b, at + 1));
     }
     this.setU16(TCP_OFF.CHECKSUM, c);
     return true;

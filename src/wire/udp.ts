@@ -6,6 +6,7 @@
  * it is not mistaken for "none".
  */
 import { csumUpdate16, csumUpdate32, fold16, pseudoHeaderSum, sum16 } from './checksum.js';
+import { rd16, wr16 } from './bytes.js';
 import { IPPROTO } from './ipv4.js';
 import { HeaderView } from './view.js';
 
@@ -44,7 +45,7 @@ export class UdpView extends HeaderView {
     if (off >>> 0 !== off || len >>> 0 !== len || off + len > buf.length || len < UDP_HEADER_LENGTH) {
       return UdpVerdict.TRUNCATED;
     }
-    const ulen = (buf[off + UDP_OFF.LENGTH]! << 8) | buf[off + UDP_OFF.LENGTH + 1]!;
+    const ulen = rd16(buf, off + UDP_OFF.LENGTH);
     if (ulen < UDP_HEADER_LENGTH || ulen > len) return UdpVerdict.BAD_LENGTH;
     this.buf = buf;
     this.off = off;

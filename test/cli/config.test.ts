@@ -2,7 +2,8 @@ import { describe, it, expect } from 'vitest';
 import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { resolveConfig, ConfigError } from '../../src/cli/config.js';
+import { ConfigError } from '../../src/config/config.js';
+import { resolveConfig } from '../../src/config/resolve.js';
 import { parseProcNet } from '../../src/nat/local-ports.js';
 
 const base = { internal: '192.168.1.0/24', external: 'wan0' };

@@ -9,7 +9,7 @@
  * Needs root (namespaces, veths, a TUN, tcpdump).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnIn, type NsProcess } from '../../src/lab/netns.js';
+import { spawnIn, type NsProcess } from '../../src/lab/process.js';
 import { captureOn, Cleanup, inNs, isRoot, plainLabUp, startTestRouter, type PlainLab } from './harness.js';
 
 const SINK_PORT = 9;

@@ -11,7 +11,8 @@ import { fileURLToPath } from 'node:url';
 import { run, runSync, type RunOptions, type RunResult } from '../../src/util/exec.js';
 import { startCapture, type Capture } from '../../src/lab/capture.js';
 import type { FlowJson } from '../../src/lab/flows.js';
-import { Cleanup, randomId } from '../../src/lab/netns.js';
+import { randomId } from '../../src/lab/netns.js';
+import { Cleanup } from '../../src/lab/cleanup.js';
 import { defaultCliPath, socketPathFor, startRouter, type LabEngine, type RouterHandle } from '../../src/lab/router.js';
 import { buildLab, type Lab, type LabOptions } from '../../src/lab/topology.js';
 

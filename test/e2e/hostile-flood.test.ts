@@ -11,7 +11,7 @@
  * router's memory (RSS, sampled) stays bounded, and nothing on the WAN names a 192.168 address.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnIn } from '../../src/lab/netns.js';
+import { spawnIn } from '../../src/lab/process.js';
 import { tcpPacket, udpPacket } from '../../src/wire/build.js';
 import { TCP_FLAGS } from '../../src/wire/tcp.js';
 import { metricValue } from './fixtures/rfc-lab.js';

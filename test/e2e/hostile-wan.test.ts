@@ -9,7 +9,7 @@
  * from the WAN to LAN addresses, and WAN packets with LAN sources, never get past the gateway's rules.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnIn, type NsProcess } from '../../src/lab/netns.js';
+import { spawnIn, type NsProcess } from '../../src/lab/process.js';
 import { metricValue } from './fixtures/rfc-lab.js';
 import { Cleanup, captureOn, isRoot, type Capture } from './harness.js';
 import {
@@ -120,35 +120,40 @@ describe.skipIf(!isRoot)('hostile traffic from the internet (tunnat run in a lab
 
   // A packet arriving on the WAN addressed straight to a LAN address: the rule `iif WAN to <LAN> blackhole`
   // (pref 6) drops it (before it, the gateway's kernel routed it into the LAN).
-  let direct: string[] = [];
+  let direct: { atGateway: number; reached: string[] } | null = null;
   it('a datagram from the WAN addressed straight to a LAN host (setup of the next test)', async () => {
+    const atGateway = await captureOn(h.lab.gw.netns, h.lab.gw.wanDev, cleanup, ['udp', 'and', 'dst', 'host', '192.168.1.11', 'and', 'dst', 'port', '9']);
     const cap = await captureOn(h.lab.lanHosts[1]!.netns, 'eth0', cleanup, ['udp', 'port', '9']);
     await send([udpPacket({ src: addr(SERVER), dst: addr('192.168.1.11'), srcPort: 5, dstPort: 9, payload: Buffer.from('direct') })]);
-    await cap.stop();
-    direct = (await cap.packets()).map((p) => p.line);
+    await Promise.all([cap.stop(), atGateway.stop()]);
+    direct = { atGateway: (await atGateway.packets()).length, reached: (await cap.packets()).map((p) => p.line) };
   });
 
   it('a packet from the WAN addressed straight to a LAN host never reaches it', () => {
-    expect(direct).toEqual([]);
+    // It did arrive at the gateway's WAN side: stopped there, not lost before.
+    expect(direct?.atGateway).toBe(1);
+    expect(direct?.reached).toEqual([]);
   });
 
   // The anti-spoofing rule (iif WAN from <LAN> blackhole, pref 5) comes before the rule that sends
   // everything for the public address into the TUN. When it came after, a WAN packet claiming a LAN source
   // reached tunnat, which took it for LAN traffic to the gateway and handed it to the gateway's own stack;
   // the gateway then answered the real LAN host (port unreachable), a reflection into the LAN.
-  let spoof = { local: 0, hairpin: 0, reached: [] as string[] };
+  let spoof: { atGateway: number; local: number; hairpin: number; reached: string[] } | null = null;
   it('a WAN packet claiming a LAN source, to the public address (setup of the next test)', async () => {
+    const atGateway = await captureOn(h.lab.gw.netns, h.lab.gw.wanDev, cleanup, ['udp', 'and', 'src', 'host', '192.168.1.11', 'and', 'dst', 'port', '9']);
     const cap = await captureOn(h.lab.lanHosts[1]!.netns, 'eth0', cleanup, ['icmp', 'or', 'udp']);
     const before = paths(await h.router.metrics());
     await send([udpPacket({ src: addr('192.168.1.11'), dst: PUB, srcPort: 5353, dstPort: 9, payload: Buffer.from('spoof') })]);
     const d = delta(paths(await h.router.metrics()), before);
-    await cap.stop();
-    spoof = { local: d.local ?? 0, hairpin: d.hairpin ?? 0, reached: (await cap.packets()).map((p) => p.line) };
+    await Promise.all([cap.stop(), atGateway.stop()]);
+    spoof = { atGateway: (await atGateway.packets()).length, local: d.local ?? 0, hairpin: d.hairpin ?? 0, reached: (await cap.packets()).map((p) => p.line) };
   });
 
   it('a WAN packet claiming a LAN source is not taken for LAN traffic', () => {
-    expect(spoof.local + spoof.hairpin).toBe(0);
-    expect(spoof.reached).toEqual([]);
+    expect(spoof?.atGateway).toBe(1);
+    expect(spoof!.local + spoof!.hairpin).toBe(0);
+    expect(spoof?.reached).toEqual([]);
   });
 
   // tunnat checks an RST's sequence number against what that side sends (RFC 5961 spirit). Before, any

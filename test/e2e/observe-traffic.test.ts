@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NsProcess } from '../../src/lab/netns.js';
+import { NsProcess } from '../../src/lab/process.js';
 import { defaultCliPath } from '../../src/lab/router.js';
 import { startServices } from '../../src/lab/services.js';
 import { parsePromText, sampleValue } from '../../src/observe/promtext.js';

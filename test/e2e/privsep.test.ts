@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { isRoot, Cleanup, plainLabUp, startTestRouter, snapshotNetns, waitUntil, inNs, type PlainLab, type NetnsSnapshot } from './harness.js';
 import { startServices } from '../../src/lab/services.js';
 import { udpEcho, httpSeenBy } from '../../src/lab/probes.js';
-import { lookupUser } from '../../src/dataplane/privsep.js';
+import { lookupUser } from '../../src/router/privsep.js';
 import { run } from '../../src/util/exec.js';
 
 const SERVER = '203.0.113.2';

@@ -7,7 +7,7 @@ import {
   isRoot, Cleanup, plainLabUp, startTestRouter, captureOn, snapshotNetns, waitUntil, inNs,
   type PlainLab, type TestRouter, type NetnsSnapshot,
 } from './harness.js';
-import { spawnIn } from '../../src/lab/netns.js';
+import { spawnIn } from '../../src/lab/process.js';
 import { startServices } from '../../src/lab/services.js';
 import { linesMentioning } from '../../src/lab/capture.js';
 import { udpEcho } from '../../src/lab/probes.js';

@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ping } from '../../src/lab/probes.js';
-import type { NsProcess } from '../../src/lab/netns.js';
+import type { NsProcess } from '../../src/lab/process.js';
 import { captureOn, Cleanup, buildTestLab, inNs, isRoot, type Capture, type Lab, type TestRouter } from './harness.js';
 import { PROBE, echoLog, metricValue, re, startRfcRouter, startUdpEcho, udpProbe, wanLeaks } from './fixtures/rfc-lab.js';
 

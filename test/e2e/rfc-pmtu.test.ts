@@ -5,7 +5,7 @@
  * stalls in a PMTU black hole. Files move with socat and are checked by sha256 where they arrive.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnIn } from '../../src/lab/netns.js';
+import { spawnIn } from '../../src/lab/process.js';
 import { captureOn, Cleanup, buildTestLab, inNs, isRoot, randomFile, waitUntil, type Capture, type Lab } from './harness.js';
 import { re, startRfcRouter, wanLeaks } from './fixtures/rfc-lab.js';
 

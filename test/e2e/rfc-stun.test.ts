@@ -8,7 +8,7 @@
 import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { flowsFrom, translatedSource } from '../../src/lab/flows.js';
-import { spawnIn } from '../../src/lab/netns.js';
+import { spawnIn } from '../../src/lab/process.js';
 import { captureOn, Cleanup, buildTestLab, inNs, isRoot, waitUntil, type Capture, type Lab } from './harness.js';
 import { re, startRfcRouter, wanLeaks } from './fixtures/rfc-lab.js';
 

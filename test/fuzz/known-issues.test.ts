@@ -8,7 +8,7 @@ import { DropReason, Verdict } from '../../src/nat/translator.js';
 import { udpPacket, icmpError, tcpPacket } from '../../src/wire/build.js';
 import { TCP_FLAGS } from '../../src/wire/tcp.js';
 import { fragment } from './lib/packets.js';
-import { makeNat, parse, ip, PUB, REMOTE, HOST_A, HOST_B } from '../nat/helpers.js';
+import { makeNat, collectingSink, parse, ip, PUB, REMOTE, HOST_A, HOST_B } from '../nat/helpers.js';
 import { checkState, leaks } from './lib/invariants.js';
 import { addr } from './lib/packets.js';
 
@@ -39,26 +39,33 @@ describe('bugs the fuzzer found (regressions)', () => {
     // A LAN host quotes a packet "from the public address" (the flow as the remote sees it). tunnat used
     // to find the flow from that side and restore the quote to the LAN side, naming HOST_A.
     const nat = makeNat();
+    const sink = collectingSink();
+    nat.sink = sink;
     const out = udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 40000, dstPort: 7, payload });
-    nat.process(out, 0, out.length, 0);
+    expect(nat.process(out, 0, out.length, 0)).toBe(Verdict.FORWARD);
     const wanSide = udpPacket({ src: PUB, dst: REMOTE, srcPort: 40000, dstPort: 7, payload });
     const err = icmpError({ src: HOST_B, dst: REMOTE, type: 3, code: 3, quoted: wanSide });
-    const verdict = nat.process(err, 0, err.length, 1);
-    if (verdict === Verdict.FORWARD) expect(leaks(err, isInternal, PUB)).toEqual([]);
+    // Dropped: HOST_B is no party to the flow it quotes, so nothing about it may leave, and nothing
+    // tunnat sends in its place may name a LAN address towards the WAN.
+    expect(nat.process(err, 0, err.length, 1)).toBe(Verdict.DROP);
+    expect(sink.sent.flatMap((p) => leaks(p, isInternal, PUB))).toEqual([]);
   });
 
   it('an ICMP error from inside about a hairpin flow is not sent to an unrelated outside address', () => {
     // HOST_A hairpins to HOST_B's mapping; a LAN sender then addresses an error "about" that flow to an
     // outside host: the quote used to be rewritten to name HOST_B and leave for the WAN.
     const nat = makeNat({ filtering: 'endpoint' });
+    const sink = collectingSink();
+    nat.sink = sink;
     const b = udpPacket({ src: HOST_B, dst: REMOTE, srcPort: 9000, dstPort: 7, payload });
-    nat.process(b, 0, b.length, 0);
+    expect(nat.process(b, 0, b.length, 0)).toBe(Verdict.FORWARD);
     const hp = udpPacket({ src: HOST_A, dst: PUB, srcPort: 41000, dstPort: parse(b).sport, payload });
     expect(nat.process(hp, 0, hp.length, 1)).toBe(Verdict.FORWARD);
     const quoted = udpPacket({ src: PUB, dst: HOST_A, srcPort: parse(b).sport, dstPort: 41000, payload });
     const err = icmpError({ src: LAN_ROUTER, dst: OTHER_REMOTE, type: 3, code: 3, quoted });
-    const verdict = nat.process(err, 0, err.length, 2);
-    if (verdict === Verdict.FORWARD) expect(leaks(err, isInternal, PUB)).toEqual([]);
+    // Dropped: the hairpin flow's ends are both inside, and OTHER_REMOTE is neither of them.
+    expect(nat.process(err, 0, err.length, 2)).toBe(Verdict.DROP);
+    expect(sink.sent.flatMap((p) => leaks(p, isInternal, PUB))).toEqual([]);
   });
 
   it('removing an inbound flow releases the LAN host\'s flow count', () => {
@@ -126,15 +133,23 @@ describe('bugs the fuzzer found (regressions)', () => {
   });
 
   it('after the public address changes, no fragment leaves with the old address', () => {
-    // The first fragment went out with 203.0.113.1; the address changes (masquerade); the second fragment
-    // must be dropped (its datagram cannot be completed) or carry the new address — not the old one,
-    // which may by now belong to someone else.
+    // The first fragment went out with 203.0.113.1; the address changes (masquerade). The second fragment
+    // must not follow with the old address, which may by now belong to someone else: the change forgets
+    // the datagram, so the second fragment waits for a first one like any stray, and leaves only with
+    // the new address (here, when the host sends the datagram again).
     const nat = makeNat();
+    const sink = collectingSink();
+    nat.sink = sink;
+    const newAddress = ip('203.0.113.9');
     const [first, second] = fragment(udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 40000, dstPort: 7, payload: Buffer.alloc(400) }), [200]);
+    const firstAgain = Buffer.from(first!);
     expect(nat.process(first!, 0, first!.length, 0)).toBe(Verdict.FORWARD);
-    nat.setPublicAddress(ip('203.0.113.9'));
-    const verdict = nat.process(second!, 0, second!.length, 1);
-    if (verdict === Verdict.FORWARD) expect(parse(second!).src).toBe(ip('203.0.113.9'));
+    nat.setPublicAddress(newAddress);
+    expect(nat.process(second!, 0, second!.length, 1)).toBe(Verdict.HELD);
+    expect(sink.sent).toEqual([]);
+    expect(nat.process(firstAgain, 0, firstAgain.length, 2)).toBe(Verdict.FORWARD);
+    expect(parse(firstAgain).src).toBe(newAddress);
+    expect(sink.sent.map((p) => parse(p).src)).toEqual([newAddress]);
   });
 
   it('an RST the endpoints would ignore does not cut an idle established connection short', () => {

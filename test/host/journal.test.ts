@@ -13,7 +13,7 @@ import type { SysctlStore } from '../../src/host/sysctl.js';
 import { applySteps, type RecipeIo } from '../../src/dataplane/routing-recipe.js';
 import type { RoutingConfig } from '../../src/dataplane/routing-record.js';
 import { planKernelNat } from '../../src/kernel/plan.js';
-import { resolveConfig } from '../../src/cli/config.js';
+import { resolveConfig } from '../../src/config/resolve.js';
 
 const dirs: string[] = [];
 afterEach(() => {

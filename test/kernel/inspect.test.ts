@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { resolveConfig } from '../../src/cli/config.js';
+import { resolveConfig } from '../../src/config/resolve.js';
 import {
   iptablesConflicts,
   iptablesCounters,

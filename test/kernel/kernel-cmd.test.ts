@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { resolveConfig } from '../../src/cli/config.js';
+import { resolveConfig } from '../../src/config/resolve.js';
 import { cmdKernel, persistenceInstructions } from '../../src/cli/kernel-cmd.js';
 import { planKernelNat } from '../../src/kernel/plan.js';
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { resolveConfig } from '../../src/cli/config.js';
+import { resolveConfig } from '../../src/config/resolve.js';
 import { commandText, formatPlan, iptablesRemoval, planKernelNat, TIMEOUT_SYSCTLS, type KernelPlan } from '../../src/kernel/plan.js';
 import { TIMEOUT_NAMES } from '../../src/conntrack/timeouts.js';
 

@@ -1,4 +1,4 @@
-import { Translator, type NatOptions } from '../../src/nat/translator.js';
+import { Translator, type NatOptions, type PacketSink } from '../../src/nat/translator.js';
 import { DEFAULT_TIMEOUTS } from '../../src/conntrack/timeouts.js';
 import { seededRng } from '../../src/nat/ports.js';
 import { parseIpv4 } from '../../src/wire/addr.js';
@@ -34,6 +34,19 @@ export function makeNat(over: Partial<NatOptions> = {}): Translator {
 }
 
 /** Parse a packet and check every checksum in it with a full recomputation. */
+/** Collects generated packets the way the data plane would send them. */
+export function collectingSink(): PacketSink & { sent: Buffer[] } {
+  const buf = Buffer.alloc(64 * 2048);
+  let next = 0;
+  const sent: Buffer[] = [];
+  return {
+    buf,
+    sent,
+    alloc: (n) => (n <= 2048 && next < buf.length ? ((next += 2048), next - 2048) : -1),
+    commit: (off, len) => sent.push(Buffer.from(buf.subarray(off, off + len))),
+  };
+}
+
 export function checkAllChecksums(pkt: Uint8Array): void {
   const v = new Ipv4View();
   if (v.wrap(pkt, 0, pkt.length) !== 0) throw new Error('not an IPv4 packet');

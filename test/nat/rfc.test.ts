@@ -1,26 +1,13 @@
 import { describe, it, expect } from 'vitest';
-import { Verdict, DropReason, Path, type PacketSink } from '../../src/nat/translator.js';
+import { Verdict, DropReason, Path } from '../../src/nat/translator.js';
 import { udpPacket, tcpPacket, icmpEcho } from '../../src/wire/build.js';
 import { TCP_FLAGS } from '../../src/wire/tcp.js';
 import { EgressPolicy, parseEgress, parseForward, PolicyError } from '../../src/nat/policy.js';
-import { makeNat, checkAllChecksums, parse, ip, PUB, REMOTE, HOST_A, HOST_B } from './helpers.js';
+import { makeNat, checkAllChecksums, collectingSink, parse, ip, PUB, REMOTE, HOST_A, HOST_B } from './helpers.js';
 
 const payload = Buffer.from('rfc behaviour');
 const OTHER = ip('198.51.100.7');
 const internal = (a: number) => (a & 0xffffff00) >>> 0 === ip('192.168.1.0');
-
-/** Collects generated packets the way the data plane would send them. */
-function collectingSink(): PacketSink & { sent: Buffer[] } {
-  const buf = Buffer.alloc(64 * 2048);
-  let next = 0;
-  const sent: Buffer[] = [];
-  return {
-    buf,
-    sent,
-    alloc: (n) => (n <= 2048 && next < buf.length ? ((next += 2048), next - 2048) : -1),
-    commit: (off, len) => sent.push(Buffer.from(buf.subarray(off, off + len))),
-  };
-}
 
 const udp = (src: number, dst: number, sport: number, dport: number) => udpPacket({ src, dst, srcPort: sport, dstPort: dport, payload });
 

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { udpPacket, icmpEcho } from '../../src/wire/build.js';
-import { startHttp } from '../../src/metrics/http.js';
+import { startHttp } from '../../src/observe/http.js';
 import { createRegistry } from '../../src/metrics/registry.js';
 import { listFlows } from '../../src/conntrack/listing.js';
 import { sseConnect } from '../../src/observe/sse.js';

@@ -13,10 +13,11 @@ import { FLOW_INBOUND } from '../../../src/conntrack/table.js';
 import type { FragEntry } from '../../../src/nat/fragments.js';
 import type { PermissionTable } from '../../../src/nat/permissions.js';
 import { ipToString } from '../../../src/wire/addr.js';
-import { ICMP_HEADER_LENGTH } from '../../../src/wire/icmp.js';
+import { ICMP_HEADER_LENGTH, isErrorType } from '../../../src/wire/icmp.js';
 import {
-  IP, PROTO_ICMP, dstOf, ihl, ipChecksumValid, isFragment, l4ChecksumValid, looksLikeIpv4, protoOf, rd16, rd32, srcOf,
+  IP, PROTO_ICMP, dstOf, ihl, ipChecksumValid, isFragment, l4ChecksumValid, looksLikeIpv4, protoOf, srcOf,
 } from './packets.js';
+import { rd16, rd32 } from '../../../src/wire/bytes.js';
 
 const NONE = -1;
 const PROTOS = [PROTO_ICMP, 6, 17] as const;
@@ -283,7 +284,7 @@ function quotedHeader(p: Uint8Array): number | null {
   const h = ihl(p);
   const total = rd16(p, IP.TOTAL_LENGTH);
   const type = p[h] ?? 255;
-  if (![3, 4, 5, 11, 12].includes(type)) return null;
+  if (!isErrorType(type)) return null;
   const at = h + ICMP_HEADER_LENGTH;
   return at + 20 <= total && (p[at]! >>> 4) === 4 ? at : null;
 }

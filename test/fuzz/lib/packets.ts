@@ -8,6 +8,7 @@ import { fold16, internetChecksum, pseudoHeaderSum, sum16 } from '../../../src/w
 import { emitIpv4IcmpError, ipv4IcmpErrorLength } from '../../../src/wire/build.js';
 import { VNET_HDR_LEN, writeVnetHeader } from '../../../src/dataplane/vnet.js';
 import { parseIpv4 } from '../../../src/wire/addr.js';
+import { rd16, rd32 } from '../../../src/wire/bytes.js';
 
 export const PROTO_ICMP = 1;
 export const PROTO_TCP = 6;
@@ -28,14 +29,10 @@ export function ihl(p: Uint8Array): number {
   return (p[0]! & 0x0f) * 4;
 }
 
-export function rd16(p: Uint8Array, at: number): number {
-  return ((p[at] ?? 0) << 8) | (p[at + 1] ?? 0);
-}
-
-export function rd32(p: Uint8Array, at: number): number {
-  return (((p[at] ?? 0) << 24) | ((p[at + 1] ?? 0) << 16) | ((p[at + 2] ?? 0) << 8) | (p[at + 3] ?? 0)) >>> 0;
-}
-
+/**
+ * Unlike src/wire/bytes.ts's wr16, writes nothing when the field does not fit: mutations aim at
+ * packets that may already have been cut short. (Its readers already read missing bytes as 0.)
+ */
 export function wr16(p: Uint8Array, at: number, v: number): void {
   if (at + 1 >= p.length) return;
   p[at] = (v >>> 8) & 0xff;

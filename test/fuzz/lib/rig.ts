@@ -24,8 +24,9 @@ import { TCP_FLAGS } from '../../../src/wire/tcp.js';
 import { Rng } from './rng.js';
 import { checkDrained, checkForwarded, checkState, leaks } from './invariants.js';
 import {
-  addr, completePartial, dstOf, hex, ihl, isFragment, makePartial, partialVnet, protoOf, rd16, srcOf, withVnet, PROTO_TCP, PROTO_UDP,
+  addr, completePartial, dstOf, hex, ihl, isFragment, makePartial, partialVnet, protoOf, srcOf, withVnet, PROTO_TCP, PROTO_UDP,
 } from './packets.js';
+import { rd16 } from '../../../src/wire/bytes.js';
 import { TrafficModel, type World } from './traffic.js';
 
 export interface FuzzConfig {

@@ -12,8 +12,9 @@ import { TCP_FLAGS } from '../../../src/wire/tcp.js';
 import { mutate, ODD_TCP_FLAGS, pickAddress, pickPort, type AddressBook } from './mutate.js';
 import {
   IP, PROTO_ICMP, PROTO_TCP, PROTO_UDP, dstOf, evenCuts, fixIpChecksum, fixL4Checksum, fragment, icmpErrorPacket, ihl,
-  isFragment, protoOf, rd16, srcOf, setDontFragment, wr16, wr32,
+  isFragment, protoOf, srcOf, setDontFragment, wr16, wr32,
 } from './packets.js';
+import { rd16, rd32 } from '../../../src/wire/bytes.js';
 import type { Rng } from './rng.js';
 
 const S = TCP_FLAGS;
@@ -377,7 +378,7 @@ export class TrafficModel {
     const rng = this.rng;
     const p = Buffer.from(rng.pick(fixturePackets()));
     const move = (at: number): void => {
-      const a = (p[at]! << 24 | p[at + 1]! << 16 | p[at + 2]! << 8 | p[at + 3]!) >>> 0;
+      const a = rd32(p, at);
       const inside = a >>> 16 === 0xc0a8;
       const pub = a === 0xcb007101; // 203.0.113.1, the fixtures' public address
       wr32(p, at, pub ? this.world.publicIp : inside ? this.lanHost() : this.remote());

@@ -3,22 +3,22 @@ import type { Server } from 'node:net';
 import { writeFileSync, existsSync, rmSync, readFileSync } from 'node:fs';
 import { run } from '../util/exec.js';
 import { takeSnapshot, writeSnapshot, restoreSnapshot } from '../nat/snapshot.js';
-import type { RouterConfig } from '../cli/config.js';
+import type { RouterConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import type { TunDevice } from '../tun/device.js';
 import { NativeTun, TUN_F } from '../tun/native.js';
-import { VNET_HDR_LEN } from './vnet.js';
+import { VNET_HDR_LEN } from '../dataplane/vnet.js';
 import { Translator } from '../nat/translator.js';
 import { EgressPolicy } from '../nat/policy.js';
 import { readLocalPorts } from '../nat/local-ports.js';
-import { Dataplane } from './loop.js';
+import { Dataplane } from '../dataplane/loop.js';
 import {
   applyRouting, removeRouting, removeRoutingSync, updatePublicIp, detectLeftovers, cleanLeftovers,
   adoptRouting, canAdoptRouting, keepForRestart, type RoutingConfig,
   interfacePrimaryIpv4, gatewayOwnsAddress, type AppliedRouting,
-} from './routing.js';
+} from '../dataplane/routing.js';
 import { createRegistry } from '../metrics/registry.js';
-import { startHttp } from '../metrics/http.js';
+import { startHttp } from '../observe/http.js';
 import { Observatory } from '../observe/observatory.js';
 import { listFlows } from '../conntrack/listing.js';
 import { ipToString, cidrToString, parseCidr } from '../wire/addr.js';

@@ -2,21 +2,9 @@ import http from 'node:http';
 import type { Server as NetServer } from 'node:net';
 import { rmSync } from 'node:fs';
 import type { Registry } from 'prom-client';
-import type { Endpoint } from '../cli/config.js';
-import { FilterError, flowFilterFromQuery, flowMatches, type FilterableFlow } from '../observe/filter.js';
-
-/** Listen on HOST:PORT or a unix socket path; rejects with the bind error (address in use, …). */
-export function listenOn(server: NetServer, arg: { host: string; port: number } | string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    const done = () => {
-      server.off('error', reject);
-      resolve();
-    };
-    if (typeof arg === 'string') server.listen(arg, done);
-    else server.listen(arg.port, arg.host, done);
-  });
-}
+import type { Endpoint } from '../config/config.js';
+import { listenOn } from '../util/listen.js';
+import { FilterError, flowFilterFromQuery, flowMatches, type FilterableFlow } from './filter.js';
 
 /**
  * The router's HTTP endpoint: /metrics (Prometheus text) and /conntrack (JSON flow list, optionally

@@ -3,11 +3,11 @@ import { createServer, type Server } from 'node:net';
 import { readFileSync, rmSync, chownSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
-import type { RouterConfig } from '../cli/config.js';
+import type { RouterConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import { NativeTun } from '../tun/native.js';
 import { setupSystem, logRunning, StartupError } from './router.js';
-import { listenOn } from '../metrics/http.js';
+import { listenOn } from '../util/listen.js';
 
 /**
  * Privilege separation (`tunnat run --user NAME`): the process that parses hostile packets runs as an

@@ -3,90 +3,14 @@ import { parseCidr, parseIpv4, ipToString, cidrToString, type Cidr } from '../wi
 import { resolveTimeouts, type Timeouts } from '../conntrack/timeouts.js';
 import { FILTERING_NAMES, type FilteringName } from '../nat/translator.js';
 import { parseForward, checkForwards, parseEgress, PolicyError, type PortForward, type EgressRule } from '../nat/policy.js';
+import { ConfigError, CONFIG_KEYS, DEFAULTS, type Endpoint, type RouterConfig } from './config.js';
 
 /**
- * The router's configuration: defaults, then the JSON file given by --config, then flags. Every
- * error names the field it is about, and the CLI turns it into exit code 2.
+ * Resolving the router's configuration: defaults, then the JSON file given by --config, then flags
+ * (given as the file's keys). Every error names the field it is about.
  */
-export class ConfigError extends Error {
-  readonly code = 'BAD_CONFIG';
-  constructor(readonly field: string, message: string) {
-    super(`${field}: ${message}`);
-    this.name = 'ConfigError';
-  }
-}
 
-export interface Endpoint {
-  host: string;
-  port: number;
-}
-
-export interface RouterConfig {
-  internal: Cidr[];
-  external: string;
-  /** Static SNAT address; null = masquerade (follow the external interface's primary address). */
-  publicIp: number | null;
-  tun: string;
-  /** Public ports mappings may use. */
-  ports: [number, number];
-  /** The gateway's own ephemeral ports (net.ipv4.ip_local_port_range while tunnat runs); never mapped. */
-  gatewayPorts: [number, number];
-  http: Endpoint | null;
-  /** An extra HTTP listener on a unix socket (how the lab reaches a router inside a namespace). */
-  httpSocket: string | null;
-  maxFlows: number;
-  timeouts: Timeouts;
-  /** Routing table for outbound traffic; table + 1 is used for inbound. */
-  table: number;
-  batch: number;
-  /** Microseconds the data plane keeps reading after the last packet before sleeping in poll; 0: off. */
-  busyPoll: number;
-  logLevel: 'debug' | 'info' | 'warn' | 'error';
-  /** Who translates: tunnat itself, the kernel's netfilter, or tunnat with the kernel as fallback. */
-  engine: 'userspace' | 'kernel' | 'auto';
-  /** Kernel engine only: which firewall tool writes the rules. */
-  backend: 'auto' | 'nft' | 'iptables';
-  /** RFC 4787 REQ-8 filtering of inbound packets to a mapping. */
-  filtering: FilteringName;
-  /** Port forwards (DNAT), `tcp:8080=192.168.1.10:80`. */
-  forwards: PortForward[];
-  /** Allowlist for new outbound flows; null allows everything. */
-  allowEgress: EgressRule[] | null;
-  /** Refused outbound flows get a TCP RST / ICMP administratively prohibited instead of silence. */
-  egressReject: boolean;
-  /** Flows one LAN host may hold at once; 0 = no limit. */
-  maxFlowsPerHost: number;
-  /** Answer ICMP 3/13 when a new flow cannot be made (table full, ports exhausted, host limit). */
-  icmpErrors: boolean;
-  /** Write every packet before and after translation to this pcapng file (null: off). */
-  pcap: string | null;
-  /** Take GSO superpackets and partial checksums from the TUN (virtio-net header offloads). */
-  offload: boolean;
-  /** Flow table saved here on SIGTERM (gateway left failed closed) and restored on start; null: off. */
-  stateFile: string | null;
-  /** Run the data plane as this unprivileged user (privilege separation); null: one root process. */
-  user: string | null;
-}
-
-export const DEFAULTS = {
-  tun: 'tunnat0',
-  ports: [1024, 65535] as [number, number],
-  gatewayPorts: [20000, 29999] as [number, number],
-  http: { host: '127.0.0.1', port: 9100 },
-  maxFlows: 262144,
-  table: 7301,
-  batch: 64,
-  busyPoll: 0,
-  logLevel: 'info' as const,
-};
-
-/** Every key the config file may hold, with the flag of the same meaning. */
-export const CONFIG_KEYS = [
-  'internal', 'external', 'publicIp', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows',
-  'timeouts', 'table', 'batch', 'busyPoll', 'logLevel', 'engine', 'backend', 'filtering', 'forward', 'allowEgress',
-  'egressReject', 'maxFlowsPerHost', 'icmpErrors', 'pcap', 'offload', 'state', 'user',
-] as const;
-
+/** A port range "LO-HI" within 1-65535. */
 export function parseRange(field: string, v: unknown): [number, number] {
   if (typeof v !== 'string') throw new ConfigError(field, `expected "LO-HI", got ${JSON.stringify(v)}`);
   const m = /^(\d{1,5})-(\d{1,5})$/.exec(v.trim());

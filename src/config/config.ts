@@ -1,0 +1,90 @@
+import type { Cidr } from '../wire/addr.js';
+import type { Timeouts } from '../conntrack/timeouts.js';
+import type { FilteringName } from '../nat/translator.js';
+import type { PortForward, EgressRule } from '../nat/policy.js';
+
+/**
+ * What the router runs with, whichever engine runs it (src/config/resolve.ts builds it from defaults,
+ * the config file and the flags). Below the CLI, the data plane and the kernel engine, so all of them
+ * can take a RouterConfig without depending on each other.
+ */
+
+/** A bad setting, named by its field; the CLI turns it into exit code 2. */
+export class ConfigError extends Error {
+  readonly code = 'BAD_CONFIG';
+  constructor(readonly field: string, message: string) {
+    super(`${field}: ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export interface Endpoint {
+  host: string;
+  port: number;
+}
+
+export interface RouterConfig {
+  internal: Cidr[];
+  external: string;
+  /** Static SNAT address; null = masquerade (follow the external interface's primary address). */
+  publicIp: number | null;
+  tun: string;
+  /** Public ports mappings may use. */
+  ports: [number, number];
+  /** The gateway's own ephemeral ports (net.ipv4.ip_local_port_range while tunnat runs); never mapped. */
+  gatewayPorts: [number, number];
+  http: Endpoint | null;
+  /** An extra HTTP listener on a unix socket (how the lab reaches a router inside a namespace). */
+  httpSocket: string | null;
+  maxFlows: number;
+  timeouts: Timeouts;
+  /** Routing table for outbound traffic; table + 1 is used for inbound. */
+  table: number;
+  batch: number;
+  /** Microseconds the data plane keeps reading after the last packet before sleeping in poll; 0: off. */
+  busyPoll: number;
+  logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /** Who translates: tunnat itself, the kernel's netfilter, or tunnat with the kernel as fallback. */
+  engine: 'userspace' | 'kernel' | 'auto';
+  /** Kernel engine only: which firewall tool writes the rules. */
+  backend: 'auto' | 'nft' | 'iptables';
+  /** RFC 4787 REQ-8 filtering of inbound packets to a mapping. */
+  filtering: FilteringName;
+  /** Port forwards (DNAT), `tcp:8080=192.168.1.10:80`. */
+  forwards: PortForward[];
+  /** Allowlist for new outbound flows; null allows everything. */
+  allowEgress: EgressRule[] | null;
+  /** Refused outbound flows get a TCP RST / ICMP administratively prohibited instead of silence. */
+  egressReject: boolean;
+  /** Flows one LAN host may hold at once; 0 = no limit. */
+  maxFlowsPerHost: number;
+  /** Answer ICMP 3/13 when a new flow cannot be made (table full, ports exhausted, host limit). */
+  icmpErrors: boolean;
+  /** Write every packet before and after translation to this pcapng file (null: off). */
+  pcap: string | null;
+  /** Take GSO superpackets and partial checksums from the TUN (virtio-net header offloads). */
+  offload: boolean;
+  /** Flow table saved here on SIGTERM (gateway left failed closed) and restored on start; null: off. */
+  stateFile: string | null;
+  /** Run the data plane as this unprivileged user (privilege separation); null: one root process. */
+  user: string | null;
+}
+
+export const DEFAULTS = {
+  tun: 'tunnat0',
+  ports: [1024, 65535] as [number, number],
+  gatewayPorts: [20000, 29999] as [number, number],
+  http: { host: '127.0.0.1', port: 9100 },
+  maxFlows: 262144,
+  table: 7301,
+  batch: 64,
+  busyPoll: 0,
+  logLevel: 'info' as const,
+};
+
+/** Every key the config file may hold, with the flag of the same meaning. */
+export const CONFIG_KEYS = [
+  'internal', 'external', 'publicIp', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows',
+  'timeouts', 'table', 'batch', 'busyPoll', 'logLevel', 'engine', 'backend', 'filtering', 'forward', 'allowEgress',
+  'egressReject', 'maxFlowsPerHost', 'icmpErrors', 'pcap', 'offload', 'state', 'user',
+] as const;
