@@ -253,7 +253,7 @@ describe.skipIf(process.getuid?.() !== 0)('gateway routing (namespaces)', () => 
         '50:\tfrom 192.168.1.0/24 to 203.0.113.1 lookup 7301 proto 84',
         '100:\tfrom all lookup local proto 84',
         '996:\tfrom all to 192.168.1.0/24 lookup main proto 84',
-        '998:\tfrom all iif lo ipproto icmp lookup 7301 proto 84',
+        '998:\tfrom all iif lo ipproto icmp lookup 7302 proto 84',
         '1000:\tfrom 192.168.1.0/24 lookup 7301 proto 84',
         '32766:\tfrom all lookup main',
         '32767:\tfrom all lookup default',
@@ -267,7 +267,7 @@ describe.skipIf(process.getuid?.() !== 0)('gateway routing (namespaces)', () => 
         .filter(Boolean)
         .sort();
     expect(await table('7301')).toEqual(['default dev tun0 proto 84 scope link src 203.0.113.1', 'prohibit default proto 84 metric 4294967295']);
-    expect(await table('7302')).toEqual(['default dev tun0 proto 84 scope link']);
+    expect(await table('7302')).toEqual(['default dev tun0 proto 84 scope link src 203.0.113.1']);
     expect((await run(['ip', '-n', lab.gw, 'neigh', 'show', 'proxy'])).stdout.trim()).toBe('203.0.113.1 dev wan0 proxy proto 84');
 
     expect(await sysctl(lab.gw, 'net.ipv4.ip_forward')).toBe('1');
