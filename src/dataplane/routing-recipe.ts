@@ -78,6 +78,11 @@ export async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkIn
   await j.sysctl(confKey('all', 'rp_filter'), '0');
   await j.sysctl(confKey(tun, 'rp_filter'), '0');
   await j.sysctl(confKey(tun, 'accept_local'), '1');
+  // A TUN with no process attached (kept for a restart) has no carrier, but the kernel still uses its
+  // routes unless told not to: the inbound rule would then swallow the gateway's own traffic into a
+  // device nobody reads. Ignored, they let it fall through to the local table (and LAN traffic to the
+  // fail-closed route), as when the device is gone after a kill.
+  await j.sysctl(confKey(tun, 'ignore_routes_with_linkdown'), '1');
   // Without this the kernel ties a reply for one of the gateway's own sockets to the socket
   // before routing, then drops it when the route says "forward into the TUN" (docs/operations.md, the ip_early_demux row).
   await j.sysctl('net/ipv4/ip_early_demux', '0');
@@ -101,13 +106,16 @@ export async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkIn
   // Fail closed: if tunnat dies its TUN and the route through it vanish, and LAN traffic must be
   // refused rather than fall through to the main table and leave untranslated.
   await route(['prohibit', 'default', 'table', T, 'proto', PROTO, 'metric', String(FAIL_CLOSED_METRIC)]);
-  // The source the gateway's own packets take on this route (its ICMP errors, rule 998): the TUN has no
-  // address, and the kernel would otherwise borrow one from another interface, maybe the LAN's, which
-  // would then leave on the WAN (a Record Route option too records the route's source).
+  // The source of the gateway's own packets on these routes (its ICMP, rule 998) and the address a
+  // forwarded packet's Record Route option records: the TUN has no address, and the kernel would
+  // otherwise borrow one from another interface, maybe the LAN's, which would then leave on the WAN.
+  // A forwarded packet's own source is never changed by it.
   const srcHint = cfg.publicIpOwned ? cfg.publicIp : await io.primaryIpv4(wan);
-  await route(['default', 'dev', tun, 'table', T, 'proto', PROTO, ...(srcHint !== null && !cfg.internal.some((c) => ((srcHint & prefixMask(c.prefixLength)) >>> 0) === c.network) ? ['src', ipToString(srcHint)] : [])]);
-  // No fallback here: without tunnat the gateway's own inbound traffic falls through to the local table.
-  await route(['default', 'dev', tun, 'table', T1, 'proto', PROTO]);
+  const src = srcHint !== null && !cfg.internal.some((c) => ((srcHint & prefixMask(c.prefixLength)) >>> 0) === c.network) ? ['src', ipToString(srcHint)] : [];
+  await route(['default', 'dev', tun, 'table', T, 'proto', PROTO, ...src]);
+  // No fallback here: without tunnat the gateway's own traffic (inbound, rule 10, and its ICMP, rule
+  // 998) falls through to the local and main tables; only LAN traffic is refused.
+  await route(['default', 'dev', tun, 'table', T1, 'proto', PROTO, ...src]);
 
   const rule = async (args: string[], inbound = false): Promise<void> => {
     const full = [...args, 'protocol', PROTO];
@@ -119,7 +127,7 @@ export async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkIn
   await rule(['pref', String(RULE_PREF.fromTunLocal), 'iif', tun, 'lookup', 'local']);
   await rule(['pref', String(RULE_PREF.fromTun), 'iif', tun, 'lookup', 'main']);
   for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.lanToLan), 'to', cidrText(c), 'lookup', 'main']);
-  await rule(['pref', String(RULE_PREF.gatewayIcmp), 'iif', 'lo', 'ipproto', 'icmp', 'lookup', T]);
+  await rule(['pref', String(RULE_PREF.gatewayIcmp), 'iif', 'lo', 'ipproto', 'icmp', 'lookup', T1]);
   for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.outbound), 'from', cidrText(c), 'lookup', T]);
   // Inert until the pref-0 local rule goes, so they are safe to add first.
   await rule(['pref', String(RULE_PREF.inbound), 'iif', wan, 'to', pub, 'lookup', T1], true);

@@ -41,6 +41,8 @@ export const RULE_PREF = {
   /**
    * iif lo ipproto icmp: the gateway's own ICMP to anywhere but itself and the LAN goes through tunnat,
    * which restores the public side in the quote of an error about a packet it translated into the LAN.
+   * Looks up T+1, which has no fail-closed route: with no tunnat attached it falls through to the main
+   * table (nothing is translated into the LAN then, so nothing needs restoring).
    */
   gatewayIcmp: 998,
   /** from <LAN prefix>: outbound LAN traffic goes into tunnat. */
@@ -66,7 +68,7 @@ export interface RoutingConfig {
   publicIp: number;
   /** True when the gateway has publicIp on an interface (masquerade or owned static). */
   publicIpOwned: boolean;
-  /** Routing table T for outbound; T+1 for inbound (default 7301). */
+  /** Routing table T for outbound (fail closed); T+1 for inbound and the gateway's own ICMP (default 7301). */
   table: number;
   /** The gateway's own ephemeral port range; tunnat maps ports outside it (default [20000, 29999]). */
   gatewayPorts: [number, number];

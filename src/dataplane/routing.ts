@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mustRun } from '../host/commands.js';
+import { failure, hostRunner, mustRun } from '../host/commands.js';
 import { drive, driveSync, Journal, quiet, undoCtx, undoJournal, undoStep, type Log } from '../host/journal.js';
 import { linkInfo } from '../host/ip-json.js';
 import { netnsInode, processStartTime, readStateFile, stateFilePath, writeStateFile } from '../host/state-file.js';
@@ -190,9 +190,9 @@ export async function updatePublicIp(applied: AppliedRouting, newIp: number, log
 // Restart without loss
 
 /**
- * Record that the TUN has been made persistent (the caller does the ioctl) and leave everything in place:
- * the rules keep steering traffic into the TUN, whose routes survive with it, and a TUN nobody reads drops
- * what is routed into it. The gateway stays failed closed until `adoptRouting` (the next `tunnat run
+ * Record that the TUN has been made persistent (the caller does the ioctl), take the link down, and leave
+ * the rules in place: LAN traffic meets the fail-closed route, the gateway's own traffic the local and
+ * main tables. The gateway stays failed closed until `adoptRouting` (the next `tunnat run
  * --state`) or `tunnat down` (cleanLeftovers deletes the device).
  */
 export function keepForRestart(applied: AppliedRouting): void {
@@ -200,6 +200,12 @@ export function keepForRestart(applied: AppliedRouting): void {
   if (state === null) throw new RoutingError('ROUTING_FAILED', `no routing of this run to keep (state file ${applied.stateFile} is gone)`);
   // Undone (the device deleted) after forwarding is off, like everything else but forwarding.
   if (!state.steps.some((st) => st.kind === 'tun-persist')) new Journal(state).add({ kind: 'tun-persist', dev: state.config.tun });
+  // Without a reader the TUN loses its carrier and its routes are ignored, but the kernel notices the
+  // carrier only after up to a second (linkwatch), and until then they would swallow the gateway's own
+  // traffic. Down, the link loses them at once; the adopting run brings it up and re-makes them, as after a kill.
+  const argv = ['ip', 'link', 'set', 'dev', state.config.tun, 'down'];
+  const r = hostRunner.runSync({ argv });
+  if (r.exitCode !== 0) throw new RoutingError('ROUTING_FAILED', failure(argv, r));
 }
 
 /** Whether adoptRouting would take over this leftover (pure: nothing is changed or run). */

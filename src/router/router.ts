@@ -273,6 +273,10 @@ export async function setupSystem(cfg: RouterConfig, log: Logger, opts: { tun?: 
       }
     },
     async teardown() {
+      // The device first: from then on its routes are gone (or, kept for a restart, ignored for want of a
+      // carrier), so LAN traffic meets the fail-closed route and the gateway's own traffic the local and
+      // main tables, instead of a TUN that nobody reads any more while the rules are removed.
+      tun.close();
       if (applied) {
         try {
           await removeRouting(applied, (m: string) => log.debug(m));
@@ -281,7 +285,6 @@ export async function setupSystem(cfg: RouterConfig, log: Logger, opts: { tun?: 
         }
         applied = null;
       }
-      tun.close();
       process.off('exit', onExit);
     },
   };

@@ -203,10 +203,36 @@ async function stateFilesOf(ns: string): Promise<string[]> {
 }
 
 /** Whether `peer` resolves `addr` on its WAN link to the gateway's wan0 MAC, starting from an empty cache. */
+// Attaches to the TUN named in argv[1] (TUNSETIFF, IFF_TUN | IFF_NO_PI as `ip tuntap` made it) and holds it
+// until killed, reading nothing.
+const HOLD_TUN = `
+import fcntl, os, signal, struct, sys
+fd = os.open('/dev/net/tun', os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', sys.argv[1].encode(), 0x0001 | 0x1000))
+print('attached', flush=True)
+signal.pause()
+`;
+
+/**
+ * Whether the WAN peer resolves \`addr\` to the gateway. While tunnat runs its TUN has a reader, hence a
+ * carrier; without one the kernel ignores the routes through it (ignore_routes_with_linkdown), and proxy
+ * ARP for an address the gateway does not own needs the route into the TUN. So the TUN is held open here.
+ */
 async function peerResolves(lab: Lab, addr: string): Promise<boolean> {
-  await run(['ip', '-n', lab.peer, 'neigh', 'flush', 'dev', 'wanp']);
-  // The echo itself goes into the TUN, which nobody reads; only the ARP exchange matters.
-  await run(['ping', '-c', '1', '-W', '1', addr], { netns: lab.peer, allowFail: true });
+  const holder = spawn('ip', ['netns', 'exec', lab.gw, 'python3', '-c', HOLD_TUN, 'tun0']);
+  children.push(holder);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      holder.stdout.on('data', (d: Buffer) => (d.toString().includes('attached') ? resolve() : undefined));
+      holder.once('exit', (code) => reject(new Error(`could not attach to tun0 (exit ${code})`)));
+    });
+    await run(['ip', '-n', lab.peer, 'neigh', 'flush', 'dev', 'wanp']);
+    // The echo itself goes into the TUN, which nobody reads; only the ARP exchange matters.
+    await run(['ping', '-c', '1', '-W', '1', addr], { netns: lab.peer, allowFail: true });
+  } finally {
+    holder.kill('SIGKILL');
+    await new Promise((r) => (holder.exitCode !== null ? r(null) : holder.once('exit', r)));
+  }
   const gwMac = /link\/ether ([0-9a-f:]+)/.exec((await run(['ip', '-n', lab.gw, 'link', 'show', 'dev', 'wan0'])).stdout)?.[1];
   const neigh = (await run(['ip', '-n', lab.peer, 'neigh', 'show', addr, 'dev', 'wanp'])).stdout;
   return gwMac !== undefined && neigh.includes(`lladdr ${gwMac}`);
@@ -253,7 +279,7 @@ describe.skipIf(process.getuid?.() !== 0)('gateway routing (namespaces)', () => 
         '50:\tfrom 192.168.1.0/24 to 203.0.113.1 lookup 7301 proto 84',
         '100:\tfrom all lookup local proto 84',
         '996:\tfrom all to 192.168.1.0/24 lookup main proto 84',
-        '998:\tfrom all iif lo ipproto icmp lookup 7301 proto 84',
+        '998:\tfrom all iif lo ipproto icmp lookup 7302 proto 84',
         '1000:\tfrom 192.168.1.0/24 lookup 7301 proto 84',
         '32766:\tfrom all lookup main',
         '32767:\tfrom all lookup default',
@@ -263,11 +289,12 @@ describe.skipIf(process.getuid?.() !== 0)('gateway routing (namespaces)', () => 
     const table = async (t: string) =>
       (await run(['ip', '-n', lab.gw, 'route', 'show', 'table', t])).stdout
         .split('\n')
-        .map((l) => l.trim().replace(/ linkdown$/, ''))
+        // Nothing reads the TUN: its routes are flagged as without carrier (and ignored, hence dead).
+        .map((l) => l.trim().replace(/( dead)? linkdown$/, ''))
         .filter(Boolean)
         .sort();
     expect(await table('7301')).toEqual(['default dev tun0 proto 84 scope link src 203.0.113.1', 'prohibit default proto 84 metric 4294967295']);
-    expect(await table('7302')).toEqual(['default dev tun0 proto 84 scope link']);
+    expect(await table('7302')).toEqual(['default dev tun0 proto 84 scope link src 203.0.113.1']);
     expect((await run(['ip', '-n', lab.gw, 'neigh', 'show', 'proxy'])).stdout.trim()).toBe('203.0.113.1 dev wan0 proxy proto 84');
 
     expect(await sysctl(lab.gw, 'net.ipv4.ip_forward')).toBe('1');
