@@ -12,7 +12,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnIn, type NsProcess } from '../../src/lab/netns.js';
+import { spawnIn, type NsProcess } from '../../src/lab/process.js';
 import { httpSeenBy } from '../../src/lab/probes.js';
 import { startServices } from '../../src/lab/services.js';
 import { Cleanup, inNs, isRoot, plainLabUp, startTestRouter, type PlainLab, type TestRouter } from './harness.js';
