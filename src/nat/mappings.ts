@@ -52,9 +52,16 @@ export class MappingTable {
     this.extAddr = new Uint32Array(capacity);
     this.extPort = new Uint16Array(capacity);
     this.refs = new Int32Array(capacity);
-    this.index = new HashIndex(capacity, seed, this.proto, 0);
+    let ports = 0;
+    for (const p of protocols) {
+      const pool = poolFor(p);
+      this.pools.set(p, pool);
+      ports += pool.hi - pool.lo + 1;
+    }
+    // Every mapping in use owns a port of one of these pools, so there are never more of them than ports:
+    // at a million flows that bound keeps the index to a quarter or less of what the capacity would ask.
+    this.index = new HashIndex(Math.max(1, Math.min(capacity, ports)), seed, this.proto, 0);
     this.free = new FreeList(capacity);
-    for (const p of protocols) this.pools.set(p, poolFor(p));
   }
 
   pool(protocol: number): PortPool | undefined {

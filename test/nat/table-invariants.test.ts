@@ -38,6 +38,18 @@ describe('MappingTable.checkInvariants', () => {
     expect(Array.from(maps.liveRows())).toEqual([1, 0, 1, 0, 0, 0, 0, 0]);
   });
 
+  it('holds as many mappings as its pools have ports, however large its capacity', () => {
+    // The index is sized by the ports, not the capacity: filling every port must still work.
+    const maps = new MappingTable(1000, 3, () => new PortPool(40000, 40009), [UDP]);
+    const rng = (): number => 0.5;
+    const ids = Array.from({ length: 10 }, (_, i) => maps.create(UDP, LAN + i, 5000, PUBLIC, rng));
+    expect(ids.every((m) => m >= 0)).toBe(true);
+    expect(maps.create(UDP, LAN + 10, 5000, PUBLIC, rng)).toBe(-1);
+    ids.forEach((m, i) => expect(maps.lookupInternal(UDP, LAN + i, 5000)).toBe(m));
+    expect(maps.lookupInternal(UDP, LAN + 10, 5000)).toBe(-1);
+    expect(maps.checkInvariants()).toEqual([]);
+  });
+
   it("reports a public port that its pool says another mapping owns", () => {
     const { maps, ids } = mappingTable();
     const m = ids[0]!;
