@@ -17,6 +17,8 @@
  * Deletion shifts the rest of a run back into the hole instead of leaving a tombstone, so runs hold only
  * live keys and never lengthen with churn. Nothing here allocates after construction, except the audit.
  */
+import type { FreeList } from './free-list.js';
+
 const NONE = -1;
 
 export const VALUE_BITS = 25;
@@ -254,4 +256,22 @@ export class HashIndex {
     }
     return { problems, held };
   }
+}
+
+/**
+ * The audit of a table whose rows are in use exactly while indexed (mappings, permissions): the index's own
+ * problems, then the free list against what the index holds, so a row both indexed and free, or neither,
+ * is reported. Returns the sentences and which rows are free.
+ */
+export function auditIndexedRows(
+  index: HashIndex,
+  free: FreeList,
+  name: string,
+  keyOk: (row: number, j: number) => string | null,
+): { problems: string[]; free: Uint8Array } {
+  const audit = index.audit(free.capacity, name, keyOk);
+  const problems = audit.problems.map((p) => `index: ${p}`);
+  const rows = free.audit(name, (row) => audit.held[row] === 1);
+  problems.push(...rows.problems);
+  return { problems, free: rows.free };
 }

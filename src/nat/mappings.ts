@@ -1,6 +1,6 @@
 import { PortPool, type Rng } from './ports.js';
 import { FreeList } from '../conntrack/free-list.js';
-import { HashIndex } from '../conntrack/hash-index.js';
+import { HashIndex, auditIndexedRows } from '../conntrack/hash-index.js';
 
 /**
  * NAT mappings (RFC 4787 §4.1): internal endpoint (protocol, address, port) ↔ external endpoint
@@ -150,12 +150,8 @@ export class MappingTable {
    */
   checkInvariants(): string[] {
     const index = this.index;
-    const { problems, held } = index.audit(this.capacity, 'mapping', (m, j) =>
+    const { problems: out, free } = auditIndexedRows(index, this.free, 'mapping', (m, j) =>
       index.holds(j, this.proto[m]!, this.intAddr[m]! | 0, 0, this.intPort[m]!) ? null : `the key is not mapping ${m}'s internal endpoint`);
-    const out = problems.map((p) => `index: ${p}`);
-    // What the index holds is what is in use, so a mapping that is neither indexed nor free is lost.
-    const { problems: freeProblems, free } = this.free.audit('mapping', (m) => held[m] === 1);
-    out.push(...freeProblems);
     let live = 0;
     for (let m = 0; m < this.capacity; m++) {
       if (free[m]) continue;

@@ -1,5 +1,5 @@
 import { FreeList } from '../conntrack/free-list.js';
-import { HashIndex } from '../conntrack/hash-index.js';
+import { HashIndex, auditIndexedRows } from '../conntrack/hash-index.js';
 
 /**
  * Address-dependent filtering (RFC 4787 REQ-8, "address-dependent"): a mapping accepts inbound packets
@@ -75,11 +75,8 @@ export class PermissionTable {
    */
   checkInvariants(): string[] {
     const index = this.index;
-    const { problems, held } = index.audit(this.capacity, 'permission', (i, j) =>
+    const { problems: out, free } = auditIndexedRows(index, this.free, 'permission', (i, j) =>
       index.holds(j, 0, this.mapping[i]!, this.addr[i]! | 0, 0) ? null : `the key is not permission ${i}'s (mapping, address)`);
-    const out = problems.map((p) => `index: ${p}`);
-    const { problems: freeProblems, free } = this.free.audit('permission', (i) => held[i] === 1);
-    out.push(...freeProblems);
     let live = 0;
     for (let i = 0; i < this.capacity; i++) {
       if (free[i]) continue;

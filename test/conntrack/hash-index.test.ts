@@ -42,6 +42,16 @@ function keysWithHome(ix: HashIndex, slot: number, count: number, from = 1): Key
   return out;
 }
 
+/** Insert each key with its position in the list as its value; returns value → key. */
+function insertAll(ix: HashIndex, list: Key[]): Map<number, Key> {
+  const keys = new Map<number, Key>();
+  list.forEach((k, v) => {
+    ix.insert(k.proto, k.a, k.b, k.c, v);
+    keys.set(v, k);
+  });
+  return keys;
+}
+
 /** The index's own audit, with every key checked against what the test inserted. */
 function audit(ix: HashIndex, keys: Map<number, Key>): string[] {
   const { problems, held } = ix.audit(VALUES, 'value', (v, j) => {
@@ -81,11 +91,7 @@ describe('shared hash index', () => {
   it('keeps keys with one home in one run, and shifts the rest back when one in the middle goes', () => {
     const ix = new HashIndex(32, 11, new Uint8Array(0), 0);
     const same = keysWithHome(ix, 20, 5);
-    const keys = new Map<number, Key>();
-    same.forEach((k, v) => {
-      ix.insert(k.proto, k.a, k.b, k.c, v);
-      keys.set(v, k);
-    });
+    const keys = insertAll(ix, same);
     expect(same.map((k, v) => slotOfKey(ix, k, v))).toEqual([20, 21, 22, 23, 24]);
     expect(audit(ix, keys)).toEqual([]);
 
@@ -121,11 +127,7 @@ describe('shared hash index', () => {
     const last = ix.slotCount - 1;
     const wrap = keysWithHome(ix, last, 3);
     const [atZero] = keysWithHome(ix, 0, 1);
-    const keys = new Map<number, Key>();
-    [...wrap, atZero!].forEach((k, v) => {
-      ix.insert(k.proto, k.a, k.b, k.c, v);
-      keys.set(v, k);
-    });
+    const keys = insertAll(ix, [...wrap, atZero!]);
     expect([0, 1, 2, 3].map((v) => slotOfKey(ix, keys.get(v)!, v))).toEqual([last, 0, 1, 2]);
     expect(audit(ix, keys)).toEqual([]);
 
@@ -155,11 +157,7 @@ describe('shared hash index', () => {
     const n = 32;
     const ix = new HashIndex(n, 0x9e3779b9, new Uint8Array(0), 0);
     const same = keysWithHome(ix, 50, n);
-    const keys = new Map<number, Key>();
-    same.forEach((k, v) => {
-      ix.insert(k.proto, k.a, k.b, k.c, v);
-      keys.set(v, k);
-    });
+    const keys = insertAll(ix, same);
     // One run of n slots, wrapped past the end of the 64.
     expect(same.map((k, v) => slotOfKey(ix, k, v))).toEqual(same.map((_, v) => (50 + v) % ix.slotCount));
     expect(audit(ix, keys)).toEqual([]);
@@ -198,11 +196,7 @@ describe('shared hash index', () => {
   it('audits: a hole cut into a run, a value held twice, a stray value and an uncleared slot are reported', () => {
     const ix = new HashIndex(32, 11, new Uint8Array(0), 0);
     const same = keysWithHome(ix, 20, 3);
-    const keys = new Map<number, Key>();
-    same.forEach((k, v) => {
-      ix.insert(k.proto, k.a, k.b, k.c, v);
-      keys.set(v, k);
-    });
+    const keys = insertAll(ix, same);
     expect(audit(ix, keys)).toEqual([]);
     const s = ix.slots;
     // Empty the middle of the run by hand: the third key is now cut off from its home.
