@@ -22,7 +22,7 @@
  * lookup idea, done with plain loads since JavaScript has no prefetch instruction).
  */
 import { FreeList } from './free-list.js';
-import { HashIndex, SLOT_WORDS, keyHash } from './hash-index.js';
+import { HashIndex, SLOT_WORDS, findIn, keyHash } from './hash-index.js';
 
 export const DIR_ORIGINAL = 0;
 export const DIR_REPLY = 1;
@@ -133,6 +133,10 @@ export class FlowTable {
   private readonly index: HashIndex;
   /** Slots in the index (a power of two). */
   readonly indexSlots: number;
+  // The index's array and masks, held here as well so that a lookup reaches them in one load (see findIn).
+  private readonly slots: Int32Array;
+  private readonly slotMask: number;
+  private readonly wordMask: number;
   /** Counts changes to the index, so a batch knows whether what it read from the index still holds. */
   private generation = 0;
   /** Where the batch calls leave the sum of what they loaded only to warm the cache (see hashBatch). */
@@ -173,6 +177,9 @@ export class FlowTable {
     // 0.5, Knuth) and the free slot that ends every run always exists. An entry's row is its flow.
     this.index = new HashIndex(entries, seed, this.proto, 1);
     this.indexSlots = this.index.slotCount;
+    this.slots = this.index.slots;
+    this.slotMask = this.index.slotMask;
+    this.wordMask = this.index.wordMask;
     this.free = new FreeList(capacity);
   }
 
@@ -182,9 +189,13 @@ export class FlowTable {
     const a = src | 0;
     const b = dst | 0;
     const ports = ((sport & 0xffff) << 16) | (dport & 0xffff);
-    const index = this.index;
-    const e = index.find(index.home(proto, a, b, ports), proto, a, b, ports);
+    const e = this.find((keyHash(this.seed, proto, a, b, ports) & this.slotMask) * SLOT_WORDS, proto, a, b, ports);
     return e < 0 ? NONE : this.unlessExpired(e, now);
+  }
+
+  /** The entry with this key, or -1, probing from word offset i (the key's home slot); reads only. */
+  private find(i: number, proto: number, a: number, b: number, ports: number): number {
+    return findIn(this.slots, this.wordMask, this.proto, 1, i, proto, a, b, ports);
   }
 
   private unlessExpired(e: number, now: number): number {
@@ -210,9 +221,8 @@ export class FlowTable {
     const all = this.hashBatch(keys);
     const n = all < out.length ? all : out.length;
     const { proto, src, dst, ports, home } = keys;
-    const index = this.index;
     for (let k = 0; k < n; k++) {
-      out[k] = index.find(home[k]!, proto[k]!, src[k]!, dst[k]!, ports[k]!);
+      out[k] = this.find(home[k]!, proto[k]!, src[k]!, dst[k]!, ports[k]!);
     }
     const expires = this.expires;
     // The expiry of every hit, loaded in a loop as small as the first pass's (a miss reads flow 0's), through
@@ -228,7 +238,7 @@ export class FlowTable {
     for (let k = 0; k < n; k++) {
       let e = out[k]!;
       if (this.generation !== generation) {
-        e = index.find(home[k]!, proto[k]!, src[k]!, dst[k]!, ports[k]!);
+        e = this.find(home[k]!, proto[k]!, src[k]!, dst[k]!, ports[k]!);
         out[k] = e;
       }
       if (e >= 0 && expires[e >> 1]! <= now) {
@@ -249,10 +259,9 @@ export class FlowTable {
   prefetchBatch(keys: FlowKeys): number {
     const n = this.hashBatch(keys);
     const { proto, src, dst, ports, home, entry } = keys;
-    const index = this.index;
     let found = 0;
     for (let k = 0; k < n; k++) {
-      const e = index.find(home[k]!, proto[k]!, src[k]!, dst[k]!, ports[k]!);
+      const e = this.find(home[k]!, proto[k]!, src[k]!, dst[k]!, ports[k]!);
       // A miss touches entry 0, so the loop below needs no branch.
       entry[k] = e & ~(e >> 31);
       found += e >= 0 ? 1 : 0;
@@ -281,9 +290,9 @@ export class FlowTable {
   private hashBatch(keys: FlowKeys): number {
     const n = keys.n < keys.capacity ? keys.n : keys.capacity;
     const { proto, src, dst, ports, home } = keys;
-    const s = this.index.slots;
+    const s = this.slots;
     const seed = this.seed;
-    const mask = this.index.slotMask;
+    const mask = this.slotMask;
     for (let k = 0; k < n; k++) {
       home[k] = (keyHash(seed, proto[k]!, src[k]!, dst[k]!, ports[k]!) & mask) * SLOT_WORDS;
     }
