@@ -6,12 +6,12 @@
  * An "entry" is `flow * 2 + dir`; the tuple of that direction lives at index `entry` of the t* arrays.
  * Nothing here allocates after construction.
  *
- * The index is open addressing with linear probing, at most half full. A 16-byte slot holds the whole
- * key (source, destination, both ports, protocol) next to the entry number, so deciding hit or miss
- * reads a few neighbouring slots (one cache line, sometimes two) and never the t* arrays: at a million
- * flows every array touched is another trip to DRAM, and the chained index it replaces touched five
- * per lookup. Deletion shifts the rest of the run back instead of leaving tombstones, so runs hold only
- * live keys and never grow with churn.
+ * The index (hash-index.ts, shared with the NAT's mapping and permission tables) is open addressing with
+ * linear probing, at most half full. A 16-byte slot holds the whole key (source, destination, both
+ * ports, protocol) next to the entry number, so deciding hit or miss reads a few neighbouring slots (one
+ * cache line, sometimes two) and never the t* arrays: at a million flows every array touched is another
+ * trip to DRAM, and the chained index it replaced touched five per lookup. Deletion shifts the rest of
+ * the run back instead of leaving tombstones, so runs hold only live keys and never grow with churn.
  *
  * Expiry is lazy plus incremental: a lookup that meets an expired flow removes it, and sweep() visits a
  * bounded number of slots per call from a rotating cursor, so no tick ever scans the whole table.
@@ -21,6 +21,9 @@
  * cache misses in flight at once instead of paying them one after another (the DPDK rte_hash bulk
  * lookup idea, done with plain loads since JavaScript has no prefetch instruction).
  */
+import { FreeList } from './free-list.js';
+import { HashIndex, SLOT_WORDS, findIn, keyHash } from './hash-index.js';
+
 export const DIR_ORIGINAL = 0;
 export const DIR_REPLY = 1;
 
@@ -45,45 +48,11 @@ export interface FlowTuple {
 
 const NONE = -1;
 
-function fmix(h: number): number {
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
-}
-
 /**
- * Seeded hash of a 5-tuple; the seed is random in production so remote hosts cannot aim at one chain.
- * One multiply per word and one final avalanche: every input bit reaches the bucket index, at a third of
- * the cost of mixing each word fully (measured in bench/lib/conntrack.ts).
+ * Seeded hash of a 5-tuple, as the index computes it (tests use it to predict where a key's run starts).
  */
 export function tupleHash(seed: number, proto: number, src: number, dst: number, sport: number, dport: number): number {
   return keyHash(seed, proto, src, dst, (sport << 16) | dport);
-}
-
-/** tupleHash with both ports already packed into one word, as the index stores them. */
-function keyHash(seed: number, proto: number, src: number, dst: number, ports: number): number {
-  let h = Math.imul(seed ^ src, 0x9e3779b1);
-  h = Math.imul((h ^ (h >>> 15)) ^ dst, 0x85ebca77);
-  h = Math.imul((h ^ (h >>> 15)) ^ ports, 0xc2b2ae3d);
-  return fmix(h ^ proto);
-}
-
-// Index slot layout, four int32 words: source, destination, sport << 16 | dport, and tag | entry. An entry
-// number needs 25 bits (capacity up to 2^24 flows, two entries each), which leaves 7 for the protocol:
-// the tag is protocol + 1 for protocols below 126 (every protocol a NAT carries), and an escape value
-// for the rest, whose protocol is then compared against proto[flow]. Tag 0 marks an empty slot.
-const ENTRY_BITS = 25;
-const ENTRY_MASK = (1 << ENTRY_BITS) - 1;
-const TAG_MASK = ~ENTRY_MASK;
-const ESCAPE = 127;
-const TAG_ESCAPE = ESCAPE << ENTRY_BITS;
-const SLOT_WORDS = 4;
-
-function protoTag(proto: number): number {
-  return proto >= 0 && proto < 126 && (proto | 0) === proto ? (proto + 1) << ENTRY_BITS : TAG_ESCAPE;
 }
 
 /**
@@ -160,12 +129,13 @@ export class FlowTable {
   /** TCP: the sequence number the sender of this direction will use next (valid once seen, see tcp.ts). */
   readonly seqNext: Uint32Array;
 
-  /** The index: SLOT_WORDS int32 words per slot, a power of two of slots, at most half of them used. */
-  private readonly slots: Int32Array;
-  /** Slots in the index (a power of two, at least four per flow). */
+  /** Both entries of every flow in use, under their tuples; at least four slots per flow. */
+  private readonly index: HashIndex;
+  /** Slots in the index (a power of two). */
   readonly indexSlots: number;
+  // The index's array and masks, held here as well so that a lookup reaches them in one load (see findIn).
+  private readonly slots: Int32Array;
   private readonly slotMask: number;
-  /** Mask that wraps a word offset of a slot around the end of the index. */
   private readonly wordMask: number;
   /** Counts changes to the index, so a batch knows whether what it read from the index still holds. */
   private generation = 0;
@@ -174,8 +144,7 @@ export class FlowTable {
   private fsink = 0;
   /** expires as int32 pairs, for loads whose value does not matter (see lookupBatch). */
   private readonly expiresBits: Int32Array;
-  private readonly free: Int32Array;
-  private freeTop: number;
+  private readonly free: FreeList;
   private sweepCursor = 0;
   private dropCursor = 0;
 
@@ -204,18 +173,14 @@ export class FlowTable {
     this.packets = new Float64Array(entries);
     this.bytes = new Float64Array(entries);
     this.seqNext = new Uint32Array(entries);
-    // Two slots per entry at least: linear probing stays short (about 1.5 probes for a hit and 2.5 for a
-    // miss at load 0.5, Knuth) and the free slot that ends every run always exists.
-    let slots = 4;
-    while (slots < entries * 2) slots *= 2;
-    this.indexSlots = slots;
-    this.slotMask = slots - 1;
-    this.wordMask = slots * SLOT_WORDS - 1;
-    // All zero: every slot empty.
-    this.slots = new Int32Array(slots * SLOT_WORDS);
-    this.free = new Int32Array(capacity);
-    for (let i = 0; i < capacity; i++) this.free[i] = capacity - 1 - i;
-    this.freeTop = capacity;
+    // At most half full: linear probing stays short (about 1.5 probes for a hit and 2.5 for a miss at load
+    // 0.5, Knuth) and the free slot that ends every run always exists. An entry's row is its flow.
+    this.index = new HashIndex(entries, seed, this.proto, 1);
+    this.indexSlots = this.index.slotCount;
+    this.slots = this.index.slots;
+    this.slotMask = this.index.slotMask;
+    this.wordMask = this.index.wordMask;
+    this.free = new FreeList(capacity);
   }
 
   /** Find the entry whose tuple matches, or -1. An expired flow met here is removed and not returned. */
@@ -230,20 +195,7 @@ export class FlowTable {
 
   /** The entry with this key, or -1, probing from word offset i (the key's home slot); reads only. */
   private find(i: number, proto: number, a: number, b: number, ports: number): number {
-    const s = this.slots;
-    const m = this.wordMask;
-    for (;;) {
-      const w = s[i + 3]!;
-      if (w === 0) return NONE;
-      if (s[i] === a && s[i + 1] === b && s[i + 2] === ports) {
-        const tag = protoTag(proto);
-        if ((w & TAG_MASK) === tag) {
-          const e = w & ENTRY_MASK;
-          if (tag !== TAG_ESCAPE || this.proto[e >> 1] === proto) return e;
-        }
-      }
-      i = (i + SLOT_WORDS) & m;
-    }
+    return findIn(this.slots, this.wordMask, this.proto, 1, i, proto, a, b, ports);
   }
 
   private unlessExpired(e: number, now: number): number {
@@ -354,8 +306,8 @@ export class FlowTable {
 
   /** Take a free slot, or -1 when the table is full (the caller may try earlyDrop first). */
   allocate(): number {
-    if (this.freeTop === 0) return NONE;
-    const flow = this.free[--this.freeTop]!;
+    const flow = this.free.take();
+    if (flow < 0) return NONE;
     this.flags[flow] = 0;
     this.state[flow] = 0;
     this.detail[flow] = 0;
@@ -371,7 +323,7 @@ export class FlowTable {
 
   /** Return a slot that was allocated but never inserted. */
   release(flow: number): void {
-    this.free[this.freeTop++] = flow;
+    this.free.give(flow);
   }
 
   /** Set one direction's tuple of an allocated flow (before insert). */
@@ -395,142 +347,68 @@ export class FlowTable {
   }
 
   private link(e: number): void {
-    const proto = this.proto[e >> 1]!;
-    const a = this.tSrc[e]! | 0;
-    const b = this.tDst[e]! | 0;
-    const ports = (this.tSport[e]! << 16) | this.tDport[e]!;
-    const tag = protoTag(proto);
-    const s = this.slots;
-    let i = (keyHash(this.seed, proto, a, b, ports) & this.slotMask) * SLOT_WORDS;
-    let carry = tag | e;
-    for (;;) {
-      const w = s[i + 3]!;
-      if (w === 0) break;
-      if (
-        s[i] === a && s[i + 1] === b && s[i + 2] === ports && (w & TAG_MASK) === tag &&
-        (tag !== TAG_ESCAPE || this.proto[(w & ENTRY_MASK) >> 1] === proto)
-      ) {
-        // The same key is indexed already: the newer entry takes the earlier slot and shadows the older one
-        // until it is removed, as it did when chains were pushed at the head.
-        s[i + 3] = carry;
-        carry = w;
-      }
-      i = (i + SLOT_WORDS) & this.wordMask;
-    }
-    s[i] = a;
-    s[i + 1] = b;
-    s[i + 2] = ports;
-    s[i + 3] = carry;
+    // Same key indexed already (a reused tuple): the newer entry shadows the older one until it is
+    // removed, as it did when chains were pushed at the head.
+    this.index.insert(this.proto[e >> 1]!, this.tSrc[e]! | 0, this.tDst[e]! | 0, this.portsOf(e), e);
     this.generation++;
-  }
-
-  /** Word offset of the home slot of the key held at word offset j. */
-  private homeOfSlot(j: number): number {
-    const s = this.slots;
-    const w = s[j + 3]!;
-    const code = w >>> ENTRY_BITS;
-    const proto = code === ESCAPE ? this.proto[(w & ENTRY_MASK) >> 1]! : code - 1;
-    return (keyHash(this.seed, proto, s[j]!, s[j + 1]!, s[j + 2]!) & this.slotMask) * SLOT_WORDS;
-  }
-
-  /** Word offset of the slot holding entry e, or -1 if e is not indexed. */
-  private findSlot(e: number): number {
-    const proto = this.proto[e >> 1]!;
-    const ports = (this.tSport[e]! << 16) | this.tDport[e]!;
-    const s = this.slots;
-    let i = (keyHash(this.seed, proto, this.tSrc[e]!, this.tDst[e]!, ports) & this.slotMask) * SLOT_WORDS;
-    for (;;) {
-      const w = s[i + 3]!;
-      if (w === 0) return NONE;
-      if ((w & ENTRY_MASK) === e) return i;
-      i = (i + SLOT_WORDS) & this.wordMask;
-    }
   }
 
   private unlink(e: number): void {
-    const s = this.slots;
-    const m = this.wordMask;
-    let hole = this.findSlot(e);
-    if (hole < 0) return;
-    // Backward-shift deletion: pull later keys of the run into the hole when the hole lies on their probe
-    // path (between their home and where they sit), so no run is ever cut short by an empty slot.
-    for (let j = (hole + SLOT_WORDS) & m; ; j = (j + SLOT_WORDS) & m) {
-      const w = s[j + 3]!;
-      if (w === 0) break;
-      if (((j - this.homeOfSlot(j)) & m) >= ((j - hole) & m)) {
-        s[hole] = s[j]!;
-        s[hole + 1] = s[j + 1]!;
-        s[hole + 2] = s[j + 2]!;
-        s[hole + 3] = w;
-        hole = j;
-      }
-    }
-    s[hole] = 0;
-    s[hole + 1] = 0;
-    s[hole + 2] = 0;
-    s[hole + 3] = 0;
-    this.generation++;
+    if (this.index.delete(this.proto[e >> 1]!, this.tSrc[e]! | 0, this.tDst[e]! | 0, this.portsOf(e), e)) this.generation++;
+  }
+
+  private portsOf(e: number): number {
+    return (this.tSport[e]! << 16) | this.tDport[e]!;
   }
 
   /** Index slot that holds entry e, or -1 if it is not indexed (for tests and diagnostics). */
   slotOf(e: number): number {
-    const i = this.findSlot(e);
+    const i = this.index.slotOfValue(this.proto[e >> 1]!, this.tSrc[e]! | 0, this.tDst[e]! | 0, this.portsOf(e), e);
     return i < 0 ? NONE : i / SLOT_WORDS;
   }
 
   /**
-   * Everything wrong with the index, as sentences (empty when it is sound), for tests and fuzzers: every
-   * slot names an entry of a flow in use, once, under that entry's current tuple and protocol; no key
-   * sits beyond an empty slot on its way from its home; both entries of every flow in use are indexed.
-   * Walks the whole index: not for the packet path.
+   * Everything wrong with the index, as sentences (empty when it is sound): every slot names an entry of
+   * a flow in use, once, under that entry's current tuple and protocol; no key sits beyond an empty slot
+   * on its way from its home; both entries of every flow in use are indexed. Walks the whole index: not
+   * for the packet path.
    */
   indexProblems(): string[] {
-    const out: string[] = [];
-    const s = this.slots;
-    const slots = this.indexSlots;
-    const seen = new Uint8Array(this.capacity * 2);
-    let used = 0;
-    // Walking on from an empty slot meets every run from its start; a key must sit closer to its home
-    // than to the last empty slot before it, or a probe from its home would stop short of it.
-    let empty = -1;
-    for (let j = slots - 1; j >= 0 && empty < 0; j--) if (s[j * SLOT_WORDS + 3] === 0) empty = j;
-    if (empty < 0) return ['the index has no empty slot'];
-    const start = empty;
-    for (let step = 1; step <= slots; step++) {
-      const j = (start + step) % slots;
-      const i = j * SLOT_WORDS;
-      const w = s[i + 3]!;
-      if (w === 0) {
-        if (s[i] !== 0 || s[i + 1] !== 0 || s[i + 2] !== 0) out.push(`empty slot ${j} is not cleared`);
-        empty = j;
-        continue;
-      }
-      used++;
-      const e = w & ENTRY_MASK;
+    const index = this.index;
+    const { problems, held } = index.audit(this.capacity * 2, 'entry', (e, j) => {
       const flow = e >> 1;
-      if (flow >= this.capacity) {
-        out.push(`slot ${j} names entry ${e}, beyond the table`);
-        continue;
+      if (!this.isInUse(flow)) return `entry ${e} of a free flow slot is indexed`;
+      if (!index.holds(j, this.proto[flow]!, this.tSrc[e]! | 0, this.tDst[e]! | 0, this.portsOf(e))) {
+        return `the key is not entry ${e}'s tuple`;
       }
-      if (seen[e]) out.push(`entry ${e} is indexed twice`);
-      seen[e] = 1;
-      if (!this.isInUse(flow)) out.push(`slot ${j} names entry ${e} of a free flow slot`);
-      const ports = (this.tSport[e]! << 16) | this.tDport[e]!;
-      if (s[i] !== (this.tSrc[e]! | 0) || s[i + 1] !== (this.tDst[e]! | 0) || s[i + 2] !== ports ||
-        (w & TAG_MASK) !== protoTag(this.proto[flow]!)) {
-        out.push(`slot ${j} holds a key that is not entry ${e}'s tuple`);
-      }
-      const home = this.homeOfSlot(i) / SLOT_WORDS;
-      if (((j - home + slots) % slots) >= ((j - empty + slots) % slots)) {
-        out.push(`entry ${e} in slot ${j} is cut off from its home slot ${home} by an empty slot`);
-      }
-    }
+      return null;
+    });
+    let used = 0;
+    for (let e = 0; e < held.length; e++) used += held[e]!;
     for (let flow = 0; flow < this.capacity; flow++) {
       if (!this.isInUse(flow)) continue;
-      if (!seen[flow * 2]) out.push(`flow ${flow} is not indexed in its original direction`);
-      if (!seen[flow * 2 + 1]) out.push(`flow ${flow} is not indexed in its reply direction`);
+      if (!held[flow * 2]) problems.push(`flow ${flow} is not indexed in its original direction`);
+      if (!held[flow * 2 + 1]) problems.push(`flow ${flow} is not indexed in its reply direction`);
     }
-    if (used !== this.size * 2) out.push(`${used} slots in use for ${this.size} flows`);
+    if (used !== this.size * 2) problems.push(`${used} entries indexed for ${this.size} flows`);
+    return problems;
+  }
+
+  /**
+   * Everything wrong with the table, as sentences (empty when it is sound): the index (indexProblems),
+   * the free list (every flow slot either in use or free, never both), size, and free slots that still
+   * name mappings. Walks the whole table: for tests and fuzzers.
+   */
+  checkInvariants(): string[] {
+    const out = this.indexProblems().map((p) => `index: ${p}`);
+    const { problems } = this.free.audit('flow slot', (flow) => this.isInUse(flow));
+    out.push(...problems);
+    let inUse = 0;
+    for (let flow = 0; flow < this.capacity; flow++) {
+      if (this.isInUse(flow)) inUse++;
+      else if (this.mapping[flow] !== NONE || this.mapping2[flow] !== NONE) out.push(`free flow slot ${flow} still names mappings`);
+    }
+    if (inUse !== this.size) out.push(`size ${this.size} but ${inUse} flow slots in use`);
     return out;
   }
 
@@ -549,7 +427,7 @@ export class FlowTable {
     this.flags[flow] = 0;
     this.mapping[flow] = NONE;
     this.mapping2[flow] = NONE;
-    this.free[this.freeTop++] = flow;
+    this.free.give(flow);
   }
 
   /** Remove expired flows among the next `budget` slots; returns how many were removed. */
@@ -623,6 +501,6 @@ export class FlowTable {
   bytesPerFlow(): number {
     const perFlow = 1 + 1 + 1 + 1 + 8 + 8 + 4 + 4 + 4; // proto flags state detail expires created mapping mapping2 free
     const perEntry = 4 + 4 + 2 + 2 + 8 + 8 + 4; // tuple, counters, seqNext
-    return perFlow + 2 * perEntry + this.slots.byteLength / this.capacity;
+    return perFlow + 2 * perEntry + this.index.slots.byteLength / this.capacity;
   }
 }

@@ -1,5 +1,6 @@
 import { PortPool, type Rng } from './ports.js';
-import { tupleHash } from '../conntrack/table.js';
+import { FreeList } from '../conntrack/free-list.js';
+import { HashIndex, auditIndexedRows } from '../conntrack/hash-index.js';
 
 /**
  * NAT mappings (RFC 4787 §4.1): internal endpoint (protocol, address, port) ↔ external endpoint
@@ -8,6 +9,10 @@ import { tupleHash } from '../conntrack/table.js';
  * lives, so outbound traffic on any flow refreshes it (REQ-6).
  *
  * For ICMP queries the "port" is the echo identifier.
+ *
+ * Internal endpoints are found through the index the flow table uses (conntrack/hash-index.ts), keyed
+ * (internal address, 0, internal port) with the protocol in the tag; external endpoints through the port
+ * pool's owner array.
  */
 const NONE = -1;
 
@@ -28,11 +33,8 @@ export class MappingTable {
   readonly extPort: Uint16Array;
   /** Flows using the mapping; it is released when this drops to 0. */
   readonly refs: Int32Array;
-  private readonly next: Int32Array;
-  private readonly heads: Int32Array;
-  private readonly mask: number;
-  private readonly free: Int32Array;
-  private freeTop: number;
+  private readonly index: HashIndex;
+  private readonly free: FreeList;
   size = 0;
 
   /** Port pools by protocol number, for the current public address. */
@@ -40,7 +42,7 @@ export class MappingTable {
 
   constructor(
     readonly capacity: number,
-    private readonly seed: number,
+    seed: number,
     poolFor: (protocol: number) => PortPool,
     protocols: readonly number[],
   ) {
@@ -50,33 +52,27 @@ export class MappingTable {
     this.extAddr = new Uint32Array(capacity);
     this.extPort = new Uint16Array(capacity);
     this.refs = new Int32Array(capacity);
-    this.next = new Int32Array(capacity).fill(NONE);
-    let buckets = 1;
-    while (buckets < capacity) buckets <<= 1;
-    this.heads = new Int32Array(buckets).fill(NONE);
-    this.mask = buckets - 1;
-    this.free = new Int32Array(capacity);
-    for (let i = 0; i < capacity; i++) this.free[i] = capacity - 1 - i;
-    this.freeTop = capacity;
-    for (const p of protocols) this.pools.set(p, poolFor(p));
+    let ports = 0;
+    for (const p of protocols) {
+      const pool = poolFor(p);
+      this.pools.set(p, pool);
+      ports += pool.hi - pool.lo + 1;
+    }
+    // Every mapping in use owns a port of one of these pools, so there are never more of them than ports:
+    // at a million flows that bound keeps the index to a quarter or less of what the capacity would ask.
+    this.index = new HashIndex(Math.max(1, Math.min(capacity, ports)), seed, this.proto, 0);
+    this.free = new FreeList(capacity);
   }
 
   pool(protocol: number): PortPool | undefined {
     return this.pools.get(protocol);
   }
 
-  private bucket(proto: number, addr: number, port: number): number {
-    return tupleHash(this.seed, proto, addr, 0, port, 0) & this.mask;
-  }
-
   /** The mapping of an internal endpoint, or -1. */
   lookupInternal(proto: number, addr: number, port: number): number {
-    let m = this.heads[this.bucket(proto, addr, port)]!;
-    while (m !== NONE) {
-      if (this.intAddr[m] === addr && this.intPort[m] === port && this.proto[m] === proto) return m;
-      m = this.next[m]!;
-    }
-    return NONE;
+    const index = this.index;
+    const a = addr | 0;
+    return index.find(index.home(proto, a, 0, port), proto, a, 0, port);
   }
 
   /** The mapping that owns a public port, or -1. */
@@ -92,21 +88,21 @@ export class MappingTable {
   create(proto: number, addr: number, port: number, extAddr: number, rng: Rng, exactExternal = -1): number {
     const pool = this.pools.get(proto);
     if (!pool) return NONE;
-    if (this.freeTop === 0) return -2;
-    const m = this.free[this.freeTop - 1]!;
+    const m = this.free.peek();
+    if (m < 0) return -2;
     // exactExternal: restoring a saved mapping, which must keep its public port or lose its flows.
     const ext = exactExternal >= 0 ? pool.take(exactExternal, m) : pool.allocate(port, m, rng);
     if (ext < 0) return NONE;
-    this.freeTop--;
+    this.free.take();
     this.proto[m] = proto;
     this.intAddr[m] = addr >>> 0;
     this.intPort[m] = port;
     this.extAddr[m] = extAddr >>> 0;
     this.extPort[m] = ext;
     this.refs[m] = 0;
-    const b = this.bucket(proto, addr, port);
-    this.next[m] = this.heads[b]!;
-    this.heads[b] = m;
+    // Keyed by what the arrays hold, so that unref finds the same key; an endpoint mapped twice (which the
+    // translator never asks for) shadows the older mapping, as pushing at the head of a chain did.
+    this.index.insert(proto, addr | 0, 0, this.intPort[m]!, m);
     this.size++;
     return m;
   }
@@ -132,23 +128,42 @@ export class MappingTable {
   unref(m: number): void {
     if (--this.refs[m]! > 0) return;
     const proto = this.proto[m]!;
-    const b = this.bucket(proto, this.intAddr[m]!, this.intPort[m]!);
-    let cur = this.heads[b]!;
-    if (cur === m) this.heads[b] = this.next[m]!;
-    else {
-      while (cur !== NONE) {
-        const nx = this.next[cur]!;
-        if (nx === m) {
-          this.next[cur] = this.next[m]!;
-          break;
-        }
-        cur = nx;
-      }
-    }
-    this.next[m] = NONE;
+    this.index.delete(proto, this.intAddr[m]! | 0, 0, this.intPort[m]!, m);
     this.pools.get(proto)?.release(this.extPort[m]!, m);
-    this.free[this.freeTop++] = m;
+    this.free.give(m);
     this.size--;
+  }
+
+  /** 1 for every mapping in use, 0 for every free one (allocates; for checks and diagnostics). */
+  liveRows(): Uint8Array {
+    const live = this.free.marks([], 'mapping');
+    for (let m = 0; m < live.length; m++) live[m] = live[m]! ^ 1;
+    return live;
+  }
+
+  /**
+   * Everything wrong with the table, as sentences (empty when it is sound): every mapping in use is
+   * indexed once under its internal endpoint and nothing else is; the free list and the mappings in use
+   * are disjoint and together all of them; size counts the mappings in use; each one's public port is
+   * owned by it in its protocol's pool; no reference count is negative. Walks everything: for tests and
+   * fuzzers.
+   */
+  checkInvariants(): string[] {
+    const index = this.index;
+    const { problems: out, free } = auditIndexedRows(index, this.free, 'mapping', (m, j) =>
+      index.holds(j, this.proto[m]!, this.intAddr[m]! | 0, 0, this.intPort[m]!) ? null : `the key is not mapping ${m}'s internal endpoint`);
+    let live = 0;
+    for (let m = 0; m < this.capacity; m++) {
+      if (free[m]) continue;
+      live++;
+      const where = `mapping ${m} (protocol ${this.proto[m]}, port ${this.intPort[m]} → ${this.extPort[m]})`;
+      if (this.refs[m]! < 0) out.push(`${where} has ${this.refs[m]} references`);
+      const pool = this.pools.get(this.proto[m]!);
+      if (!pool) out.push(`${where} has no port pool`);
+      else if (pool.owner[this.extPort[m]!] !== m) out.push(`${where}: its public port is owned by ${pool.owner[this.extPort[m]!]}`);
+    }
+    if (live !== this.size) out.push(`size ${this.size} but ${live} mappings in use`);
+    return out;
   }
 
   info(m: number): MappingInfo {

@@ -1,94 +1,89 @@
-import { tupleHash } from '../conntrack/table.js';
+import { FreeList } from '../conntrack/free-list.js';
+import { HashIndex, auditIndexedRows } from '../conntrack/hash-index.js';
 
 /**
  * Address-dependent filtering (RFC 4787 REQ-8, "address-dependent"): a mapping accepts inbound packets
  * from an external address only while some flow of that mapping talks to that address. This counts,
- * per (mapping, external address), how many flows do. Typed arrays with chaining; no allocation after
+ * per (mapping, external address), how many flows do. Rows are found through the index the flow table
+ * uses (conntrack/hash-index.ts), keyed (mapping, address, 0) under protocol 0; no allocation after
  * construction. Only touched when a flow is created or removed.
  */
 const NONE = -1;
+/** Every key has protocol 0, so no escaped protocol is ever looked up in it. */
+const NO_PROTOCOLS = new Uint8Array(0);
 
 export class PermissionTable {
-  private readonly mapping: Int32Array;
-  private readonly addr: Uint32Array;
-  private readonly count: Int32Array;
-  private readonly next: Int32Array;
-  private readonly heads: Int32Array;
-  private readonly mask: number;
-  private readonly free: Int32Array;
-  private freeTop: number;
+  /** Per row: the mapping, the external address it accepts, and how many flows keep the row. */
+  readonly mapping: Int32Array;
+  readonly addr: Uint32Array;
+  readonly count: Int32Array;
+  private readonly index: HashIndex;
+  private readonly free: FreeList;
   size = 0;
 
-  constructor(readonly capacity: number, private readonly seed: number) {
+  constructor(readonly capacity: number, seed: number) {
     this.mapping = new Int32Array(capacity);
     this.addr = new Uint32Array(capacity);
     this.count = new Int32Array(capacity);
-    this.next = new Int32Array(capacity).fill(NONE);
-    let buckets = 1;
-    while (buckets < capacity) buckets <<= 1;
-    this.heads = new Int32Array(buckets).fill(NONE);
-    this.mask = buckets - 1;
-    this.free = new Int32Array(capacity);
-    for (let i = 0; i < capacity; i++) this.free[i] = capacity - 1 - i;
-    this.freeTop = capacity;
-  }
-
-  private bucket(m: number, a: number): number {
-    return tupleHash(this.seed, 0, m, a, 0, 0) & this.mask;
+    this.index = new HashIndex(capacity, seed, NO_PROTOCOLS, 0);
+    this.free = new FreeList(capacity);
   }
 
   private find(m: number, a: number): number {
-    let i = this.heads[this.bucket(m, a)]!;
-    while (i !== NONE) {
-      if (this.mapping[i] === m && this.addr[i] === a) return i;
-      i = this.next[i]!;
-    }
-    return NONE;
+    const index = this.index;
+    return index.find(index.home(0, m, a, 0), 0, m, a, 0);
   }
 
   /** Whether mapping m currently accepts packets from address a. */
   has(m: number, a: number): boolean {
-    return this.find(m, a >>> 0) !== NONE;
+    return this.find(m, a | 0) !== NONE;
   }
 
   /** One more flow of mapping m talks to a. Returns false only if the table is full. */
   add(m: number, a: number): boolean {
-    a >>>= 0;
+    a |= 0;
     const i = this.find(m, a);
     if (i !== NONE) {
       this.count[i]!++;
       return true;
     }
-    if (this.freeTop === 0) return false;
-    const n = this.free[--this.freeTop]!;
+    const n = this.free.take();
+    if (n < 0) return false;
     this.mapping[n] = m;
     this.addr[n] = a;
     this.count[n] = 1;
-    const b = this.bucket(m, a);
-    this.next[n] = this.heads[b]!;
-    this.heads[b] = n;
+    this.index.insert(0, m, a, 0, n);
     this.size++;
     return true;
   }
 
   /** One flow of mapping m to a ended. */
   remove(m: number, a: number): void {
-    a >>>= 0;
-    const b = this.bucket(m, a);
-    let prev = NONE;
-    let i = this.heads[b]!;
-    while (i !== NONE) {
-      if (this.mapping[i] === m && this.addr[i] === a) {
-        if (--this.count[i]! > 0) return;
-        if (prev === NONE) this.heads[b] = this.next[i]!;
-        else this.next[prev] = this.next[i]!;
-        this.next[i] = NONE;
-        this.free[this.freeTop++] = i;
-        this.size--;
-        return;
-      }
-      prev = i;
-      i = this.next[i]!;
+    a |= 0;
+    const i = this.find(m, a);
+    if (i === NONE || --this.count[i]! > 0) return;
+    this.index.delete(0, m, a, 0, i);
+    this.free.give(i);
+    this.size--;
+  }
+
+  /**
+   * Everything wrong with the table, as sentences (empty when it is sound): every row in use is indexed
+   * once under its (mapping, address) and nothing else is; the free list and the rows in use are disjoint
+   * and together all of them; size counts the rows in use; every row in use is kept by at least one flow.
+   * Walks everything: for tests and fuzzers.
+   */
+  checkInvariants(): string[] {
+    const index = this.index;
+    const { problems: out, free } = auditIndexedRows(index, this.free, 'permission', (i, j) =>
+      index.holds(j, 0, this.mapping[i]!, this.addr[i]! | 0, 0) ? null : `the key is not permission ${i}'s (mapping, address)`);
+    let live = 0;
+    for (let i = 0; i < this.capacity; i++) {
+      if (free[i]) continue;
+      live++;
+      if (this.count[i]! <= 0) out.push(`permission ${i} (mapping ${this.mapping[i]}) is kept by ${this.count[i]} flows`);
     }
+    if (live !== this.size) out.push(`size ${this.size} but ${live} permissions in use`);
+    return out;
   }
 }

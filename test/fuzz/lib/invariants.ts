@@ -3,9 +3,10 @@
  * lets through. Checks return lists of violations (strings) rather than throwing, so a fuzzer can
  * report all of them together with the input that led there.
  *
- * Some of the state is private (hash chains, free lists, fragment entries, permission counts); it is
- * read through narrow structural casts below. That couples these checks to field names, which is the
- * price of checking the structures themselves rather than only what the public API shows.
+ * The three tables check their own structure (index, free list, size: checkInvariants()); what is
+ * checked here is how they agree with one another. The translator's own private state (per-host counts,
+ * its permission table, fragment entries) is still read through narrow structural casts below, which
+ * couples these checks to field names.
  */
 import type { Translator } from '../../../src/nat/translator.js';
 import { Filtering } from '../../../src/nat/translator.js';
@@ -22,10 +23,6 @@ import { rd16, rd32 } from '../../../src/wire/bytes.js';
 const NONE = -1;
 const PROTOS = [PROTO_ICMP, 6, 17] as const;
 
-interface MappingInternals {
-  free: Int32Array;
-  freeTop: number;
-}
 interface TranslatorInternals {
   permissions: PermissionTable | null;
   hostFlows: Map<number, number>;
@@ -51,21 +48,15 @@ export function checkState(nat: Translator): string[] {
   const maps = nat.mappings;
   const mcap = maps.capacity;
 
-  // Flow slots in use, and the index (every entry once, under its tuple, reachable; see indexProblems).
-  let inUse = 0;
-  for (let f = 0; f < cap; f++) if (flows.isInUse(f)) inUse++;
-  if (inUse !== flows.size) v.push(`flows.size ${flows.size} but ${inUse} slots in use`);
+  // The flow table's own structure: index (every entry once, under its tuple, reachable), free list, size.
+  for (const p of flows.checkInvariants()) v.push(`flow table: ${p}`);
   if (flows.size > cap) v.push(`flows.size ${flows.size} > capacity ${cap}`);
-  for (const p of flows.indexProblems()) v.push(`flow index: ${p}`);
 
   // Every flow is found from both directions, and finds itself. `-Infinity` as the clock: lookup() removes
   // expired flows it meets, and a check must not change what it checks.
   const refs = new Int32Array(mcap);
   for (let f = 0; f < cap; f++) {
-    if (!flows.isInUse(f)) {
-      if (flows.mapping[f] !== NONE || flows.mapping2[f] !== NONE) v.push(`free flow slot ${f} still names mappings`);
-      continue;
-    }
+    if (!flows.isInUse(f)) continue;
     const proto = flows.proto[f]!;
     for (let dir = 0; dir < 2; dir++) {
       const e = f * 2 + dir;
@@ -83,33 +74,22 @@ export function checkState(nat: Translator): string[] {
     if (m2 >= 0 && m2 < mcap) refs[m2]!++;
   }
 
-  // Mapping slots: free ones exactly once on the free list, live ones counted, referenced and indexed.
-  const mi = maps as unknown as MappingInternals;
-  const free = new Uint8Array(mcap);
-  for (let i = 0; i < mi.freeTop; i++) {
-    const m = mi.free[i]!;
-    if (m < 0 || m >= mcap) v.push(`mapping free list holds ${m}`);
-    else if (free[m]) v.push(`mapping ${m} is on the free list twice (double free)`);
-    else free[m] = 1;
-  }
-  let live = 0;
+  // The mapping table's own structure (index, free list, size, pool ownership); then every mapping in use
+  // is referenced by exactly its flows and found by its internal endpoint, and no freed one is referenced.
+  for (const p of maps.checkInvariants()) v.push(`mapping table: ${p}`);
+  const live = maps.liveRows();
   for (let m = 0; m < mcap; m++) {
-    if (free[m]) {
+    if (!live[m]) {
       if (refs[m]! > 0) v.push(`freed mapping ${m} is still used by ${refs[m]} flow reference(s)`);
       continue;
     }
-    live++;
     const proto = maps.proto[m]!;
     const where = `mapping ${m} (${protoName(proto)} ${q(maps.intAddr[m]!)}:${maps.intPort[m]} → ${q(maps.extAddr[m]!)}:${maps.extPort[m]})`;
     if (maps.refs[m] !== refs[m]) v.push(`${where} has refs ${maps.refs[m]} but ${refs[m]} flow reference(s)`);
     if (refs[m] === 0) v.push(`${where} is live with no flow: leaked`);
-    const pool = maps.pool(proto);
-    if (!pool) v.push(`${where} has no pool`);
-    else if (pool.owner[maps.extPort[m]!] !== m) v.push(`${where}: its port is owned by ${pool.owner[maps.extPort[m]!]}`);
     if (maps.lookupInternal(proto, maps.intAddr[m]!, maps.intPort[m]!) !== m) v.push(`${where} is not found by its internal endpoint`);
     if (maps.extAddr[m] !== nat.publicAddress) v.push(`${where} is on an address that is no longer public`);
   }
-  if (live !== maps.size) v.push(`mappings.size ${maps.size} but ${live} live slots`);
 
   // Pools: `used` is exactly the ports owned by live mappings of that protocol.
   for (const proto of PROTOS) {
@@ -120,7 +100,7 @@ export function checkState(nat: Translator): string[] {
       const m = pool.owner[port]!;
       if (m === NONE) continue;
       owned++;
-      if (m < 0 || m >= mcap || free[m]) v.push(`${protoName(proto)} port ${port} owned by dead mapping ${m}`);
+      if (m < 0 || m >= mcap || !live[m]) v.push(`${protoName(proto)} port ${port} owned by dead mapping ${m}`);
       else if (maps.extPort[m] !== port || maps.proto[m] !== proto) v.push(`${protoName(proto)} port ${port} owned by mapping ${m} of another port/protocol`);
     }
     if (owned !== pool.used) v.push(`${protoName(proto)} pool: used ${pool.used} but ${owned} ports owned`);
@@ -135,14 +115,14 @@ export function checkState(nat: Translator): string[] {
     const m = flows.mapping[f]!;
     const m2 = flows.mapping2[f]!;
     const inbound = (flows.flags[f]! & FLOW_INBOUND) !== 0;
-    if (m >= 0 && !free[m]) {
+    if (m >= 0 && live[m]) {
       if (inbound) v.push(`inbound flow ${f} holds an own mapping ${m}`);
       if (flows.tSrc[o] !== maps.intAddr[m] || flows.tSport[o] !== maps.intPort[m] || flows.tDst[r] !== maps.extAddr[m] || flows.tDport[r] !== maps.extPort[m]) {
         v.push(`flow ${f} ${tupleText(nat, o)} / ${tupleText(nat, r)} disagrees with its mapping ${m}`);
       }
       if (flows.proto[f] !== maps.proto[m]) v.push(`flow ${f} and its mapping ${m} differ in protocol`);
     }
-    if (m2 >= 0 && !free[m2]) {
+    if (m2 >= 0 && live[m2]) {
       if (flows.tSrc[r] !== maps.intAddr[m2] || flows.tSport[r] !== maps.intPort[m2] || flows.tDport[o] !== maps.extPort[m2]) {
         v.push(`flow ${f} ${tupleText(nat, o)} / ${tupleText(nat, r)} disagrees with its target mapping ${m2}`);
       }
@@ -175,6 +155,7 @@ export function checkState(nat: Translator): string[] {
   // Address-dependent filtering: every flow's permissions exist, and there are no more than flows can hold.
   if (nat.filtering === Filtering.ADDRESS && ti.permissions) {
     const perm = ti.permissions;
+    for (const p of perm.checkInvariants()) v.push(`permission table: ${p}`);
     if (perm.size > 2 * flows.size) v.push(`permissions ${perm.size} > 2 × flows ${flows.size}`);
     for (let f = 0; f < cap; f++) {
       if (!flows.isInUse(f)) continue;
