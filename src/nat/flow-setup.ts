@@ -49,9 +49,13 @@ export function mappingFor(nat: NatContext, proto: number, addr: number, port: n
     nat.lastPortChoice = PortChoice.EXISTING;
     return m;
   }
+  if (maps.isFull) {
+    nat.setupReason = DropReason.TABLE_FULL;
+    return NONE;
+  }
   m = maps.create(proto, addr, port, nat.publicAddress, nat.rng);
   if (m < 0) {
-    nat.setupReason = m === -2 ? DropReason.TABLE_FULL : DropReason.PORTS_EXHAUSTED;
+    nat.setupReason = DropReason.PORTS_EXHAUSTED;
     return NONE;
   }
   nat.lastPortChoice = maps.extPort[m] === port ? PortChoice.PRESERVED : PortChoice.REMAPPED;

@@ -146,6 +146,25 @@ export class FragmentTracker {
     this.heldBytes = 0;
   }
 
+  /** What must hold of the tracker between packets; the list of what does not (empty when sound). */
+  checkInvariants(): string[] {
+    const v: string[] = [];
+    const lim = this.limits;
+    if (this.entries.size > lim.maxDatagrams) v.push(`${this.entries.size} datagrams tracked > ${lim.maxDatagrams}`);
+    if (this.heldBytes < 0 || this.heldBytes > lim.maxHeldBytes) v.push(`heldBytes ${this.heldBytes} outside 0..${lim.maxHeldBytes}`);
+    let held = 0;
+    for (const [key, e] of this.entries) {
+      if (e.key !== key) v.push(`entry under ${key} names itself ${e.key}`);
+      let bytes = 0;
+      for (const h of e.held) bytes += h.length;
+      if (bytes !== e.heldBytes) v.push(`set ${key}: heldBytes ${e.heldBytes} but holds ${bytes}`);
+      held += e.heldBytes;
+      if (e.ranges.length / 2 > lim.maxFragments) v.push(`set ${key}: ${e.ranges.length / 2} pieces > ${lim.maxFragments}`);
+    }
+    if (held !== this.heldBytes) v.push(`heldBytes ${this.heldBytes} but entries hold ${held}`);
+    return v;
+  }
+
   /** Drop datagrams whose time is up (what was held is freed: an incomplete set is never sent on). */
   expire(now: number): number {
     let n = 0;

@@ -82,14 +82,14 @@ export class MappingTable {
   }
 
   /**
-   * Create a mapping for an internal endpoint on `extAddr`, choosing its public port.
-   * Returns the mapping id, -1 if the pool has no free port, -2 if the mapping table is full.
+   * Create a mapping for an internal endpoint on `extAddr`, choosing its public port. Returns the mapping
+   * id, or -1 when none can be made: the table is full (`isFull` tells), or the pool has no free port.
    */
   create(proto: number, addr: number, port: number, extAddr: number, rng: Rng, exactExternal = -1): number {
     const pool = this.pools.get(proto);
     if (!pool) return NONE;
     const m = this.free.peek();
-    if (m < 0) return -2;
+    if (m < 0) return NONE;
     // exactExternal: restoring a saved mapping, which must keep its public port or lose its flows.
     const ext = exactExternal >= 0 ? pool.take(exactExternal, m) : pool.allocate(port, m, rng);
     if (ext < 0) return NONE;
@@ -105,6 +105,11 @@ export class MappingTable {
     this.index.insert(proto, addr | 0, 0, this.intPort[m]!, m);
     this.size++;
     return m;
+  }
+
+  /** No row left for another mapping. */
+  get isFull(): boolean {
+    return this.free.available === 0;
   }
 
   ref(m: number): void {

@@ -3,16 +3,12 @@
  * lets through. Checks return lists of violations (strings) rather than throwing, so a fuzzer can
  * report all of them together with the input that led there.
  *
- * The three tables check their own structure (index, free list, size: checkInvariants()); what is
- * checked here is how they agree with one another. The translator's own private state (per-host counts,
- * its permission table, fragment entries) is still read through narrow structural casts below, which
- * couples these checks to field names.
+ * The tables and the fragment tracker check their own structure (index, free list, size, held bytes:
+ * checkInvariants()); what is checked here is how they agree with one another and with the flows.
  */
 import type { Translator } from '../../../src/nat/translator.js';
 import { Filtering } from '../../../src/nat/translator.js';
 import { FLOW_INBOUND } from '../../../src/conntrack/table.js';
-import type { FragEntry } from '../../../src/nat/fragments.js';
-import type { PermissionTable } from '../../../src/nat/permissions.js';
 import { ipToString } from '../../../src/wire/addr.js';
 import { ICMP_HEADER_LENGTH, isErrorType } from '../../../src/wire/icmp.js';
 import {
@@ -22,15 +18,6 @@ import { rd16, rd32 } from '../../../src/wire/bytes.js';
 
 const NONE = -1;
 const PROTOS = [PROTO_ICMP, 6, 17] as const;
-
-interface TranslatorInternals {
-  permissions: PermissionTable | null;
-  hostFlows: Map<number, number>;
-  maxPerHost: number;
-}
-interface FragmentInternals {
-  entries: Map<string, FragEntry>;
-}
 
 const q = ipToString;
 
@@ -129,9 +116,8 @@ export function checkState(nat: Translator): string[] {
     }
   }
 
-  const ti = nat as unknown as TranslatorInternals;
   // Per-host counts (only kept when --max-flows-per-host is set).
-  if (ti.maxPerHost > 0) {
+  if (nat.maxPerHost > 0) {
     const want = new Map<number, number>();
     const opened = new Map<number, number>();
     for (let f = 0; f < cap; f++) {
@@ -147,14 +133,14 @@ export function checkState(nat: Translator): string[] {
     }
     // The limit governs the flows a host opens.
     for (const [host, n] of opened) {
-      if (n > ti.maxPerHost) v.push(`host ${q(host)} opened ${n} flows, over the limit ${ti.maxPerHost}`);
+      if (n > nat.maxPerHost) v.push(`host ${q(host)} opened ${n} flows, over the limit ${nat.maxPerHost}`);
     }
-    if (ti.hostFlows.size !== want.size) v.push(`per-host counts cover ${ti.hostFlows.size} hosts, flows belong to ${want.size}`);
+    if (nat.hostFlows.size !== want.size) v.push(`per-host counts cover ${nat.hostFlows.size} hosts, flows belong to ${want.size}`);
   }
 
   // Address-dependent filtering: every flow's permissions exist, and there are no more than flows can hold.
-  if (nat.filtering === Filtering.ADDRESS && ti.permissions) {
-    const perm = ti.permissions;
+  if (nat.filtering === Filtering.ADDRESS && nat.permissions) {
+    const perm = nat.permissions;
     for (const p of perm.checkInvariants()) v.push(`permission table: ${p}`);
     if (perm.size > 2 * flows.size) v.push(`permissions ${perm.size} > 2 × flows ${flows.size}`);
     for (let f = 0; f < cap; f++) {
@@ -167,19 +153,7 @@ export function checkState(nat: Translator): string[] {
   }
 
   // Fragments: bounded in datagrams, bytes and pieces; the byte count is the sum of what is held.
-  const fr = nat.fragments;
-  const lim = fr.limits;
-  if (fr.size > lim.maxDatagrams) v.push(`fragments: ${fr.size} datagrams tracked > ${lim.maxDatagrams}`);
-  if (fr.heldBytes < 0 || fr.heldBytes > lim.maxHeldBytes) v.push(`fragments: heldBytes ${fr.heldBytes} outside 0..${lim.maxHeldBytes}`);
-  let held = 0;
-  for (const [key, e] of (fr as unknown as FragmentInternals).entries) {
-    let bytes = 0;
-    for (const h of e.held) bytes += h.length;
-    if (bytes !== e.heldBytes) v.push(`fragment set ${key}: heldBytes ${e.heldBytes} but holds ${bytes}`);
-    held += e.heldBytes;
-    if (e.ranges.length / 2 > lim.maxFragments) v.push(`fragment set ${key}: ${e.ranges.length / 2} pieces > ${lim.maxFragments}`);
-  }
-  if (held !== fr.heldBytes) v.push(`fragments: heldBytes ${fr.heldBytes} but entries hold ${held}`);
+  for (const p of nat.fragments.checkInvariants()) v.push(`fragments: ${p}`);
   return v;
 }
 
@@ -195,9 +169,8 @@ export function checkDrained(nat: Translator): string[] {
   if (nat.fragments.size !== 0 || nat.fragments.heldBytes !== 0) {
     v.push(`fragments: ${nat.fragments.size} sets / ${nat.fragments.heldBytes} bytes left after their timeout`);
   }
-  const ti = nat as unknown as TranslatorInternals;
-  if (ti.permissions && ti.permissions.size !== 0) v.push(`${ti.permissions.size} permissions left with no flows`);
-  if (ti.hostFlows.size !== 0) v.push(`per-host counts left for ${ti.hostFlows.size} hosts`);
+  if (nat.permissions && nat.permissions.size !== 0) v.push(`${nat.permissions.size} permissions left with no flows`);
+  if (nat.hostFlows.size !== 0) v.push(`per-host counts left for ${nat.hostFlows.size} hosts`);
   return v.concat(checkState(nat));
 }
 
