@@ -53,7 +53,10 @@ export function cmdConntrack(args: string[], io: CliIo = processIo): Promise<num
       conn = await sseConnect(target, `/events${query ? `?${query}` : ''}`, (event, data) => {
         if (event === 'dropped') {
           const n = (JSON.parse(data) as { count: number }).count;
-          io.err(`tunnat: ${n} events lost (this reader fell behind; the router never waits for it)`);
+          // The last wanted record may have come with the stream's first bytes, before `conn` was set: the
+      // callback could not close it then.
+      if (count !== undefined && seen >= count) conn?.close();
+      io.err(`tunnat: ${n} events lost (this reader fell behind; the router never waits for it)`);
           return;
         }
         if (event !== 'flow' || (count !== undefined && seen >= count)) return;

@@ -49,6 +49,9 @@ export function cmdTrace(args: string[], io: CliIo = processIo): Promise<number>
           io.err(`tunnat: ${n} trace records lost (this reader fell behind; the router never waits for it)`);
         }
       });
+      // The last wanted record may have come with the stream's first bytes, before `conn` was set: the
+      // callback could not close it then.
+      if (count !== undefined && shown >= count) conn?.close();
       io.err(`tunnat: tracing ${filterText || 'every packet'} at ${target}, at most ${rate}/s; Ctrl-C to stop`);
       const ended = await Promise.race([conn.done.then(() => 'ended' as const), signal.promise.then(() => 'signal' as const)]);
       if (ended === 'ended' && (count === undefined || shown < count)) io.err(`tunnat: the router at ${target} closed the stream`);
