@@ -53,10 +53,7 @@ export function cmdConntrack(args: string[], io: CliIo = processIo): Promise<num
       conn = await sseConnect(target, `/events${query ? `?${query}` : ''}`, (event, data) => {
         if (event === 'dropped') {
           const n = (JSON.parse(data) as { count: number }).count;
-          // The last wanted record may have come with the stream's first bytes, before `conn` was set: the
-      // callback could not close it then.
-      if (count !== undefined && seen >= count) conn?.close();
-      io.err(`tunnat: ${n} events lost (this reader fell behind; the router never waits for it)`);
+          io.err(`tunnat: ${n} events lost (this reader fell behind; the router never waits for it)`);
           return;
         }
         if (event !== 'flow' || (count !== undefined && seen >= count)) return;
@@ -64,6 +61,9 @@ export function cmdConntrack(args: string[], io: CliIo = processIo): Promise<num
         io.out(v.json ? JSON.stringify(ev) : formatEvent(ev));
         if (count !== undefined && ++seen >= count) conn?.close();
       });
+      // The last wanted record may have come with the stream's first bytes, before `conn` was set: the
+      // callback could not close it then.
+      if (count !== undefined && seen >= count) conn?.close();
       io.err(`tunnat: following flow events at ${target}${query ? ` (${query})` : ''}; Ctrl-C to stop`);
       const ended = await Promise.race([conn.done.then(() => 'ended' as const), signal.promise.then(() => 'signal' as const)]);
       if (ended === 'ended' && (count === undefined || seen < count)) io.err(`tunnat: the router at ${target} closed the stream`);
