@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { defaultCliPath, repoRoot } from '../../src/lab/router.js';
 import { lookupUser } from '../../src/router/privsep.js';
+import { run, runSync } from '../../src/util/exec.js';
 import { Cleanup, inNs, isRoot, kernelNatRules, plainLabUp, snapshotNetns, type PlainLab } from './harness.js';
 
 /**
@@ -74,6 +75,11 @@ describe.skipIf(!isRoot)('a start that cannot do what was asked changes nothing'
     ['kernel', 'apply', ''],
   ])('--internal overlapping the WAN subnet: `%s %s %s` exits 2 naming both, nothing changed', async (...verb) => {
     const before = await state();
+    if (verb[1] === 'apply') {
+      // Should it wrongly succeed, `kernel apply` leaves a set-up and its record under /run/tunnat behind.
+      const argv = ['ip', 'netns', 'exec', lab.gw, process.execPath, cli, 'kernel', 'remove'];
+      cleanup.defer({ label: 'tunnat kernel remove', sync: () => void runSync(argv, { allowFail: true }), async: async () => void (await run(argv, { allowFail: true })) });
+    }
     const r = await tunnat([...verb.filter((w) => w !== ''), '--internal', '192.168.1.0/24,203.0.113.128/25', '--external', 'wan0', '--http', 'off']);
     expect(r.exitCode, r.stderr).toBe(2);
     expect(r.stderr).toMatch(/--internal 203\.0\.113\.128\/25 overlaps 203\.0\.113\.0\/24, the subnet of wan0/);
