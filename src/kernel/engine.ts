@@ -1,5 +1,5 @@
 import type { RouterConfig } from '../config/config.js';
-import { bindHttpListeners, startHttp } from '../observe/http.js';
+import { bindHttpListeners, closeListeners, startHttp } from '../observe/http.js';
 import { preflight } from '../host/preflight.js';
 import type { Logger } from '../util/log.js';
 import { ipToString } from '../wire/addr.js';
@@ -49,7 +49,7 @@ export async function startKernelEngine(cfg: RouterConfig, log: Logger): Promise
   try {
     applied = await applyKernelNat(plan, log, { onStale: 'clean' });
   } catch (err) {
-    listeners.forEach((s) => s.close());
+    await closeListeners(listeners);
     throw err;
   }
   let active = true;
@@ -72,7 +72,7 @@ export async function startKernelEngine(cfg: RouterConfig, log: Logger): Promise
   } catch (err) {
     active = false;
     process.off('exit', onExit);
-    listeners.forEach((s) => s.close());
+    await closeListeners(listeners);
     await removeKernelNat(applied, log).catch((e: Error) => log.error('removing after a failed verification failed', { error: e.message }));
     throw err;
   }

@@ -65,6 +65,11 @@ export async function bindHttpListeners(
   return bound;
 }
 
+/** Close listeners from bindHttpListeners; resolves once their sockets are released (a fallback engine may bind the same address next). */
+export function closeListeners(servers: readonly NetServer[]): Promise<void> {
+  return Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())))).then(() => {});
+}
+
 export async function startHttp(
   routes: HttpRoutes,
   listen: { tcp: Endpoint | null; unixPath: string | null; handles?: NetServer[] },

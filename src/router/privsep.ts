@@ -7,7 +7,7 @@ import type { RouterConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import { NativeTun } from '../tun/native.js';
 import { setupSystem, logRunning, StartupError, type SystemSetup } from './router.js';
-import { bindHttpListeners } from '../observe/http.js';
+import { bindHttpListeners, closeListeners } from '../observe/http.js';
 import { preflight } from '../host/preflight.js';
 
 /**
@@ -108,7 +108,7 @@ export async function startPrivsep(cfg: RouterConfig, log: Logger, user: Privsep
   try {
     sys = await setupSystem(cfg, log);
   } catch (err) {
-    servers.forEach((s) => s.close());
+    await closeListeners(servers);
     throw err;
   }
   const tun = sys.tun as NativeTun;

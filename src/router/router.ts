@@ -18,7 +18,7 @@ import {
   interfacePrimaryIpv4, gatewayOwnsAddress, type AppliedRouting,
 } from '../dataplane/routing.js';
 import { createRegistry } from '../metrics/registry.js';
-import { bindHttpListeners, startHttp } from '../observe/http.js';
+import { bindHttpListeners, closeListeners, startHttp } from '../observe/http.js';
 import { preflight } from '../host/preflight.js';
 import { Observatory } from '../observe/observatory.js';
 import { listFlows } from '../conntrack/listing.js';
@@ -424,19 +424,18 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
   // Everything that can refuse this start does so before the host is touched: nothing to undo.
   await preflight(cfg);
   const httpHandles = await bindHttpListeners({ tcp: cfg.http, unixPath: cfg.httpSocket });
-  const closeListeners = () => httpHandles.forEach((s) => s.close());
   let sys: SystemSetup;
   try {
     sys = await setupSystem(cfg, log, opts);
   } catch (err) {
-    closeListeners();
+    await closeListeners(httpHandles);
     throw err;
   }
   let dp: RunningDataplane;
   try {
     dp = await startDataplane(cfg, log, { ...sys, tun: sys.tun, httpHandles, ...(opts.clock ? { clock: opts.clock } : {}) });
   } catch (err) {
-    closeListeners();
+    await closeListeners(httpHandles);
     await sys.teardown();
     throw err;
   }
