@@ -3,6 +3,7 @@ import { httpGet } from './client.js';
 import { flowFilterToQuery, flowMatches, parseFlowFilter } from '../observe/filter.js';
 import { formatEvent, type FlowEvent } from '../observe/events.js';
 import { sseConnect } from '../observe/sse.js';
+import { HELP_FLAG, verbHelp, type Verb } from './flags.js';
 import { CliUsageError, DEFAULT_TARGET, intOption, parseOptions, processIo, runCommand, untilSignal, type CliIo } from '../observe/cli.js';
 
 /**
@@ -10,24 +11,32 @@ import { CliUsageError, DEFAULT_TARGET, intOption, parseOptions, processIo, runC
  * (original source), --dst (original destination) and --state; `--events` follows NEW / UPDATE /
  * DESTROY as they happen, like `conntrack -E`, until Ctrl-C (or --count events).
  */
-export const CONNTRACK_USAGE =
-  'tunnat conntrack [--http HOST:PORT|unix:PATH] [--proto tcp|udp|icmp] [--src ADDR[/LEN]] [--dst ADDR[/LEN]]\n' +
-  '                   [--state STATE] [--json] [--events [--count N]]';
-
-const OPTIONS = {
-  http: { type: 'string' },
-  json: { type: 'boolean' },
-  events: { type: 'boolean' },
-  count: { type: 'string' },
-  proto: { type: 'string' },
-  src: { type: 'string' },
-  dst: { type: 'string' },
-  state: { type: 'string' },
-} as const;
+export const CONNTRACK_VERB = {
+  name: 'conntrack',
+  brief: "the running router's flows, like `conntrack -L`; --events follows them like `conntrack -E`",
+  summary:
+    "List the running router's flows, like `conntrack -L`, filtered by protocol, original source and\n" +
+    'destination and state; --events follows NEW / UPDATE / DESTROY as they happen, like `conntrack -E`.',
+  flags: {
+    http: { type: 'string', arg: 'HOST:PORT|unix:PATH', about: `the router to ask (default ${DEFAULT_TARGET})` },
+    proto: { type: 'string', arg: 'tcp|udp|icmp', about: 'only flows of this protocol' },
+    src: { type: 'string', arg: 'ADDR[/LEN]', about: 'only flows from this original source' },
+    dst: { type: 'string', arg: 'ADDR[/LEN]', about: 'only flows to this original destination' },
+    state: { type: 'string', arg: 'STATE', about: 'only flows in this state (e.g. ESTABLISHED, TIME_WAIT)' },
+    json: { type: 'boolean', about: 'JSON instead of conntrack-style lines' },
+    events: { type: 'boolean', about: 'follow flow events until Ctrl-C' },
+    count: { type: 'string', arg: 'N', about: 'with --events: stop after N events' },
+    help: HELP_FLAG,
+  },
+} as const satisfies Verb;
 
 export function cmdConntrack(args: string[], io: CliIo = processIo): Promise<number> {
   return runCommand(io, async () => {
-    const { values: v } = parseOptions(args, OPTIONS);
+    const { values: v } = parseOptions(args, CONNTRACK_VERB.flags);
+    if (v.help) {
+      io.out(verbHelp(CONNTRACK_VERB));
+      return 0;
+    }
     const filter = parseFlowFilter(v);
     const target = v.http ?? DEFAULT_TARGET;
     const count = intOption('count', v.count, 1_000_000);

@@ -1,5 +1,7 @@
-import { ROUTER_OPTIONS, configFlags } from './router-flags.js';
-import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { configFlags } from './router-flags.js';
+import { verbHelp } from './flags.js';
+import { KERNEL_VERB } from './verbs.js';
+import { parseArgs } from 'node:util';
 import { ConfigError, type RouterConfig } from '../config/config.js';
 import { resolveConfig } from '../config/resolve.js';
 import { createLogger } from '../util/log.js';
@@ -16,6 +18,7 @@ import {
   verifyKernelNat,
   type AppliedKernel,
 } from '../kernel/apply.js';
+import { preflight } from '../host/preflight.js';
 import { formatPlan, planKernelNat, sysctlName, NFT_FAMILY, NFT_TABLE, type KernelBackend, type KernelPlan } from '../kernel/plan.js';
 
 /**
@@ -27,26 +30,12 @@ import { formatPlan, planKernelNat, sysctlName, NFT_FAMILY, NFT_TABLE, type Kern
  * Exit codes as `tunnat run`: 0 done, 1 failed, 2 bad usage or configuration.
  */
 
-export const KERNEL_USAGE = `Usage:
-  tunnat kernel plan   --internal CIDR[,CIDR…] --external IFACE [--public-ip ADDR] [--backend auto|nft|iptables]
-                       [--ports LO-HI] [--max-flows N] [--config FILE]
-  tunnat kernel apply  (the same flags)
-  tunnat kernel remove [--backend …]
-
-plan    print the kernel NAT recipe for these flags: each command with what it is for
-apply   apply it and exit; it stays until \`tunnat kernel remove\` (or a reboot) and the output says how to
-        make it survive reboots
-remove  remove what \`tunnat kernel apply\` (or a crashed \`tunnat run --engine kernel\`) left
-`;
-
-const KERNEL_OPTIONS = { ...ROUTER_OPTIONS, help: { type: 'boolean', short: 'h' } } satisfies ParseArgsConfig['options'];
-
 class UsageError extends Error {}
 
 function parseFlags(args: string[]): Record<string, unknown> {
   let values: Record<string, unknown>;
   try {
-    values = parseArgs({ args, options: KERNEL_OPTIONS, strict: true, allowPositionals: false }).values as Record<string, unknown>;
+    values = parseArgs({ args, options: KERNEL_VERB.flags, strict: true, allowPositionals: false }).values as Record<string, unknown>;
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
@@ -76,14 +65,14 @@ async function planFor(cfg: RouterConfig, forApply: boolean): Promise<{ plan: Ke
     backend = cfg.backend === 'iptables' ? 'iptables' : 'nft';
     reason = `${e.message.split(':')[0]} (showing the ${backend} recipe anyway)`;
   }
+  // What a start would refuse, plan refuses too; only a missing interface is a warning for plan, which
+  // may be read on another machine than the gateway.
+  for (const w of await preflight(cfg, { forAnotherHost: !forApply })) err(`tunnat: warning: ${w}\n`);
   let env: Awaited<ReturnType<typeof probeEnv>> | null = null;
   try {
     env = await probeEnv(cfg);
   } catch (e) {
     if (forApply) throw e;
-  }
-  if (forApply && env && !env.externalExists) {
-    throw new KernelNatError('NO_EXTERNAL', `--external ${cfg.external}: no such interface in this network namespace`);
   }
   return { plan: planKernelNat(cfg, backend, env ?? {}), reason };
 }
@@ -179,12 +168,12 @@ export async function cmdKernel(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
   try {
     if (sub === undefined || sub === 'help' || sub === '--help' || sub === '-h') {
-      out(KERNEL_USAGE);
+      out(verbHelp(KERNEL_VERB) + '\n');
       return sub === undefined ? 2 : 0;
     }
     const flags = parseFlags(rest);
     if (flags['help']) {
-      out(KERNEL_USAGE);
+      out(verbHelp(KERNEL_VERB) + '\n');
       return 0;
     }
     delete flags['help'];

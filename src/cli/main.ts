@@ -2,51 +2,18 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError, type RouterConfig } from '../config/config.js';
 import { resolveConfig, describeConfig } from '../config/resolve.js';
-import { ROUTER_OPTIONS, configFlags } from './router-flags.js';
+import { configFlags } from './router-flags.js';
+import { verbHelp, type Verb } from './flags.js';
+import { DOWN_VERB, LAB_VERB, RUN_VERB, usage } from './verbs.js';
 import { createLogger, type Logger } from '../util/log.js';
-import { cmdConntrack, CONNTRACK_USAGE } from './conntrack-cmd.js';
-import { cmdStats, STATS_USAGE } from './stats-cmd.js';
-import { cmdTrace, TRACE_USAGE } from './trace-cmd.js';
+import { cmdConntrack } from './conntrack-cmd.js';
+import { cmdStats } from './stats-cmd.js';
+import { cmdTrace } from './trace-cmd.js';
 
 /**
  * The `tunnat` command. Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
  */
-const USAGE = `tunnat — a userspace NAT router on a TUN device
-
-Usage:
-  tunnat run --internal CIDR[,CIDR…] --external IFACE [--public-ip ADDR] [--tun NAME]
-             [--ports LO-HI] [--http HOST:PORT|off] [--http-socket PATH] [--config FILE]
-             [--max-flows N] [--gateway-ports LO-HI] [--table N] [--log-level LEVEL] [--dry-run]
-             [--filtering endpoint|address|address-port] [--forward tcp|udp:PORT=ADDR[:PORT]]…
-             [--allow-egress tcp:80,udp:53,icmp,tcp:443@CIDR…] [--egress-reject]
-             [--max-flows-per-host N] [--no-icmp-errors] [--no-offload] [--engine userspace|kernel|auto]
-             [--pcap FILE] [--state FILE] [--user NAME]
-  ${CONNTRACK_USAGE}
-  ${STATS_USAGE}
-  ${TRACE_USAGE}
-  tunnat lab [--once] [--http-port PORT] [--id ID]
-  tunnat kernel plan|apply|remove [run's flags] [--backend auto|nft|iptables]
-  tunnat down [--tun NAME] [--table N]
-  tunnat help
-
-run        translate the traffic of --internal behind --external (masquerade on its primary
-           address, or static SNAT to --public-ip); serves the live page (/), /metrics and
-           /conntrack on --http (default 127.0.0.1:9100); --pcap FILE records every packet before
-           and after translation (pcapng). Stops cleanly on Ctrl-C / SIGTERM, removing its routing.
-conntrack  list the running router's flows, like \`conntrack -L\`; --events follows them like \`conntrack -E\`
-stats      the running router's counters, like \`conntrack -S\`
-trace      explain packets live, before and after translation (the flow, the port chosen, the fields
-           and checksums rewritten); rate-bounded
-kernel     the kernel's own NAT for the same flags: plan prints the recipe (ip_forward, MASQUERADE or
-           SNAT, conntrack sizing) with what each command is for; apply/remove make it persistent
-down       remove the routing set-up a killed tunnat left behind (a running one cleans up itself)
-lab        build a namespace lab (LAN hosts, gateway, internet host), run tunnat in it, show real
-           traffic being translated; --once runs the demo, cleans up and exits (0 if all worked)
-`;
-
 class UsageError extends Error {}
-
-const RUN_OPTIONS = { ...ROUTER_OPTIONS, 'dry-run': { type: 'boolean' } } satisfies ParseArgsConfig['options'];
 
 function parse<T extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: T) {
   try {
@@ -83,12 +50,23 @@ async function startEngine(cfg: RouterConfig, log: Logger): Promise<{ stop(reaso
   }
 }
 
+/** Print the verb's help when --help was given; true if it was. */
+function helpAsked(verb: Verb, values: { help?: boolean }): boolean {
+  if (values.help) process.stdout.write(verbHelp(verb) + '\n');
+  return values.help === true;
+}
+
 async function cmdRun(args: string[]): Promise<number> {
-  const values = parse(args, RUN_OPTIONS) as Record<string, unknown>;
-  const { 'dry-run': dryRun, ...rest } = values;
+  const values = parse(args, RUN_VERB.flags) as Record<string, unknown>;
+  if (helpAsked(RUN_VERB, values)) return 0;
+  const { 'dry-run': dryRun, help: _help, ...rest } = values;
   const flags = configFlags(rest);
   const cfg = resolveConfig(flags);
   if (dryRun) {
+    // The checks a start makes before it changes anything; an interface missing here is only a warning,
+    // since the file may be meant for another machine.
+    const { preflight } = await import('../host/preflight.js');
+    for (const w of await preflight(cfg, { forAnotherHost: true })) process.stderr.write(`tunnat: warning: ${w}\n`);
     process.stdout.write(JSON.stringify(describeConfig(cfg), null, 2) + '\n');
     return 0;
   }
@@ -130,7 +108,8 @@ async function cmdRun(args: string[]): Promise<number> {
 }
 
 async function cmdLab(args: string[]): Promise<number> {
-  const v = parse(args, { once: { type: 'boolean' }, 'http-port': { type: 'string' }, id: { type: 'string' } });
+  const v = parse(args, LAB_VERB.flags);
+  if (helpAsked(LAB_VERB, v)) return 0;
   if (v.id !== undefined && !/^[a-z0-9]{1,12}$/.test(v.id)) throw new ConfigError('id', 'expected 1-12 lowercase letters or digits (namespaces are named tn<ID>-gw, tn<ID>-h0, …)');
   const httpPort = v['http-port'] !== undefined ? Number(v['http-port']) : 9100;
   if (!Number.isInteger(httpPort) || httpPort < 1 || httpPort > 65535) throw new ConfigError('http-port', 'expected a port number');
@@ -151,7 +130,8 @@ async function cmdLab(args: string[]): Promise<number> {
 }
 
 async function cmdDown(args: string[]): Promise<number> {
-  const v = parse(args, { tun: { type: 'string' }, table: { type: 'string' } });
+  const v = parse(args, DOWN_VERB.flags);
+  if (helpAsked(DOWN_VERB, v)) return 0;
   const tun = v.tun ?? 'tunnat0';
   const table = v.table !== undefined ? Number(v.table) : 7301;
   if (!Number.isInteger(table) || table < 1) throw new ConfigError('table', `expected a table number, got ${v.table}`);
@@ -188,7 +168,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'help':
       case '--help':
       case '-h':
-        process.stdout.write(USAGE);
+        process.stdout.write(usage());
         return cmd === undefined ? 2 : 0;
       default:
         throw new UsageError(`unknown command ${JSON.stringify(cmd)}`);

@@ -1,37 +1,38 @@
-import type { ParseArgsConfig } from 'node:util';
+import type { Flags } from './flags.js';
 
 /**
- * The flags of `tunnat run`, shared with `tunnat kernel plan|apply` (same flags, same meaning), and their
- * mapping onto config keys: `--public-ip` is `publicIp`, `--no-icmp-errors` is `icmpErrors: false`.
+ * The flags of `tunnat run`, shared with `tunnat kernel plan|apply` (same flags, same meaning): the one
+ * definition the parser, the help text and README's flag table follow. Each maps onto a config key:
+ * `--public-ip` is `publicIp`, `--no-icmp-errors` is `icmpErrors: false`.
  */
-export const ROUTER_OPTIONS = {
-  internal: { type: 'string' },
-  external: { type: 'string' },
-  'public-ip': { type: 'string' },
-  tun: { type: 'string' },
-  ports: { type: 'string' },
-  'gateway-ports': { type: 'string' },
-  http: { type: 'string' },
-  'http-socket': { type: 'string' },
-  config: { type: 'string' },
-  'max-flows': { type: 'string' },
-  table: { type: 'string' },
-  batch: { type: 'string' },
-  'busy-poll': { type: 'string' },
-  'log-level': { type: 'string' },
-  engine: { type: 'string' },
-  backend: { type: 'string' },
-  filtering: { type: 'string' },
-  forward: { type: 'string', multiple: true },
-  'allow-egress': { type: 'string' },
-  'egress-reject': { type: 'boolean' },
-  'max-flows-per-host': { type: 'string' },
-  'no-icmp-errors': { type: 'boolean' },
-  'no-offload': { type: 'boolean' },
-  state: { type: 'string' },
-  user: { type: 'string' },
-  pcap: { type: 'string' },
-} satisfies ParseArgsConfig['options'];
+export const ROUTER_FLAGS = {
+  internal: { type: 'string', arg: 'CIDR[,CIDR…]', required: true, about: 'LAN prefixes to translate' },
+  external: { type: 'string', arg: 'IFACE', required: true, about: 'WAN interface' },
+  'public-ip': { type: 'string', arg: 'ADDR', about: "static SNAT address (default: masquerade on IFACE's primary IPv4)" },
+  tun: { type: 'string', arg: 'NAME', about: 'TUN device tunnat creates (default tunnat0)' },
+  ports: { type: 'string', arg: 'LO-HI', about: 'public ports mappings may use (default 1024-65535)' },
+  'gateway-ports': { type: 'string', arg: 'LO-HI', about: "the gateway's own ephemeral ports while tunnat runs, never mapped (default 20000-29999)" },
+  http: { type: 'string', arg: 'HOST:PORT|off', about: 'live page, /metrics, /conntrack, /events, /trace (default 127.0.0.1:9100)' },
+  'http-socket': { type: 'string', arg: 'PATH', about: 'the same endpoint on a unix socket too' },
+  config: { type: 'string', arg: 'FILE', about: 'JSON with the same settings; flags win; SIGHUP re-reads it' },
+  'max-flows': { type: 'string', arg: 'N', about: 'connection-tracking table size (default 262144)' },
+  table: { type: 'string', arg: 'N', about: 'routing table for outbound traffic; N+1 is used for inbound (default 7301)' },
+  batch: { type: 'string', arg: 'N', about: 'packets read and written per system call (default 64)' },
+  'busy-poll': { type: 'string', arg: 'US', about: 'keep reading for US µs (0-10000) after a wake-up that found packets (default 0)' },
+  'log-level': { type: 'string', arg: 'LEVEL', about: 'debug, info, warn or error (default info)' },
+  engine: { type: 'string', arg: 'userspace|kernel|auto', about: 'who translates: tunnat, the kernel, or tunnat falling back to the kernel' },
+  backend: { type: 'string', arg: 'auto|nft|iptables', about: "kernel engine: the tool that writes the kernel's NAT rules (default auto)" },
+  filtering: { type: 'string', arg: 'endpoint|address|address-port', about: 'who may send to a mapping, RFC 4787 REQ-8 (default address)' },
+  forward: { type: 'string', multiple: true, arg: 'tcp|udp:PORT=ADDR[:PORT]', about: 'port forward (DNAT), repeatable' },
+  'allow-egress': { type: 'string', arg: 'LIST', about: 'allowlist for new outbound flows, e.g. tcp:80,tcp:443,udp:53,icmp,tcp:443@CIDR' },
+  'egress-reject': { type: 'boolean', about: 'refuse disallowed flows with TCP RST / ICMP 3/13 instead of dropping them' },
+  'max-flows-per-host': { type: 'string', arg: 'N', about: 'flows one LAN host may hold (default unlimited)' },
+  'no-icmp-errors': { type: 'boolean', about: 'no ICMP 3/13 when the table is full or ports run out' },
+  'no-offload': { type: 'boolean', about: 'take no GSO superpackets or partial checksums from the TUN' },
+  state: { type: 'string', arg: 'FILE', about: 'SIGTERM saves the flows there and leaves the gateway failed closed; the next start restores them' },
+  user: { type: 'string', arg: 'NAME', about: 'run the packet-parsing data plane as NAME, with no capabilities' },
+  pcap: { type: 'string', arg: 'FILE', about: 'write every packet before and after translation (pcapng)' },
+} as const satisfies Flags;
 
 function camel(flag: string): string {
   return flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());

@@ -1,12 +1,22 @@
 import { httpGet } from './client.js';
 import { byLabel, parsePromText, sampleValue, type Sample } from '../observe/promtext.js';
+import { HELP_FLAG, verbHelp, type Verb } from './flags.js';
 import { DEFAULT_TARGET, parseOptions, processIo, runCommand, type CliIo } from '../observe/cli.js';
 
 /**
  * `tunnat stats`: the running router's counters, like `conntrack -S`: one line per group of
  * `key=value`s, read from /metrics (so it works for any engine that serves tunnat's metric names).
  */
-export const STATS_USAGE = 'tunnat stats [--http HOST:PORT|unix:PATH] [--json]';
+export const STATS_VERB = {
+  name: 'stats',
+  brief: "the running router's counters, like `conntrack -S`",
+  summary: "Print the running router's counters, like `conntrack -S`: one line per group of key=value pairs,\nread from /metrics.",
+  flags: {
+    http: { type: 'string', arg: 'HOST:PORT|unix:PATH', about: `the router to ask (default ${DEFAULT_TARGET})` },
+    json: { type: 'boolean', about: 'JSON instead of key=value lines' },
+    help: HELP_FLAG,
+  },
+} as const satisfies Verb;
 
 export interface StatsSummary {
   packets: Record<string, number>;
@@ -77,7 +87,11 @@ export function formatStats(s: StatsSummary): string[] {
 
 export function cmdStats(args: string[], io: CliIo = processIo): Promise<number> {
   return runCommand(io, async () => {
-    const { values: v } = parseOptions(args, { http: { type: 'string' }, json: { type: 'boolean' } } as const);
+    const { values: v } = parseOptions(args, STATS_VERB.flags);
+    if (v.help) {
+      io.out(verbHelp(STATS_VERB));
+      return 0;
+    }
     const text = await httpGet(v.http ?? DEFAULT_TARGET, '/metrics');
     const summary = summarize(parsePromText(text));
     if (v.json) io.out(JSON.stringify(summary, null, 2));

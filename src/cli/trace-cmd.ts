@@ -2,6 +2,7 @@ import { PACKET_FILTER_HELP, packetFilterToString, parsePacketFilter } from '../
 import { sseConnect } from '../observe/sse.js';
 import { DEFAULT_TRACE_RATE, MAX_TRACE_RATE, type TraceRecord } from '../observe/trace.js';
 import { formatSuppressed, formatTrace } from '../observe/trace-format.js';
+import { HELP_FLAG, verbHelp, type Verb } from './flags.js';
 import { DEFAULT_TARGET, intOption, parseOptions, processIo, runCommand, untilSignal, type CliIo } from '../observe/cli.js';
 
 /**
@@ -9,15 +10,31 @@ import { DEFAULT_TARGET, intOption, parseOptions, processIo, runCommand, untilSi
  * after translation. At most --rate packets a second are shown (the rest are counted in a "not shown"
  * line); --count N stops after N packets.
  */
-export const TRACE_USAGE = `tunnat trace [FILTER] [--http HOST:PORT|unix:PATH] [--rate N] [--count N] [--json]\n               ${PACKET_FILTER_HELP}`;
+export const TRACE_VERB = {
+  name: 'trace',
+  positionals: '[FILTER]',
+  brief: 'explain packets live, before and after translation; rate-bounded',
+  summary:
+    'Explain packets live as they go through the running router, before and after translation: the flow,\n' +
+    'the port chosen, the fields and checksums rewritten. At most --rate packets a second are shown; a line\n' +
+    'counts the others.',
+  flags: {
+    http: { type: 'string', arg: 'HOST:PORT|unix:PATH', about: `the router to ask (default ${DEFAULT_TARGET})` },
+    rate: { type: 'string', arg: 'N', about: `packets shown per second at most (default ${DEFAULT_TRACE_RATE}, at most ${MAX_TRACE_RATE})` },
+    count: { type: 'string', arg: 'N', about: 'stop after N packets' },
+    json: { type: 'boolean', about: 'one JSON record per packet' },
+    help: HELP_FLAG,
+  },
+  notes: PACKET_FILTER_HELP,
+} as const satisfies Verb;
 
 export function cmdTrace(args: string[], io: CliIo = processIo): Promise<number> {
   return runCommand(io, async () => {
-    const { values: v, positionals } = parseOptions(
-      args,
-      { http: { type: 'string' }, rate: { type: 'string' }, count: { type: 'string' }, json: { type: 'boolean' } } as const,
-      true,
-    );
+    const { values: v, positionals } = parseOptions(args, TRACE_VERB.flags, true);
+    if (v.help) {
+      io.out(verbHelp(TRACE_VERB));
+      return 0;
+    }
     const filter = parsePacketFilter(positionals);
     const rate = intOption('rate', v.rate, MAX_TRACE_RATE) ?? DEFAULT_TRACE_RATE;
     const count = intOption('count', v.count, 1_000_000);

@@ -1,5 +1,6 @@
 import type { RouterConfig } from '../config/config.js';
-import { startHttp } from '../observe/http.js';
+import { bindHttpListeners, closeListeners, startHttp } from '../observe/http.js';
+import { preflight } from '../host/preflight.js';
 import type { Logger } from '../util/log.js';
 import { ipToString } from '../wire/addr.js';
 import {
@@ -36,15 +37,21 @@ export interface RunningKernelEngine {
 const WATCH_INTERVAL_MS = 10_000;
 
 export async function startKernelEngine(cfg: RouterConfig, log: Logger): Promise<RunningKernelEngine> {
+  await preflight(cfg);
   const choice = await chooseBackend(cfg.backend);
   const env = await probeEnv(cfg);
-  if (!env.externalExists) {
-    throw new KernelNatError('NO_EXTERNAL', `--external ${cfg.external}: no such interface in this network namespace`);
-  }
   const plan = planKernelNat(cfg, choice.backend, env);
   log.debug('kernel NAT plan', { backend: choice.backend, reason: choice.reason, steps: plan.steps.length });
 
-  const applied = await applyKernelNat(plan, log, { onStale: 'clean' });
+  // Bound before the firewall is touched, so that a port in use ends the start with nothing to undo.
+  const listeners = await bindHttpListeners({ tcp: cfg.http, unixPath: cfg.httpSocket });
+  let applied: AppliedKernel;
+  try {
+    applied = await applyKernelNat(plan, log, { onStale: 'clean' });
+  } catch (err) {
+    await closeListeners(listeners);
+    throw err;
+  }
   let active = true;
   const onExit = (): void => {
     if (!active) return;
@@ -65,6 +72,7 @@ export async function startKernelEngine(cfg: RouterConfig, log: Logger): Promise
   } catch (err) {
     active = false;
     process.off('exit', onExit);
+    await closeListeners(listeners);
     await removeKernelNat(applied, log).catch((e: Error) => log.error('removing after a failed verification failed', { error: e.message }));
     throw err;
   }
@@ -74,15 +82,10 @@ export async function startKernelEngine(cfg: RouterConfig, log: Logger): Promise
     internal: cfg.internal,
     ruleCounters: () => readRuleCounters(applied),
   });
-  let closeHttp: (() => Promise<void>) | null = null;
-  try {
-    closeHttp = await startHttp(
-      { registry, conntrack: () => flowsFromInternal(listKernelFlowsSync(), cfg.internal) },
-      { tcp: cfg.http, unixPath: cfg.httpSocket },
-    );
-  } catch (err) {
-    log.error('cannot start the HTTP endpoint', { error: (err as Error).message });
-  }
+  const closeHttp = await startHttp(
+    { registry, conntrack: () => flowsFromInternal(listKernelFlowsSync(), cfg.internal) },
+    { tcp: null, unixPath: null, handles: listeners },
+  );
 
   log.info('tunnat running', {
     engine: 'kernel',
@@ -122,7 +125,7 @@ export async function startKernelEngine(cfg: RouterConfig, log: Logger): Promise
     stopping = (async () => {
       log.info('tunnat stopping', { reason, engine: 'kernel' });
       clearInterval(watch);
-      if (closeHttp) await closeHttp().catch(() => {});
+      await closeHttp().catch(() => {});
       if (active) {
         active = false;
         try {

@@ -3,7 +3,6 @@
 export type KernelNatErrorCode =
   | 'NO_BINARY'
   | 'NO_KERNEL_NAT'
-  | 'NO_EXTERNAL'
   | 'PERMISSION'
   | 'CONFLICT'
   | 'LEFTOVER'

@@ -93,19 +93,18 @@ export async function chooseBackend(pref: 'auto' | KernelBackend): Promise<Backe
 
 
 
-/** The host facts the plan needs; also checks that --external exists. */
-export async function probeEnv(cfg: RouterConfig): Promise<PlanEnv & { externalExists: boolean }> {
+/** The host facts the plan needs (whether --external exists is src/host/preflight.ts's check). */
+export async function probeEnv(cfg: RouterConfig): Promise<PlanEnv> {
   const links = await listIpv4Addresses();
   const ext = links.find((l) => l.ifname === cfg.external);
-  const externalExists = ext !== undefined || (await runTool(['ip', 'link', 'show', 'dev', cfg.external])).exitCode === 0;
-  if (cfg.publicIp === null) return { externalExists };
+  if (cfg.publicIp === null) return {};
   const pub = cfg.publicIp;
   const publicIpOwned = links.some((l) => l.addrs.some((a) => a.local === pub));
   const publicIpOnLink = (ext?.addrs ?? []).some((a) => {
     const c = parseCidr(`${ipToString(a.local)}/${a.prefixlen}`);
     return c !== null && a.prefixlen < 32 && inCidr(pub, c);
   });
-  return { externalExists, publicIpOwned, publicIpOnLink };
+  return { publicIpOwned, publicIpOnLink };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 import http from 'node:http';
-import type { Server as NetServer } from 'node:net';
+import { createServer, type Server as NetServer } from 'node:net';
 import { rmSync } from 'node:fs';
 import type { Registry } from 'prom-client';
 import type { Endpoint } from '../config/config.js';
@@ -23,6 +23,51 @@ export interface HttpRoutes {
 
 function isFlowList(v: unknown): v is FilterableFlow[] {
   return Array.isArray(v);
+}
+
+/** An --http or --http-socket listener that could not be made; the CLI exits 1 with its message. */
+export class HttpListenError extends Error {
+  readonly code = 'HTTP_UNAVAILABLE';
+  constructor(message: string) {
+    super(message);
+    this.name = 'HttpListenError';
+  }
+}
+
+/**
+ * Bind the listeners --http and --http-socket ask for, and nothing else yet: engines call this before
+ * they change the host, so a port that is taken ends the start with nothing to undo. The sockets are
+ * then served by startHttp({ handles }). `pauseOnConnect` is for a parent that hands each connection
+ * to another process and must not read from it.
+ */
+export async function bindHttpListeners(
+  listen: { tcp: Endpoint | null; unixPath: string | null },
+  opts: { pauseOnConnect?: boolean } = {},
+): Promise<NetServer[]> {
+  const bound: NetServer[] = [];
+  const wanted: [string, Endpoint | string][] = [];
+  if (listen.tcp) wanted.push([`--http ${listen.tcp.host}:${listen.tcp.port}`, listen.tcp]);
+  if (listen.unixPath) wanted.push([`--http-socket ${listen.unixPath}`, listen.unixPath]);
+  for (const [flag, where] of wanted) {
+    const s = createServer({ pauseOnConnect: opts.pauseOnConnect ?? false });
+    try {
+      if (typeof where === 'string') rmSync(where, { force: true });
+      await listenOn(s, where);
+    } catch (err) {
+      bound.forEach((b) => b.close());
+      const e = err as NodeJS.ErrnoException;
+      const why = e.code === 'EADDRINUSE' ? 'the address is already in use (another tunnat, or another program?)' : e.message;
+      const instead = typeof where === 'string' ? 'another path' : 'another HOST:PORT, or --http off';
+      throw new HttpListenError(`cannot listen on ${flag}: ${why}; nothing was changed (choose ${instead})`);
+    }
+    bound.push(s);
+  }
+  return bound;
+}
+
+/** Close listeners from bindHttpListeners; resolves once their sockets are released (a fallback engine may bind the same address next). */
+export function closeListeners(servers: readonly NetServer[]): Promise<void> {
+  return Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())))).then(() => {});
 }
 
 export async function startHttp(

@@ -1,13 +1,14 @@
 import { fork, type ChildProcess } from 'node:child_process';
-import { createServer, type Server } from 'node:net';
-import { readFileSync, rmSync, chownSync } from 'node:fs';
+import type { Server } from 'node:net';
+import { readFileSync, chownSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { dirname, join } from 'node:path';
+import { dirname, join, parse, sep } from 'node:path';
 import type { RouterConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import { NativeTun } from '../tun/native.js';
-import { setupSystem, logRunning, StartupError } from './router.js';
-import { listenOn } from '../util/listen.js';
+import { setupSystem, logRunning, StartupError, type SystemSetup } from './router.js';
+import { bindHttpListeners, closeListeners } from '../observe/http.js';
+import { preflight } from '../host/preflight.js';
 
 /**
  * Privilege separation (`tunnat run --user NAME`): the process that parses hostile packets runs as an
@@ -48,6 +49,37 @@ export function lookupUser(name: string): PrivsepUser | null {
   return null;
 }
 
+/**
+ * Why `user` could not read `file`, from the mode bits of the file and of every directory above it
+ * (search permission), or null when it can. The child is forked with the user's uid and gid and no
+ * supplementary groups, so those are all that count; a file tunnat cannot stat is left to the fork.
+ */
+export function unreadableFor(file: string, user: PrivsepUser): string | null {
+  const may = (path: string, bit: 4 | 1): boolean | null => {
+    let st;
+    try {
+      st = statSync(path);
+    } catch {
+      return null;
+    }
+    const shift = st.uid === user.uid ? 6 : st.gid === user.gid ? 3 : 0;
+    return ((st.mode >> shift) & bit) !== 0;
+  };
+  const mode = (path: string): string => {
+    const st = statSync(path);
+    return `${(st.mode & 0o7777).toString(8).padStart(4, '0')} owned by uid ${st.uid}, gid ${st.gid}`;
+  };
+  const { root } = parse(file);
+  const parts = file.slice(root.length).split(sep).filter((p) => p !== '');
+  let dir = root;
+  for (const part of parts.slice(0, -1)) {
+    dir = join(dir, part);
+    if (may(dir, 1) === false) return `${user.name} may not enter ${dir} (mode ${mode(dir)})`;
+  }
+  if (may(file, 4) === false) return `${user.name} may not read ${file} (mode ${mode(file)})`;
+  return null;
+}
+
 /** Messages between the two halves (JSON over the fork IPC channel). */
 export type ParentMessage =
   | { type: 'start'; cfg: RouterConfig; base: { vnetHdr: boolean; tunMtu: number; publicIp: number; owned: boolean } }
@@ -64,26 +96,25 @@ export const CHILD_TUN_FD = 3;
 
 export async function startPrivsep(cfg: RouterConfig, log: Logger, user: PrivsepUser) {
   if (user.uid === 0) throw new StartupError('BAD_USER', `--user ${user.name} is root: nothing would be dropped`);
-  const sys = await setupSystem(cfg, log);
+  const unreadable = unreadableFor(CHILD, user);
+  if (unreadable !== null) {
+    throw new StartupError('BAD_USER', `--user ${user.name} cannot load the data plane (${CHILD}): ${unreadable}; install tunnat where ${user.name} can read it (e.g. under /opt or /usr/local)`);
+  }
+  await preflight(cfg);
+  // Listeners are bound here (a port below 1024 needs privilege), before the host is changed, and handed
+  // down as sockets. Paused: the parent must not read a byte of a connection it hands to the child.
+  const servers = await bindHttpListeners({ tcp: cfg.http, unixPath: cfg.httpSocket }, { pauseOnConnect: true });
+  let sys: SystemSetup;
+  try {
+    sys = await setupSystem(cfg, log);
+  } catch (err) {
+    await closeListeners(servers);
+    throw err;
+  }
   const tun = sys.tun as NativeTun;
 
-  // Listeners are bound here (a port below 1024 needs privilege) and handed down as sockets.
-  const servers: Server[] = [];
   let child: ChildProcess | null = null;
   try {
-    if (cfg.http) {
-      // Paused: the parent must not read a byte of a connection it hands to the child.
-      const s = createServer({ pauseOnConnect: true });
-      await listenOn(s, cfg.http);
-      servers.push(s);
-    }
-    if (cfg.httpSocket) {
-      rmSync(cfg.httpSocket, { force: true });
-      // Paused: the parent must not read a byte of a connection it hands to the child.
-      const s = createServer({ pauseOnConnect: true });
-      await listenOn(s, cfg.httpSocket);
-      servers.push(s);
-    }
     for (const f of [cfg.stateFile, cfg.pcap]) {
       // Files the child writes must be its own; an existing one is handed over, a missing one it creates.
       if (f) {

@@ -18,7 +18,8 @@ import {
   interfacePrimaryIpv4, gatewayOwnsAddress, type AppliedRouting,
 } from '../dataplane/routing.js';
 import { createRegistry } from '../metrics/registry.js';
-import { startHttp } from '../observe/http.js';
+import { bindHttpListeners, closeListeners, startHttp } from '../observe/http.js';
+import { preflight } from '../host/preflight.js';
 import { Observatory } from '../observe/observatory.js';
 import { listFlows } from '../conntrack/listing.js';
 import { ipToString, cidrToString, parseCidr } from '../wire/addr.js';
@@ -298,8 +299,8 @@ export interface DataplaneBase {
   publicIp: number;
   owned: boolean;
   clock?: () => number;
-  /** Listening sockets made by a privileged parent, used instead of binding cfg.http/httpSocket. */
-  httpHandles?: Server[];
+  /** The listeners of cfg.http/httpSocket, bound before the host was changed (see bindHttpListeners). */
+  httpHandles: Server[];
 }
 
 export interface RunningDataplane {
@@ -376,15 +377,11 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
   timers.forEach((t) => t.unref());
 
   const registry = createRegistry(nat, loop, { hosts: observe.hosts, loopMetrics: observe.loopMetrics, observe, tunName: cfg.tun });
-  let closeHttp: (() => Promise<void>) | null = null;
-  try {
-    closeHttp = await startHttp(
-      { registry, conntrack: () => listFlows(nat.flows, clock()), handlers: observe.handlers() },
-      base.httpHandles ? { tcp: null, unixPath: null, handles: base.httpHandles } : { tcp: cfg.http, unixPath: cfg.httpSocket },
-    );
-  } catch (err) {
-    log.error('cannot start the HTTP endpoint', { error: (err as Error).message });
-  }
+  // Serving sockets that already listen cannot fail, so a running data plane always has its endpoint.
+  const closeHttp = await startHttp(
+    { registry, conntrack: () => listFlows(nat.flows, clock()), handlers: observe.handlers() },
+    { tcp: null, unixPath: null, handles: base.httpHandles },
+  );
 
   return {
     nat,
@@ -420,18 +417,28 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
         log.info('flows saved', { file: saveTo, flows: nat.flows.size });
       }
       await observe.close().catch(() => {});
-      if (closeHttp) await closeHttp().catch(() => {});
+      await closeHttp().catch(() => {});
     },
   };
 }
 
 /** Both halves in one process: the usual `tunnat run`. */
 export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: TunDevice; clock?: () => number } = {}): Promise<RunningRouter> {
-  const sys = await setupSystem(cfg, log, opts);
+  // Everything that can refuse this start does so before the host is touched: nothing to undo.
+  await preflight(cfg);
+  const httpHandles = await bindHttpListeners({ tcp: cfg.http, unixPath: cfg.httpSocket });
+  let sys: SystemSetup;
+  try {
+    sys = await setupSystem(cfg, log, opts);
+  } catch (err) {
+    await closeListeners(httpHandles);
+    throw err;
+  }
   let dp: RunningDataplane;
   try {
-    dp = await startDataplane(cfg, log, { ...sys, tun: sys.tun, ...(opts.clock ? { clock: opts.clock } : {}) });
+    dp = await startDataplane(cfg, log, { ...sys, tun: sys.tun, httpHandles, ...(opts.clock ? { clock: opts.clock } : {}) });
   } catch (err) {
+    await closeListeners(httpHandles);
     await sys.teardown();
     throw err;
   }
