@@ -31,6 +31,9 @@ export const ROUTER_OPTIONS = {
   state: { type: 'string' },
   user: { type: 'string' },
   pcap: { type: 'string' },
+  'pcap-snaplen': { type: 'string' },
+  'pcap-size': { type: 'string' },
+  'pcap-files': { type: 'string' },
 } satisfies ParseArgsConfig['options'];
 
 function camel(flag: string): string {

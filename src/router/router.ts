@@ -20,6 +20,7 @@ import {
 import { createRegistry } from '../metrics/registry.js';
 import { startHttp } from '../observe/http.js';
 import { Observatory } from '../observe/observatory.js';
+import { SNAP_HEADERS } from '../observe/pcapng.js';
 import { listFlows } from '../conntrack/listing.js';
 import { ipToString, cidrToString, parseCidr } from '../wire/addr.js';
 import { IPPROTO } from '../wire/ipv4.js';
@@ -338,7 +339,13 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
   });
   // Per-host accounting and loop histograms from the first packet; pcap before the loop starts.
   const observe = new Observatory(nat, loop, { log, clock, tunName: cfg.tun });
-  if (cfg.pcap) observe.startPcap(cfg.pcap);
+  if (cfg.pcap) {
+    observe.startPcap(cfg.pcap, {
+      snaplen: cfg.pcapSnaplen === 'headers' ? SNAP_HEADERS : cfg.pcapSnaplen,
+      maxFileBytes: cfg.pcapSize * 1_000_000,
+      files: cfg.pcapFiles,
+    });
+  }
 
   if (cfg.stateFile && existsSync(cfg.stateFile)) {
     try {
@@ -483,5 +490,5 @@ const LIVE_FIELDS = ['timeouts', 'allowEgress', 'egressReject', 'maxFlowsPerHost
 /** Settings that only a restart can change (the routing, the TUN, the table sizes, the listeners). */
 const RESTART_FIELDS = [
   'internal', 'external', 'publicIp', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows', 'table', 'batch', 'busyPoll',
-  'engine', 'backend', 'filtering', 'offload', 'pcap', 'stateFile',
+  'engine', 'backend', 'filtering', 'offload', 'pcap', 'pcapSnaplen', 'pcapSize', 'pcapFiles', 'stateFile',
 ] as const satisfies readonly (keyof RouterConfig)[];
