@@ -124,6 +124,38 @@ describe.skipIf(!isRoot || !existsSync(CHROMIUM))('the live page in headless Chr
     expect((await udpEcho(h0.netns, SERVER, 7, 'after the browser')).payload).toBe('after the browser');
   }, 90_000);
 
+  it("draws the chart's axes from the first second: distinct rate labels and wall-clock times", async () => {
+    const userDataDir = mkdtempSync(join(tmpdir(), 'tunnat-chromium-'));
+    cleanup.defer({ label: `remove ${userDataDir}`, sync: () => rmSync(userDataDir, { recursive: true, force: true }) });
+    const browser = await chromium.launchPersistentContext(userDataDir, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    try {
+      const page = await browser.newPage();
+      await page.goto(`${base}/`);
+      await page.locator('#status', { hasText: 'live' }).waitFor({ timeout: 10_000 });
+      // The first snapshot: no rate yet (nothing to compare with), the scale of an idle chart.
+      const chart = page.locator('#chart');
+      expect(await chart.getAttribute('data-y-labels')).toBe('0 B/s|1 B/s|2 B/s|3 B/s|4 B/s');
+      const times = (await chart.getAttribute('data-x-labels'))!.split('|');
+      expect(times.length).toBeGreaterThanOrEqual(4);
+      for (const t of times) expect(t).toMatch(/^\d\d:\d\d:\d\d$/);
+      const secs = times.map((t) => t.split(':').map(Number).reduce((a, b) => a * 60 + b, 0));
+      for (let i = 1; i < secs.length; i++) expect((secs[i]! - secs[i - 1]! + 86400) % 86400).toBe(30);
+      expect(await chart.getAttribute('aria-label')).toMatch(/^bytes per second per inside host, 0 B\/s to 4 B\/s, the last 120 seconds up to \d\d:\d\d:\d\d$/);
+      // With traffic the scale grows and stays readable.
+      await udpEcho(lab.lanHosts[0]!.netns, SERVER, 7, 'x'.repeat(1000), { sourcePort: 41778 });
+      await waitUntil('a rate on the chart', async () => (await chart.getAttribute('data-y-labels')) !== '0 B/s|1 B/s|2 B/s|3 B/s|4 B/s', 10_000, 100);
+      const labels = (await chart.getAttribute('data-y-labels'))!.split('|');
+      expect(new Set(labels).size).toBe(5);
+      expect(labels[0]).toMatch(/^0(\.0+)? (B|kB|MB)\/s$/);
+    } finally {
+      await browser.close();
+    }
+  }, 60_000);
+
   it('survives stream clients that disconnect abruptly, many times over', async () => {
     for (let i = 0; i < 20; i++) {
       const conn = await sseConnect(`unix:${router.socketPath!}`, i % 2 ? '/live' : '/trace?rate=100', () => {});
