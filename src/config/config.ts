@@ -62,6 +62,12 @@ export interface RouterConfig {
   icmpErrors: boolean;
   /** Write every packet before and after translation to this pcapng file (null: off). */
   pcap: string | null;
+  /** Bytes kept of each captured packet: 'headers' (IP and transport headers only), or N (0: whole packets). */
+  pcapSnaplen: 'headers' | number;
+  /** Rotate the pcap file before it passes this many megabytes (10^6 bytes, as tcpdump -C); 0: never. */
+  pcapSize: number;
+  /** Pcap files kept when rotating: FILE, FILE.1 … FILE.(N-1), newest first (as tcpdump -W). */
+  pcapFiles: number;
   /** Take GSO superpackets and partial checksums from the TUN (virtio-net header offloads). */
   offload: boolean;
   /** Flow table saved here on SIGTERM (gateway left failed closed) and restored on start; null: off. */
@@ -80,11 +86,14 @@ export const DEFAULTS = {
   batch: 64,
   busyPoll: 0,
   logLevel: 'info' as const,
+  pcapSnaplen: 'headers' as const,
+  pcapSize: 100,
+  pcapFiles: 10,
 };
 
 /** Every key the config file may hold, with the flag of the same meaning. */
 export const CONFIG_KEYS = [
   'internal', 'external', 'publicIp', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows',
   'timeouts', 'table', 'batch', 'busyPoll', 'logLevel', 'engine', 'backend', 'filtering', 'forward', 'allowEgress',
-  'egressReject', 'maxFlowsPerHost', 'icmpErrors', 'pcap', 'offload', 'state', 'user',
+  'egressReject', 'maxFlowsPerHost', 'icmpErrors', 'pcap', 'pcapSnaplen', 'pcapSize', 'pcapFiles', 'offload', 'state', 'user',
 ] as const;

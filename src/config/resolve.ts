@@ -44,6 +44,9 @@ function parseInternal(v: unknown): Cidr[] {
   });
 }
 
+/** The largest snaplen: libpcap's own limit (MAXIMUM_SNAPLEN), above any packet the TUN hands over. */
+const MAX_SNAPLEN = 262144;
+
 function positiveInt(field: string, v: unknown, max: number): number {
   const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : v;
   if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > max) {
@@ -181,6 +184,15 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
   if (pcap !== undefined && pcap !== null && (typeof pcap !== 'string' || pcap === '')) {
     throw new ConfigError('pcap', `expected a file name, got ${JSON.stringify(pcap)}`);
   }
+  const snapV = get('pcapSnaplen');
+  let pcapSnaplen: RouterConfig['pcapSnaplen'] = DEFAULTS.pcapSnaplen;
+  if (snapV !== undefined && snapV !== 'headers') {
+    try {
+      pcapSnaplen = boundedInt('pcapSnaplen', snapV, 0, MAX_SNAPLEN);
+    } catch {
+      throw new ConfigError('pcapSnaplen', `expected "headers" or bytes per packet in 0..${MAX_SNAPLEN} (0: whole packets), got ${JSON.stringify(snapV)}`);
+    }
+  }
   const cfg: RouterConfig = {
     internal,
     external,
@@ -205,6 +217,9 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
     maxFlowsPerHost: perHost !== undefined ? positiveInt('maxFlowsPerHost', perHost, 1 << 24) : 0,
     icmpErrors: bool('icmpErrors', get('icmpErrors'), true),
     pcap: (pcap as string | null | undefined) ?? null,
+    pcapSnaplen,
+    pcapSize: get('pcapSize') !== undefined ? boundedInt('pcapSize', get('pcapSize'), 0, 1_000_000) : DEFAULTS.pcapSize,
+    pcapFiles: get('pcapFiles') !== undefined ? positiveInt('pcapFiles', get('pcapFiles'), 1000) : DEFAULTS.pcapFiles,
     offload: bool('offload', get('offload'), true),
     stateFile: stateFile ?? null,
     user: userV ?? null,

@@ -1,7 +1,7 @@
-import { IPV4_OFF, IPV4_FRAG, IPPROTO } from '../wire/ipv4.js';
-import { UDP_OFF } from '../wire/udp.js';
-import { TCP_OFF, TCP_FLAGS } from '../wire/tcp.js';
-import { ICMP_OFF, isErrorType, isQueryType } from '../wire/icmp.js';
+import { IPV4_OFF, IPV4_FRAG, IPPROTO, IPV4_MIN_HEADER_LENGTH } from '../wire/ipv4.js';
+import { UDP_OFF, UDP_HEADER_LENGTH } from '../wire/udp.js';
+import { TCP_OFF, TCP_FLAGS, TCP_MIN_HEADER_LENGTH } from '../wire/tcp.js';
+import { ICMP_OFF, ICMP_HEADER_LENGTH, isErrorType, isQueryType } from '../wire/icmp.js';
 import { fold16, internetChecksum, pseudoHeaderSum } from '../wire/checksum.js';
 import { ipToString } from '../wire/addr.js';
 import { rd16, rd32 } from '../wire/bytes.js';
@@ -33,6 +33,41 @@ export function readKey(b: Uint8Array, off: number, len: number, k: PacketKey): 
     k.dport = rd16(b, off + hl + 2);
   }
   return true;
+}
+
+/** What `headerBytes` keeps of a packet that does not parse as IPv4: its first bytes, to see why. */
+export const UNPARSED_SNAP = 128;
+/** What an ICMP error quotes after the inner IPv4 header and is kept with it (RFC 792: 64 bits). */
+const QUOTED_TRANSPORT = 8;
+
+/**
+ * How many leading bytes of a packet are headers, for `--pcap-snaplen headers`: every byte NAT reads
+ * or rewrites and none of the payload. That is the IPv4 header with its options, then the transport
+ * header: TCP with its options, UDP 8 bytes, ICMP 8 bytes (for an error also the IPv4 header it quotes,
+ * with options, and the 8 bytes after it, which hold the quoted ports or identifier). A later fragment
+ * or another protocol keeps its IPv4 header only; a packet without a whole IPv4 header keeps its first
+ * UNPARSED_SNAP bytes. Never more than `len`. Allocates nothing (called per packet while capturing).
+ */
+export function headerBytes(b: Uint8Array, off: number, len: number): number {
+  if (len < IPV4_MIN_HEADER_LENGTH || b[off]! >>> 4 !== 4) return Math.min(len, UNPARSED_SNAP);
+  const hl = (b[off]! & 0x0f) << 2;
+  if (hl < IPV4_MIN_HEADER_LENGTH || hl > len) return Math.min(len, UNPARSED_SNAP);
+  if (rd16(b, off + IPV4_OFF.FLAGS_FRAGMENT) & IPV4_FRAG.OFFSET_MASK) return hl;
+  const proto = b[off + IPV4_OFF.PROTOCOL]!;
+  const l4 = off + hl;
+  let n = hl;
+  if (proto === IPPROTO.TCP) {
+    const dataOffset = hl + TCP_OFF.DATA_OFFSET < len ? (b[l4 + TCP_OFF.DATA_OFFSET]! >>> 4) << 2 : 0;
+    n += Math.max(TCP_MIN_HEADER_LENGTH, dataOffset);
+  } else if (proto === IPPROTO.UDP) {
+    n += UDP_HEADER_LENGTH;
+  } else if (proto === IPPROTO.ICMP) {
+    n += ICMP_HEADER_LENGTH;
+    if (hl + ICMP_OFF.QUOTED < len && isErrorType(b[l4 + ICMP_OFF.TYPE]!)) {
+      n += Math.max(IPV4_MIN_HEADER_LENGTH, (b[l4 + ICMP_OFF.QUOTED]! & 0x0f) << 2) + QUOTED_TRANSPORT;
+    }
+  }
+  return Math.min(n, len);
 }
 
 /** One packet's headers as the trace shows them. Numbers are as on the wire; checksums as numbers. */

@@ -1,5 +1,5 @@
 import type { FlowObserver, Translator } from '../nat/translator.js';
-import type { RemoveReason } from '../conntrack/table.js';
+import { DIR_ORIGINAL, type RemoveReason } from '../conntrack/table.js';
 import { flowRecord, formatFlow, type FlowRecord } from '../conntrack/listing.js';
 import { TcpState, TCP_STATE_NAMES, tcpTimeout } from '../conntrack/tcp.js';
 import { IPPROTO } from '../wire/ipv4.js';
@@ -7,7 +7,7 @@ import { flowMatches, type FlowFilter } from './filter.js';
 
 /**
  * Flow lifecycle events, like `conntrack -E`: NEW when a flow is created, UPDATE when a TCP flow
- * changes state, DESTROY when it is removed (with why: expired, closed, early-drop, flush).
+ * changes state or a UDP/ICMP flow sees its first reply, DESTROY when it is removed (with why: expired, closed, early-drop, flush).
  *
  * The hub is one of the translator's observers only while someone subscribes, so with nobody
  * listening nothing is built. With listeners, each event costs one small object per flow change
@@ -76,30 +76,58 @@ export class FlowEvents implements FlowObserver {
     }
   }
 
+  /**
+   * The translator announces a flow change while it tracks the packet that caused it: before that
+   * packet is counted and before the flow's timer is set (src/nat/translator.ts, step 3). Add what
+   * that packet does, so that each line shows the flow as the packet left it, as conntrack -E does.
+   * Only the copy in the event changes; the table is untouched. `nat.ip` still views the packet.
+   */
+  private withPacket(rec: FlowRecord, dir: number): FlowRecord {
+    const len = this.nat.ip.totalLength;
+    if (dir === DIR_ORIGINAL) {
+      rec.packets.original++;
+      rec.bytes.original += len;
+    } else {
+      rec.packets.reply++;
+      rec.bytes.reply += len;
+    }
+    return rec;
+  }
+
+  /** The timer the translator is about to set for this flow in its current state. */
+  private timeout(flow: number): number {
+    const t = this.nat.flows;
+    const to = this.nat.timeouts;
+    const proto = t.proto[flow]!;
+    if (proto === IPPROTO.TCP) return tcpTimeout(t.state[flow]!, to);
+    return proto === IPPROTO.UDP ? to.udp : to.icmp;
+  }
+
   created(flow: number, now: number): void {
     const t = this.nat.flows;
-    const rec = flowRecord(t, flow, now);
-    // The translator announces a flow before the packet that made it has been tracked: the timer is
-    // not set yet and a TCP flow is still NONE. Show what that first packet (always a SYN for TCP)
-    // makes of it, as conntrack -E does.
-    const proto = t.proto[flow]!;
-    const to = this.nat.timeouts;
-    if (proto === IPPROTO.TCP) {
+    // A new flow is always made by a packet in its original direction. A TCP flow is still NONE here:
+    // show what that first packet (always a SYN) makes of it.
+    const rec = this.withPacket(flowRecord(t, flow, now), DIR_ORIGINAL);
+    if (t.proto[flow] === IPPROTO.TCP) {
       rec.state = TCP_STATE_NAMES[TcpState.SYN_SENT];
-      rec.secondsLeft = tcpTimeout(TcpState.SYN_SENT, to);
+      rec.secondsLeft = tcpTimeout(TcpState.SYN_SENT, this.nat.timeouts);
     } else {
-      rec.secondsLeft = proto === IPPROTO.UDP ? to.udp : to.icmp;
+      rec.secondsLeft = this.timeout(flow);
     }
     this.emit({ type: 'new', time: new Date().toISOString(), flow: rec });
   }
 
   updated(flow: number, from: number, now: number): void {
-    // The NONE → SYN_SENT step of a new flow was already shown as its NEW.
-    if (from === TcpState.NONE) return;
     const t = this.nat.flows;
-    const rec = flowRecord(t, flow, now);
-    rec.secondsLeft = tcpTimeout(t.state[flow]!, this.nat.timeouts);
-    this.emit({ type: 'update', time: new Date().toISOString(), flow: rec, from: TCP_STATE_NAMES[from] ?? String(from) });
+    const tcp = t.proto[flow] === IPPROTO.TCP;
+    // The NONE → SYN_SENT step of a new flow was already shown as its NEW.
+    if (tcp && from === TcpState.NONE) return;
+    // The packet in hand is the one that changed the state (its entry is set before tracking).
+    const rec = this.withPacket(flowRecord(t, flow, now), this.nat.lastEntry & 1);
+    rec.secondsLeft = this.timeout(flow);
+    // UDP and ICMP report one change only, their first reply; `from` is then not a TCP state.
+    const was = tcp ? (TCP_STATE_NAMES[from] ?? String(from)) : 'UNREPLIED';
+    this.emit({ type: 'update', time: new Date().toISOString(), flow: rec, from: was });
   }
 
   removed(flow: number, reason: RemoveReason): void {

@@ -9,7 +9,7 @@ import { HostAccounting } from './hosts.js';
 import { FlowEvents } from './events.js';
 import { PacketTaps } from './taps.js';
 import { Tracer, DEFAULT_TRACE_RATE, MAX_TRACE_RATE } from './trace.js';
-import { PcapngWriter } from './pcapng.js';
+import { PcapngWriter, SNAP_HEADERS, type PcapngOptions } from './pcapng.js';
 import { LiveFeed } from './live.js';
 import { SseStream } from './sse.js';
 import { FilterError, flowFilterFromQuery, parsePacketFilter, packetFilterToString } from './filter.js';
@@ -58,10 +58,14 @@ export class Observatory implements ObserveStats {
     this.health = new HealthWatch(nat, opts.log);
   }
 
-  /** Start writing `path`; on failure logs why and returns false (the router runs on without it). */
-  startPcap(path: string): boolean {
+  /**
+   * Start writing `path`; on failure logs why and returns false (the router runs on without it).
+   * Without limits, whole packets into one file (the router passes --pcap-snaplen/-size/-files).
+   */
+  startPcap(path: string, limits: Pick<PcapngOptions, 'snaplen' | 'maxFileBytes' | 'files'> = {}): boolean {
     try {
       const w = PcapngWriter.open(path, {
+        ...limits,
         tunName: this.opts.tunName ?? 'tun',
         onError: (err) => {
           this.opts.log.error('writing the pcap file failed; capture stopped, routing goes on', { file: path, error: err.message });
@@ -70,7 +74,12 @@ export class Observatory implements ObserveStats {
       });
       this.pcapWriter = w;
       this.taps.add(w);
-      this.opts.log.info('writing packets before and after translation', { pcap: path });
+      const snap = limits.snaplen ?? 0;
+      this.opts.log.info('writing packets before and after translation', {
+        pcap: path,
+        snaplen: snap === SNAP_HEADERS ? 'headers' : snap === 0 ? 'whole packets' : snap,
+        rotate: limits.maxFileBytes ? `at ${limits.maxFileBytes} bytes, keeping ${limits.files ?? 1} files` : 'never',
+      });
       return true;
     } catch (err) {
       this.opts.log.error(`${(err as Error).message}; running without --pcap`, { pcap: path });

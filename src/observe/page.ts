@@ -4,8 +4,11 @@
  * external resources (a lab gateway has no internet to fetch them from), values inserted with
  * textContent only.
  *
- * The script is plain ES2017 without template literals, so it can live in this TypeScript string.
+ * The script is plain ES2017 without template literals, so it can live in this TypeScript string. The
+ * chart's axes (page-axes.ts) are pasted in, so their unit test runs the very code the page does.
  */
+import { CHART_AXES_JS } from './page-axes.js';
+
 export const LIVE_PAGE = `<!doctype html>
 <html lang="en">
 <head>
@@ -55,7 +58,7 @@ export const LIVE_PAGE = `<!doctype html>
   </section>
   <section>
     <h2>Traffic per inside host (bytes/s, both directions)</h2>
-    <canvas id="chart" width="1200" height="220"></canvas>
+    <canvas id="chart" width="1200" height="220" role="img"></canvas>
     <div id="legend"></div>
     <table id="hosts">
       <thead><tr><th>inside host</th><th class="n">sent bytes</th><th class="n">received bytes</th><th class="n">sent pkts</th><th class="n">received pkts</th><th class="n">flows</th><th class="n">bytes/s</th></tr></thead>
@@ -74,8 +77,13 @@ export const LIVE_PAGE = `<!doctype html>
 <script>
 (function () {
   'use strict';
+${CHART_AXES_JS}
   var COLORS = ['#1f6feb', '#d97706', '#16a34a', '#db2777', '#7c3aed', '#0891b2', '#b91c1c', '#4d7c0f', '#a16207', '#475569'];
-  var HISTORY = 120;
+  /** Seconds the chart shows, and between time labels. */
+  var WINDOW = 120;
+  var TIME_STEP = 30;
+  var GRID_LINES = 4;
+  /** Per host: [{ t: seconds, v: bytes/s }], the last WINDOW seconds. */
   var history = {};
   var last = null;
   var snap = null;
@@ -126,7 +134,7 @@ export const LIVE_PAGE = `<!doctype html>
     c.portPools.forEach(function (p) { card(box, p.protocol + ' ports used', fmt(p.used) + ' / ' + fmt(p.size)); });
   }
 
-  function renderHosts(s, dt) {
+  function renderHosts(s, t, dt) {
     var body = document.querySelector('#hosts tbody');
     body.textContent = '';
     s.hosts.forEach(function (h) {
@@ -134,8 +142,9 @@ export const LIVE_PAGE = `<!doctype html>
       var prev = last && last.hostBytes[h.host];
       var rate = prev !== undefined && dt > 0 ? Math.max(0, (total - prev) / dt) : 0;
       if (!history[h.host]) history[h.host] = [];
-      history[h.host].push(rate);
-      if (history[h.host].length > HISTORY) history[h.host].shift();
+      var pts = history[h.host];
+      pts.push({ t: t, v: rate });
+      while (pts.length > 0 && pts[0].t < t - WINDOW) pts.shift();
       var tr = el('tr');
       tr.setAttribute('data-host', h.host);
       tr.appendChild(el('td', h.host));
@@ -149,36 +158,55 @@ export const LIVE_PAGE = `<!doctype html>
     });
   }
 
-  function renderChart() {
+  function renderChart(end) {
     var canvas = document.getElementById('chart');
     var ctx = canvas.getContext('2d');
-    var W = canvas.width, H = canvas.height, pad = 40;
+    var W = canvas.width, H = canvas.height, left = 72, right = 8, top = 8, bottom = 22;
+    var plotW = W - left - right, plotH = H - top - bottom;
     ctx.clearRect(0, 0, W, H);
     var hosts = Object.keys(history);
-    var max = 1;
-    hosts.forEach(function (h) { history[h].forEach(function (v) { if (v > max) max = v; }); });
+    var max = 0;
+    hosts.forEach(function (h) { history[h].forEach(function (p) { if (p.v > max) max = p.v; }); });
+    var y = rateAxis(max, GRID_LINES);
+    var x = timeAxis(end, WINDOW, TIME_STEP);
+    function px(t) { return left + plotW * (1 - (end - t) / WINDOW); }
+    function py(v) { return top + plotH * (1 - v / y.top); }
+    ctx.lineWidth = 1;
     ctx.strokeStyle = '#d8dde3';
     ctx.fillStyle = '#65707c';
     ctx.font = '12px system-ui, sans-serif';
-    for (var g = 0; g <= 4; g++) {
-      var y = H - pad / 2 - (H - pad) * g / 4;
-      ctx.beginPath(); ctx.moveTo(pad, y); ctx.lineTo(W, y); ctx.stroke();
-      ctx.fillText(fmt(max * g / 4), 2, y + 4);
-    }
+    ctx.textAlign = 'right';
+    y.labels.forEach(function (label, g) {
+      var gy = py(y.top * g / GRID_LINES);
+      ctx.beginPath(); ctx.moveTo(left, gy); ctx.lineTo(W - right, gy); ctx.stroke();
+      ctx.fillText(label, left - 6, gy + 4);
+    });
+    ctx.textAlign = 'center';
+    x.forEach(function (tick) {
+      var tx = px(tick.t);
+      ctx.beginPath(); ctx.moveTo(tx, top); ctx.lineTo(tx, top + plotH); ctx.stroke();
+      ctx.fillText(tick.label, Math.min(Math.max(tx, left + 28), W - right - 28), H - 6);
+    });
+    // What is drawn, in words: for screen readers (and the browser test).
+    canvas.setAttribute('data-y-labels', y.labels.join('|'));
+    canvas.setAttribute('data-x-labels', x.map(function (tick) { return tick.label; }).join('|'));
+    canvas.setAttribute('aria-label', 'bytes per second per inside host, ' + y.labels[0] + ' to ' + y.labels[GRID_LINES] +
+      ', the last ' + WINDOW + ' seconds up to ' + clockLabel(end));
     var legend = document.getElementById('legend');
     legend.textContent = '';
     hosts.forEach(function (h, i) {
       var color = COLORS[i % COLORS.length];
       var pts = history[h];
       ctx.strokeStyle = color;
+      ctx.fillStyle = color;
       ctx.lineWidth = 2;
       ctx.beginPath();
-      pts.forEach(function (v, j) {
-        var x = pad + (W - pad) * (HISTORY - pts.length + j) / (HISTORY - 1);
-        var y = H - pad / 2 - (H - pad) * v / max;
-        if (j === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+      pts.forEach(function (p, j) {
+        if (j === 0) ctx.moveTo(px(p.t), py(p.v)); else ctx.lineTo(px(p.t), py(p.v));
       });
       ctx.stroke();
+      // A lone first point draws no line: mark it.
+      if (pts.length === 1) { ctx.beginPath(); ctx.arc(px(pts[0].t), py(pts[0].v), 3, 0, 2 * Math.PI); ctx.fill(); }
       var item = el('span');
       var sw = el('i');
       sw.style.background = color;
@@ -223,8 +251,8 @@ export const LIVE_PAGE = `<!doctype html>
     document.getElementById('public').textContent = s.publicAddress;
     document.getElementById('flowcount').textContent = s.counters.flows + ' / ' + s.counters.flowsMax;
     renderCounters(s);
-    renderHosts(s, dt);
-    renderChart();
+    renderHosts(s, t, dt);
+    renderChart(t);
     renderFlows(s);
     var hb = {};
     s.hosts.forEach(function (h) { hb[h.host] = h.bytes.outbound + h.bytes.inbound; });

@@ -1,6 +1,8 @@
-import { closeSync, openSync, write } from 'node:fs';
+import { close, closeSync, open, openSync, rename, write } from 'node:fs';
+import { promisify } from 'node:util';
 import { Verdict, DROP_REASON_NAMES, PORT_CHOICE_NAMES, PortChoice } from '../nat/translator.js';
 import type { TapConsumer, TapPacket } from './taps.js';
+import { headerBytes } from './decode.js';
 
 /**
  * `--pcap FILE`: every packet as it entered tunnat and, when forwarded, as it left, in one pcapng
@@ -14,6 +16,14 @@ import type { TapConsumer, TapPacket } from './taps.js';
  * The packet path never waits on the disk: packets are copied into fixed chunks that are written
  * asynchronously, and when every chunk is still waiting for the disk a packet is left out and counted.
  * A write error (disk full, file gone) stops the capture with one log line; routing carries on.
+ *
+ * Two bounds keep a long capture from filling the disk:
+ *   snaplen: how much of each packet is kept (the header's original length still says how long it
+ *     was): all of it, the first N bytes, or its headers only (SNAP_HEADERS; see headerBytes).
+ *   rotation (like `tcpdump -C/-W`): when the next block would take the file past maxFileBytes, the
+ *     file is closed and renamed FILE.1 (FILE.1 becomes FILE.2 and so on, the oldest beyond
+ *     `files` - 1 overwritten), and a fresh FILE starts with its own section and interface headers,
+ *     so every file reads on its own. FILE is always the newest.
  */
 const BLOCK = { SHB: 0x0a0d0d0a, IDB: 0x00000001, EPB: 0x00000006 } as const;
 const BYTE_ORDER_MAGIC = 0x1a2b3c4d;
@@ -28,6 +38,9 @@ const EPB_INBOUND = 1;
 const EPB_OUTBOUND = 2;
 export const PCAP_IF_BEFORE = 0;
 export const PCAP_IF_AFTER = 1;
+
+/** snaplen: keep each packet's headers only (headerBytes). 0 keeps whole packets. */
+export const SNAP_HEADERS = -1;
 
 const CHUNK_SIZE = 1 << 20;
 const CHUNKS = 8;
@@ -49,18 +62,39 @@ export interface PcapngOptions {
   tunName?: string;
   /** Called once when writing fails (the capture has stopped). */
   onError?: (err: Error) => void;
+  /** Bytes kept of each packet: 0 all (the default), N the first N, SNAP_HEADERS its headers. */
+  snaplen?: number;
+  /** Start a new file before this one passes this many bytes (0, the default: one file, no limit). */
+  maxFileBytes?: number;
+  /** Files kept when rotating, FILE included (default 1: FILE starts over). */
+  files?: number;
 }
+
+const promisedRename = promisify(rename);
+const promisedClose = promisify(close);
+const promisedOpen = promisify(open);
+
+/** A queued write, or the point where the next file starts. */
+type QueueItem = { buf: Buffer; len: number } | 'rotate';
 
 export class PcapngWriter implements TapConsumer {
   readonly packets = { before: 0, after: 0 };
   /** Packets left out (the disk was behind, or the capture failed). */
   dropped = 0;
-  /** Bytes handed to the file so far. */
+  /** Bytes handed to the files so far (all of them). */
   bytes = 0;
+  /** Files started after the first (rotations). */
+  rotations = 0;
   private readonly free: Buffer[] = [];
   private cur: Buffer;
   private pos = 0;
-  private readonly queue: { buf: Buffer; len: number }[] = [];
+  private readonly queue: QueueItem[] = [];
+  /** Bytes the current file will hold once its queued chunks are written (rotation's measure). */
+  private fileBytes = 0;
+  private packetsInFile = 0;
+  private readonly snaplen: number;
+  private readonly maxFileBytes: number;
+  private readonly files: number;
   private writing = false;
   private failed: Error | null = null;
   private closed = false;
@@ -81,13 +115,16 @@ export class PcapngWriter implements TapConsumer {
   }
 
   private constructor(
-    private readonly fd: number,
+    private fd: number,
     readonly path: string,
     private readonly opts: PcapngOptions,
   ) {
     for (let i = 0; i < CHUNKS; i++) this.free.push(Buffer.alloc(CHUNK_SIZE));
     this.cur = this.free.pop()!;
     this.wallClock = opts.wallClock ?? ((now) => performance.timeOrigin + now);
+    this.snaplen = opts.snaplen ?? 0;
+    this.maxFileBytes = opts.maxFileBytes ?? 0;
+    this.files = Math.max(1, opts.files ?? 1);
     this.writeHeader();
     this.timer = setInterval(() => {
       if (this.pos > 0 && !this.writing) this.submit();
@@ -118,6 +155,7 @@ export class PcapngWriter implements TapConsumer {
     o = this.option(o, OPT.END, null);
     b.writeUInt32LE(shbLen, o);
     this.pos = o + 4;
+    this.fileBytes = shbLen;
     this.interface(`${tun}:before`, `packets as tunnat read them from ${tun}, before translation`);
     this.interface(`${tun}:after`, `packets as tunnat wrote them back to ${tun}, translated`);
   }
@@ -132,13 +170,16 @@ export class PcapngWriter implements TapConsumer {
     b.writeUInt32LE(len, o + 4);
     b.writeUInt16LE(LINKTYPE_IPV4, o + 8);
     b.writeUInt16LE(0, o + 10);
-    b.writeUInt32LE(0, o + 12); // snaplen 0: no limit
+    // A fixed snaplen is announced; 0 means no limit, which is also true of headers-only capture in the
+    // sense that the cut varies per packet (each block's captured length says where).
+    b.writeUInt32LE(this.snaplen > 0 ? this.snaplen : 0, o + 12);
     o = this.option(o + 16, OPT.IF_NAME, n);
     o = this.option(o, OPT.IF_DESCRIPTION, d);
     o = this.option(o, OPT.IF_TSRESOL, Buffer.from([6])); // microseconds
     o = this.option(o, OPT.END, null);
     b.writeUInt32LE(len, o);
     this.pos = o + 4;
+    this.fileBytes += len;
   }
 
   /** Write one option at `o` in the current chunk; returns the offset after it. */
@@ -178,6 +219,38 @@ export class PcapngWriter implements TapConsumer {
     this.pump();
   }
 
+  /**
+   * Close the current file and start the next one's headers in a fresh chunk, behind what is queued for
+   * the old one; false (the packet is left out) when no chunk is free.
+   */
+  private rotate(): boolean {
+    if (this.free.length === 0) return false;
+    this.submit();
+    this.queue.push('rotate');
+    this.rotations++;
+    this.writeHeader();
+    this.pump();
+    return true;
+  }
+
+  /** FILE → FILE.1 → FILE.2 …, the oldest overwritten, then a new FILE. Off the packet path. */
+  private async nextFile(): Promise<void> {
+    const old = this.fd;
+    // No longer ours once closed: the number may be reused by any file the process opens next.
+    this.fd = -1;
+    await promisedClose(old);
+    for (let k = this.files - 1; k >= 1; k--) {
+      const from = k === 1 ? this.path : `${this.path}.${k - 1}`;
+      try {
+        await promisedRename(from, `${this.path}.${k}`);
+      } catch (err) {
+        // A file the ring has not reached yet.
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      }
+    }
+    this.fd = await promisedOpen(this.path, 'w', 0o640);
+  }
+
   private pump(): void {
     if (this.writing || this.failed) return;
     const item = this.queue.shift();
@@ -186,6 +259,19 @@ export class PcapngWriter implements TapConsumer {
       return;
     }
     this.writing = true;
+    if (item === 'rotate') {
+      this.nextFile().then(
+        () => {
+          this.writing = false;
+          this.pump();
+        },
+        (err: Error) => {
+          this.writing = false;
+          this.fail(new Error(`cannot start the next pcap file ${this.path}: ${err.message}`));
+        },
+      );
+      return;
+    }
     write(this.fd, item.buf, 0, item.len, null, (err) => {
       this.writing = false;
       if (err) {
@@ -215,11 +301,20 @@ export class PcapngWriter implements TapConsumer {
 
   private epb(iface: number, now: number, buf: Buffer, off: number, len: number, flags: number, comment: string | null): void {
     const c = comment ? Buffer.from(comment) : null;
-    const total = 28 + pad4(len) + (c ? optLen(c.length) : 0) + optLen(4) + 4 + 4;
-    if (this.closed || this.failed || !this.reserve(total)) {
+    const snap = this.snaplen;
+    const cap = snap === SNAP_HEADERS ? headerBytes(buf, off, len) : snap > 0 && snap < len ? snap : len;
+    const total = 28 + pad4(cap) + (c ? optLen(c.length) : 0) + optLen(4) + 4 + 4;
+    if (this.closed || this.failed) {
       this.dropped++;
       return;
     }
+    // A file holds at least one packet, however small the limit.
+    const full = this.maxFileBytes > 0 && this.fileBytes + total > this.maxFileBytes && this.packetsInFile > 0;
+    if ((full && !this.rotate()) || !this.reserve(total)) {
+      this.dropped++;
+      return;
+    }
+    if (full) this.packetsInFile = 0;
     const b = this.cur;
     let o = this.pos;
     const us = Math.round(this.wallClock(now) * 1000);
@@ -229,11 +324,11 @@ export class PcapngWriter implements TapConsumer {
     b.writeUInt32LE(iface, o + 8);
     b.writeUInt32LE(hi >>> 0, o + 12);
     b.writeUInt32LE((us - hi * 0x100000000) >>> 0, o + 16);
-    b.writeUInt32LE(len, o + 20);
+    b.writeUInt32LE(cap, o + 20);
     b.writeUInt32LE(len, o + 24);
-    buf.copy(b, o + 28, off, off + len);
-    b.fill(0, o + 28 + len, o + 28 + pad4(len));
-    o += 28 + pad4(len);
+    buf.copy(b, o + 28, off, off + cap);
+    b.fill(0, o + 28 + cap, o + 28 + pad4(cap));
+    o += 28 + pad4(cap);
     if (c) o = this.option(o, OPT.COMMENT, c);
     b.writeUInt16LE(OPT.EPB_FLAGS, o);
     b.writeUInt16LE(4, o + 2);
@@ -242,6 +337,8 @@ export class PcapngWriter implements TapConsumer {
     o = this.option(o, OPT.END, null);
     b.writeUInt32LE(total, o);
     this.pos = o + 4;
+    this.fileBytes += total;
+    this.packetsInFile++;
     if (iface === PCAP_IF_BEFORE) this.packets.before++;
     else this.packets.after++;
   }
@@ -271,7 +368,7 @@ export class PcapngWriter implements TapConsumer {
     if (!this.failed && this.pos > 0 && this.cur.length > 0) this.submit();
     if (this.writing || this.queue.length > 0) await new Promise<void>((r) => this.idle.push(r));
     try {
-      closeSync(this.fd);
+      if (this.fd >= 0) closeSync(this.fd);
     } catch {
       // Already gone; nothing more to save.
     }

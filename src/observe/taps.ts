@@ -24,7 +24,10 @@ export interface TapPacket {
   /** The loop's clock for this batch (ms). */
   now: number;
   nat: Translator;
-  /** A TCP state change this packet caused: the flow and its state before, or -1. */
+  /**
+   * A state change this packet caused: the flow and, for TCP, its state before (for UDP and ICMP the
+   * change is the first reply, and stateFrom is not a state name's index); -1 when none.
+   */
   stateFlow: number;
   stateFrom: number;
   /**

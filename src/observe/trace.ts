@@ -42,7 +42,7 @@ export interface TraceRecord {
         /** Which of the flow's two tuples the packet matched (or created). */
         matched: 'original' | 'reply';
         created: boolean;
-        /** A TCP state change this packet caused. */
+        /** The state before, when this packet changed it (TCP states; UNREPLIED for UDP and ICMP). */
         stateBefore: string | null;
       })
     | null;
@@ -144,11 +144,16 @@ export class Tracer implements TapConsumer {
     if (e >= 0) {
       const f = e >> 1;
       const t = nat.flows;
+      const tcp = t.proto[f] === IPPROTO.TCP;
+      // For UDP and ICMP the translator reports one change only, the first reply, and what it passes as
+      // the old state is not a TCP state: before that reply the flow was UNREPLIED.
       const stateBefore =
-        nat.lastCreated && t.proto[f] === IPPROTO.TCP
+        nat.lastCreated && tcp
           ? 'NONE'
           : p.stateFlow === f && p.stateFrom >= 0
-            ? (TCP_STATE_NAMES[p.stateFrom] ?? String(p.stateFrom))
+            ? tcp
+              ? (TCP_STATE_NAMES[p.stateFrom] ?? String(p.stateFrom))
+              : 'UNREPLIED'
             : null;
       flow = {
         ...flowRecord(t, f, p.now),

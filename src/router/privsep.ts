@@ -115,7 +115,9 @@ export async function startPrivsep(cfg: RouterConfig, log: Logger, user: Privsep
 
   let child: ChildProcess | null = null;
   try {
-    for (const f of [cfg.stateFile, cfg.pcap]) {
+    // The pcap's older files too: rotation renames them, which a sticky directory allows only their owner.
+    const pcapFiles = cfg.pcap ? Array.from({ length: cfg.pcapFiles }, (_, k) => (k === 0 ? cfg.pcap : `${cfg.pcap}.${k}`)) : [];
+    for (const f of [cfg.stateFile, ...pcapFiles]) {
       // Files the child writes must be its own; an existing one is handed over, a missing one it creates.
       if (f) {
         try {

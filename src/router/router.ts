@@ -21,6 +21,7 @@ import { createRegistry } from '../metrics/registry.js';
 import { bindHttpListeners, closeListeners, startHttp } from '../observe/http.js';
 import { preflight } from '../host/preflight.js';
 import { Observatory } from '../observe/observatory.js';
+import { SNAP_HEADERS } from '../observe/pcapng.js';
 import { listFlows } from '../conntrack/listing.js';
 import { ipToString, cidrToString, parseCidr } from '../wire/addr.js';
 import { IPPROTO } from '../wire/ipv4.js';
@@ -342,7 +343,13 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
   });
   // Per-host accounting and loop histograms from the first packet; pcap before the loop starts.
   const observe = new Observatory(nat, loop, { log, clock, tunName: cfg.tun });
-  if (cfg.pcap) observe.startPcap(cfg.pcap);
+  if (cfg.pcap) {
+    observe.startPcap(cfg.pcap, {
+      snaplen: cfg.pcapSnaplen === 'headers' ? SNAP_HEADERS : cfg.pcapSnaplen,
+      maxFileBytes: cfg.pcapSize * 1_000_000,
+      files: cfg.pcapFiles,
+    });
+  }
 
   if (cfg.stateFile && existsSync(cfg.stateFile)) {
     try {
@@ -493,5 +500,5 @@ const LIVE_FIELDS = ['timeouts', 'allowEgress', 'egressReject', 'maxFlowsPerHost
 /** Settings that only a restart can change (the routing, the TUN, the table sizes, the listeners). */
 const RESTART_FIELDS = [
   'internal', 'external', 'publicIp', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows', 'table', 'batch', 'busyPoll',
-  'engine', 'backend', 'filtering', 'offload', 'pcap', 'stateFile',
+  'engine', 'backend', 'filtering', 'offload', 'pcap', 'pcapSnaplen', 'pcapSize', 'pcapFiles', 'stateFile',
 ] as const satisfies readonly (keyof RouterConfig)[];

@@ -9,7 +9,7 @@ import { connect, createServer, type Server } from 'node:net';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { udpEcho } from '../../src/lab/probes.js';
 import { startServices } from '../../src/lab/services.js';
 import { runLab } from '../../src/lab/demo.js';
@@ -54,6 +54,25 @@ function get(url: string): Promise<{ status: number; body: string }> {
   });
 }
 
+/** Headless chromium with a throwaway profile (removed by `cleanup`). */
+async function launchBrowser(cleanup: Cleanup): Promise<BrowserContext> {
+  const userDataDir = mkdtempSync(join(tmpdir(), 'tunnat-chromium-'));
+  cleanup.defer({ label: `remove ${userDataDir}`, sync: () => rmSync(userDataDir, { recursive: true, force: true }) });
+  return chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+}
+
+/** The live page, once its stream is up. */
+async function livePage(browser: BrowserContext, base: string): Promise<Page> {
+  const page = await browser.newPage();
+  await page.goto(`${base}/`);
+  await page.locator('#status', { hasText: 'live' }).waitFor({ timeout: 10_000 });
+  return page;
+}
+
 // Needs root (namespaces, a TUN device) and Debian's chromium, which .ci/run installs.
 describe.skipIf(!isRoot || !existsSync(CHROMIUM))('the live page in headless Chromium', () => {
   const cleanup = new Cleanup((l) => console.error(l));
@@ -83,17 +102,9 @@ describe.skipIf(!isRoot || !existsSync(CHROMIUM))('the live page in headless Chr
 
   it('shows a flow the test created, its counters and the host, updating live', async () => {
     const h0 = lab.lanHosts[0]!;
-    const userDataDir = mkdtempSync(join(tmpdir(), 'tunnat-chromium-'));
-    cleanup.defer({ label: `remove ${userDataDir}`, sync: () => rmSync(userDataDir, { recursive: true, force: true }) });
-    const browser = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    });
+    const browser = await launchBrowser(cleanup);
     try {
-      const page = await browser.newPage();
-      await page.goto(`${base}/`);
-      await page.locator('#status', { hasText: 'live' }).waitFor({ timeout: 10_000 });
+      const page = await livePage(browser, base);
       // The flow is created after the page is open: it must arrive through the live stream.
       const echo = await udpEcho(h0.netns, SERVER, 7, 'seen in the browser', { sourcePort: 41777 });
       expect(echo.payload).toBe('seen in the browser');
@@ -123,6 +134,30 @@ describe.skipIf(!isRoot || !existsSync(CHROMIUM))('the live page in headless Chr
     );
     expect((await udpEcho(h0.netns, SERVER, 7, 'after the browser')).payload).toBe('after the browser');
   }, 90_000);
+
+  it("draws the chart's axes from the first second: distinct rate labels and wall-clock times", async () => {
+    const browser = await launchBrowser(cleanup);
+    try {
+      const page = await livePage(browser, base);
+      // The first snapshot: no rate yet (nothing to compare with), the scale of an idle chart.
+      const chart = page.locator('#chart');
+      expect(await chart.getAttribute('data-y-labels')).toBe('0 B/s|1 B/s|2 B/s|3 B/s|4 B/s');
+      const times = (await chart.getAttribute('data-x-labels'))!.split('|');
+      expect(times.length).toBeGreaterThanOrEqual(4);
+      for (const t of times) expect(t).toMatch(/^\d\d:\d\d:\d\d$/);
+      const secs = times.map((t) => t.split(':').map(Number).reduce((a, b) => a * 60 + b, 0));
+      for (let i = 1; i < secs.length; i++) expect((secs[i]! - secs[i - 1]! + 86400) % 86400).toBe(30);
+      expect(await chart.getAttribute('aria-label')).toMatch(/^bytes per second per inside host, 0 B\/s to 4 B\/s, the last 120 seconds up to \d\d:\d\d:\d\d$/);
+      // With traffic the scale grows and stays readable.
+      await udpEcho(lab.lanHosts[0]!.netns, SERVER, 7, 'x'.repeat(1000), { sourcePort: 41778 });
+      await waitUntil('a rate on the chart', async () => (await chart.getAttribute('data-y-labels')) !== '0 B/s|1 B/s|2 B/s|3 B/s|4 B/s', 10_000, 100);
+      const labels = (await chart.getAttribute('data-y-labels'))!.split('|');
+      expect(new Set(labels).size).toBe(5);
+      expect(labels[0]).toMatch(/^0(\.0+)? (B|kB|MB)\/s$/);
+    } finally {
+      await browser.close();
+    }
+  }, 60_000);
 
   it('survives stream clients that disconnect abruptly, many times over', async () => {
     for (let i = 0; i < 20; i++) {

@@ -76,7 +76,8 @@ describe.skipIf(!isRoot)('observability of a running router', () => {
     pcapDir = mkdtempSync(join(tmpdir(), 'tunnat-obs-'));
     cleanup.defer({ label: `remove ${pcapDir}`, sync: () => rmSync(pcapDir, { recursive: true, force: true }) });
     pcapFile = join(pcapDir, 'trace.pcapng');
-    router = await startTestRouter({ gwNetns: lab.gw.netns, id: `obs-${lab.id}`, cleanup, args: ['--pcap', pcapFile] });
+    // Whole packets (the default keeps headers only): the file must hold the payloads this test sends.
+    router = await startTestRouter({ gwNetns: lab.gw.netns, id: `obs-${lab.id}`, cleanup, args: ['--pcap', pcapFile, '--pcap-snaplen', '0'] });
     target = `unix:${router.socketPath!}`;
   }, 60_000);
 

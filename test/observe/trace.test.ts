@@ -86,6 +86,22 @@ describe('the packet trace', () => {
     expect(formatTrace(synack!).join('\n')).toContain('state SYN_SENT → SYN_RECV');
   });
 
+  it('names the state a UDP flow had before its first reply (UNREPLIED), not a TCP state', () => {
+    const o = observed();
+    const got: TraceMessage[] = [];
+    o.obs.tracer.subscribe(parsePacketFilter(['udp']), 100, (m) => got.push(m));
+    const [out] = o.run(udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 40010, dstPort: 53, payload }));
+    o.run(udpPacket({ src: REMOTE, dst: PUB, srcPort: 53, dstPort: out!.readUInt16BE(20), payload }));
+    o.run(udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 40010, dstPort: 53, payload }));
+    const [first, reply, again] = records(got);
+    expect(first!.flow).toMatchObject({ created: true, state: 'UNREPLIED', stateBefore: null });
+    expect(reply!.flow).toMatchObject({ state: 'ASSURED', stateBefore: 'UNREPLIED' });
+    expect(again!.flow).toMatchObject({ state: 'ASSURED', stateBefore: null });
+    const text = formatTrace(reply!).join('\n');
+    expect(text).toContain('state UNREPLIED → ASSURED;');
+    expect(text).not.toContain('NONE');
+  });
+
   it('shows drops with their reason', () => {
     const o = observed();
     const got: TraceMessage[] = [];
@@ -175,5 +191,46 @@ describe('flow events (conntrack -E)', () => {
     offAll();
     offUdp();
     expect(o.nat.observers.length).toBe(observers);
+  });
+});
+
+describe('flow events carry the packet that caused them', () => {
+  const line = (e: FlowEvent) => `${e.type} ${e.flow.state} ${e.flow.packets.original}/${e.flow.packets.reply} ${e.flow.bytes.original}/${e.flow.bytes.reply}`;
+
+  it('TCP: NEW counts the SYN, each UPDATE the segment that moved the state', () => {
+    const o = observed();
+    const evs: FlowEvent[] = [];
+    o.obs.events.subscribe({}, (e) => evs.push(e));
+    const syn = tcpPacket({ src: HOST_A, dst: REMOTE, srcPort: 40020, dstPort: 80, seq: 1, ack: 0, flags: TCP_FLAGS.SYN });
+    const [out] = o.run(syn);
+    const port = out!.readUInt16BE(20);
+    const synack = tcpPacket({ src: REMOTE, dst: PUB, srcPort: 80, dstPort: port, seq: 9, ack: 2, flags: TCP_FLAGS.SYN | TCP_FLAGS.ACK, payload: Buffer.alloc(4) });
+    o.run(synack);
+    const ack = tcpPacket({ src: HOST_A, dst: REMOTE, srcPort: 40020, dstPort: 80, seq: 2, ack: 14, flags: TCP_FLAGS.ACK, payload });
+    o.run(ack);
+    expect(evs.map(line)).toEqual([
+      `new SYN_SENT 1/0 ${syn.length}/0`,
+      `update SYN_RECV 1/1 ${syn.length}/${synack.length}`,
+      `update ESTABLISHED 2/1 ${syn.length + ack.length}/${synack.length}`,
+    ]);
+    // The last line agrees with the table after the packet.
+    const listed = o.nat.flows;
+    expect(evs.at(-1)!.flow.packets).toEqual({ original: listed.packets[evs.at(-1)!.flow.id * 2], reply: listed.packets[evs.at(-1)!.flow.id * 2 + 1] });
+    expect(formatEvent(evs[0]!)).toMatch(new RegExp(`sport=40020 dport=80 packets=1 bytes=${syn.length} .* packets=0 bytes=0$`));
+  });
+
+  it('UDP: NEW with the first datagram, UPDATE UNREPLIED → ASSURED with the first reply', () => {
+    const o = observed();
+    const evs: FlowEvent[] = [];
+    o.obs.events.subscribe({ proto: 'udp' }, (e) => evs.push(e));
+    const q = udpPacket({ src: HOST_B, dst: REMOTE, srcPort: 5300, dstPort: 53, payload });
+    const [out] = o.run(q);
+    const r = udpPacket({ src: REMOTE, dst: PUB, srcPort: 53, dstPort: out!.readUInt16BE(20), payload: Buffer.alloc(30) });
+    o.run(r);
+    o.run(udpPacket({ src: REMOTE, dst: PUB, srcPort: 53, dstPort: out!.readUInt16BE(20), payload }));
+    expect(evs.map(line)).toEqual([`new UNREPLIED 1/0 ${q.length}/0`, `update ASSURED 1/1 ${q.length}/${r.length}`]);
+    expect(evs[1]!.from).toBe('UNREPLIED');
+    expect(evs[1]!.flow.secondsLeft).toBe(evs[0]!.flow.secondsLeft);
+    expect(formatEvent(evs[1]!)).toMatch(/^ *\[UPDATE\] udp .* ASSURED .*\(was UNREPLIED\)$/);
   });
 });
