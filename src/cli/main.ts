@@ -32,11 +32,12 @@ Usage:
 run        translate the traffic of --internal behind --external (masquerade on its primary
            address, or static SNAT to --public-ip); serves the live page (/), /metrics and
            /conntrack on --http (default 127.0.0.1:9100); --pcap FILE records every packet before
-           and after translation (pcapng). Stops cleanly on Ctrl-C / SIGTERM, removing its routing.
+           and after translation (pcapng; userspace engine only). Stops cleanly on Ctrl-C / SIGTERM,
+           removing its routing.
 conntrack  list the running router's flows, like \`conntrack -L\`; --events follows them like \`conntrack -E\`
 stats      the running router's counters, like \`conntrack -S\`
 trace      explain packets live, before and after translation (the flow, the port chosen, the fields
-           and checksums rewritten); rate-bounded
+           and checksums rewritten); rate-bounded; userspace engine only (the kernel shows tunnat no packet)
 kernel     the kernel's own NAT for the same flags: plan prints the recipe (ip_forward, MASQUERADE or
            SNAT, conntrack sizing) with what each command is for; apply/remove make it persistent
 down       remove the routing set-up a killed tunnat left behind (a running one cleans up itself)

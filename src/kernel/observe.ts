@@ -172,6 +172,11 @@ export class KernelFlowEvents {
     return this.subs.length;
   }
 
+  /** Whether the reader process is running. */
+  get running(): boolean {
+    return this.child !== null;
+  }
+
   subscribe(filter: FlowFilter, fn: (ev: FlowEvent) => void): () => void {
     const sub: Subscription = { filter, fn };
     this.subs = [...this.subs, sub];
@@ -189,7 +194,11 @@ export class KernelFlowEvents {
     child.stderr!.setEncoding('utf8');
     child.stderr!.on('data', (c: string) => (stderr = (stderr + c).slice(-2000)));
     createInterface({ input: child.stdout! }).on('line', (line) => this.onLine(line));
-    child.on('error', (err) => this.log.error('cannot read the kernel\'s flow events', { error: err.message }));
+    child.on('error', (err) => {
+      // Could not start (or signal) it: forget it, so the next subscriber tries again.
+      if (this.child === child) this.child = null;
+      this.log.error('cannot read the kernel\'s flow events', { error: err.message });
+    });
     child.on('exit', (code, signal) => {
       if (this.child !== child) return;
       this.child = null;
@@ -234,6 +243,8 @@ export interface KernelObserveSource {
   publicAddress: string;
   ruleCounters: () => Promise<{ natPackets: number; invalidDrops: number }>;
   stats?: () => Promise<Record<string, number>>;
+  /** The event reader's command (default EVENTS_ARGV; tests replay a recording). */
+  eventsArgv?: readonly string[];
 }
 
 /** What the page lists under "not available" for this engine. */
@@ -283,7 +294,7 @@ export class KernelObserver {
     private readonly src: KernelObserveSource & { internal: readonly Cidr[] },
     private readonly log: Logger,
   ) {
-    this.events = new KernelFlowEvents(src.internal, log);
+    this.events = new KernelFlowEvents(src.internal, log, src.eventsArgv);
     this.live = new LiveFeed(
       () => kernelLiveSnapshot(src),
       undefined,
@@ -314,8 +325,10 @@ export class KernelObserver {
         const why = this.events.unavailable();
         if (why) return plain(res, 503, why);
         const stream = this.open(res);
-        this.log.info('events client attached', { filter: url.searchParams.toString() || 'all' });
+        const detail = { filter: url.searchParams.toString() || 'all' };
+        this.log.info('events client attached', detail);
         stream.onClose(this.events.subscribe(filter, (ev) => stream.send('flow', ev)));
+        stream.onClose(() => this.log.info('events client detached', { ...detail, dropped: stream.dropped }));
       },
       '/trace': (_req, res) => plain(res, 501, TRACE_UNAVAILABLE),
     };
