@@ -6,9 +6,8 @@
  * is refused at start.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { request } from 'node:http';
 import { NsProcess } from '../../src/lab/process.js';
-import { defaultCliPath } from '../../src/lab/router.js';
+import { defaultCliPath, unixGet } from '../../src/lab/router.js';
 import { startServices } from '../../src/lab/services.js';
 import { sseConnect } from '../../src/observe/sse.js';
 import type { LiveSnapshot } from '../../src/observe/live.js';
@@ -21,18 +20,6 @@ const TCP_EVENTS_PORT = 41301;
 const UDP_LIVE_PORT = 41400;
 // Short enough that the flows of the events test leave the table within the test.
 const TIMEOUTS = { udp: 3, icmp: 3, tcpFinWait: 3, tcpCloseWait: 3, tcpLastAck: 3, tcpTimeWait: 3, tcpClose: 3 };
-
-function unixGet(socketPath: string, path: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath, path, timeout: 10_000 }, (res) => {
-      let body = '';
-      res.on('data', (c: Buffer) => (body += c.toString()));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
 
 // Needs root: namespaces, veth pairs, nft inside them. CI runs as root.
 describe.skipIf(!isRoot)('observing the kernel engine', () => {
@@ -110,7 +97,7 @@ describe.skipIf(!isRoot)('observing the kernel engine', () => {
 
     it('GET / is the live page, and its feed carries the flows, the hosts and what the kernel engine lacks', async () => {
       const h0 = lab.lanHosts[0]!;
-      const page = await unixGet(router.socketPath!, '/');
+      const page = await unixGet(router.socketPath!, '/', 10_000);
       expect(page.status).toBe(200);
       expect(page.body).toContain('<title>tunnat — live</title>');
       let snap: LiveSnapshot | null = null;

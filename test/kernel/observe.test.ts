@@ -1,5 +1,4 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import http from 'node:http';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,6 +15,7 @@ import type { LiveSnapshot } from '../../src/observe/live.js';
 import { cmdConntrack } from '../../src/cli/conntrack-cmd.js';
 import { cmdStats, formatStats, summarize } from '../../src/cli/stats-cmd.js';
 import { cmdTrace } from '../../src/cli/trace-cmd.js';
+import { unixGet } from '../../src/lab/router.js';
 import { parsePromText } from '../../src/observe/promtext.js';
 import { createLogger } from '../../src/util/log.js';
 import { parseCidr } from '../../src/wire/addr.js';
@@ -244,16 +244,8 @@ describe('the kernel engine\'s HTTP routes', () => {
   };
 
   it('/trace answers 501 with why, and `tunnat trace` prints it and exits 1', async () => {
-    const status = await new Promise<[number, string]>((resolve, reject) => {
-      http
-        .get({ socketPath: sock, path: '/trace' }, (res) => {
-          let body = '';
-          res.on('data', (c: Buffer) => (body += c.toString()));
-          res.on('end', () => resolve([res.statusCode ?? 0, body]));
-        })
-        .on('error', reject);
-    });
-    expect(status).toEqual([501, `${TRACE_UNAVAILABLE}\n`]);
+    const answer = await unixGet(sock, '/trace');
+    expect(answer).toEqual({ status: 501, body: `${TRACE_UNAVAILABLE}\n` });
     const t = io();
     expect(await cmdTrace(['--http', target], t.cli)).toBe(1);
     expect(t.err).toEqual(['tunnat: the per-packet trace needs the userspace engine (--engine userspace): the kernel translates packets without showing them to tunnat']);
@@ -287,13 +279,7 @@ describe('the kernel engine\'s HTTP routes', () => {
   });
 
   it('GET / is the live page; /live sends a kernel snapshot with flows, hosts and what it lacks', async () => {
-    const page = await new Promise<string>((resolve, reject) => {
-      http.get({ socketPath: sock, path: '/' }, (res) => {
-        let body = '';
-        res.on('data', (c: Buffer) => (body += c.toString()));
-        res.on('end', () => resolve(body));
-      }).on('error', reject);
-    });
+    const page = (await unixGet(sock, '/')).body;
     expect(page).toMatch(/<title>tunnat — live<\/title>/);
     let snap: LiveSnapshot | null = null;
     const conn = await sseConnect(target, '/live', (event, data) => {
