@@ -31,7 +31,7 @@ export const ROUTER_FLAGS = {
   'no-offload': { type: 'boolean', about: 'take no GSO superpackets or partial checksums from the TUN' },
   state: { type: 'string', arg: 'FILE', about: 'SIGTERM saves the flows there and leaves the gateway failed closed; the next start restores them' },
   user: { type: 'string', arg: 'NAME', about: 'run the packet-parsing data plane as NAME, with no capabilities' },
-  pcap: { type: 'string', arg: 'FILE', about: 'write every packet before and after translation (pcapng)' },
+  pcap: { type: 'string', arg: 'FILE', about: 'write every packet before and after translation (pcapng; userspace engine only)' },
   'pcap-snaplen': { type: 'string', arg: 'headers|BYTES', about: 'what --pcap keeps of each packet: headers, the first BYTES, or 0 for whole packets (default headers)' },
   'pcap-size': { type: 'string', arg: 'MB', about: 'rotate the --pcap file before it passes MB × 10^6 bytes, like tcpdump -C; 0: never (default 100)' },
   'pcap-files': { type: 'string', arg: 'N', about: 'files --pcap keeps when rotating, FILE included, like tcpdump -W (default 10)' },

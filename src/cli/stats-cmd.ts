@@ -5,7 +5,8 @@ import { DEFAULT_TARGET, parseOptions, processIo, runCommand, type CliIo } from 
 
 /**
  * `tunnat stats`: the running router's counters, like `conntrack -S`: one line per group of
- * `key=value`s, read from /metrics (so it works for any engine that serves tunnat's metric names).
+ * `key=value`s, read from /metrics (so it works for any engine that serves tunnat's metric names;
+ * the kernel engine adds a `conntrack` line with the kernel's own statistics).
  */
 export const STATS_VERB = {
   name: 'stats',
@@ -27,6 +28,8 @@ export interface StatsSummary {
   flowEvents: Record<string, number>;
   ports: Record<string, { used: number; size: number }>;
   hosts: Record<string, { packetsOut: number; packetsIn: number; bytesOut: number; bytesIn: number; flows: number }>;
+  /** The kernel engine: its conntrack statistics as `conntrack -S` sums them (empty for userspace). */
+  kernel: Record<string, number>;
 }
 
 export function summarize(samples: Map<string, Sample[]>): StatsSummary {
@@ -58,6 +61,7 @@ export function summarize(samples: Map<string, Sample[]>): StatsSummary {
     flowEvents: { created: sampleValue(samples, 'tunnat_flows_created_total'), ...byLabel(samples, 'tunnat_flows_removed_total', 'reason') },
     ports,
     hosts,
+    kernel: byLabel(samples, 'tunnat_kernel_conntrack_stat_total', 'stat'),
   };
 }
 
@@ -67,18 +71,24 @@ function kv(o: Record<string, number>): string {
     .join(' ');
 }
 
+/** One line per group; a group the engine does not count (the kernel's port pools) is left out, not printed empty. */
 export function formatStats(s: StatsSummary): string[] {
-  const lines = [
-    `packets      ${kv(s.packets)}`,
-    `bytes        ${kv(s.bytes)}`,
-    `translated   ${kv(s.translations)}`,
-    `drops        ${kv(s.drops)}`,
-    `flows        ${kv(s.flows)}`,
-    `flow-events  ${kv(s.flowEvents)}`,
-    `ports        ${Object.entries(s.ports)
-      .map(([p, u]) => `${p}=${u.used}/${u.size}`)
-      .join(' ')}`,
+  const rows: [string, string][] = [
+    ['packets', kv(s.packets)],
+    ['bytes', kv(s.bytes)],
+    ['translated', kv(s.translations)],
+    ['drops', kv(s.drops)],
+    ['flows', kv(s.flows)],
+    ['flow-events', kv(s.flowEvents)],
+    [
+      'ports',
+      Object.entries(s.ports)
+        .map(([p, u]) => `${p}=${u.used}/${u.size}`)
+        .join(' '),
+    ],
+    ['conntrack', kv(s.kernel)],
   ];
+  const lines = rows.filter(([, v]) => v !== '').map(([k, v]) => `${k.padEnd(12)} ${v}`);
   for (const [h, v] of Object.entries(s.hosts)) {
     lines.push(`host ${h.padEnd(15)} packets=${v.packetsOut}/${v.packetsIn} bytes=${v.bytesOut}/${v.bytesIn} flows=${v.flows}  (out/in)`);
   }

@@ -13,11 +13,12 @@ import { DEFAULT_TARGET, intOption, parseOptions, processIo, runCommand, untilSi
 export const TRACE_VERB = {
   name: 'trace',
   positionals: '[FILTER]',
-  brief: 'explain packets live, before and after translation; rate-bounded',
+  brief: 'explain packets live, before and after translation; rate-bounded; userspace engine only',
   summary:
     'Explain packets live as they go through the running router, before and after translation: the flow,\n' +
     'the port chosen, the fields and checksums rewritten. At most --rate packets a second are shown; a line\n' +
-    'counts the others.',
+    'counts the others. The kernel engine has no trace: the kernel translates packets without showing them\n' +
+    'to tunnat.',
   flags: {
     http: { type: 'string', arg: 'HOST:PORT|unix:PATH', about: `the router to ask (default ${DEFAULT_TARGET})` },
     rate: { type: 'string', arg: 'N', about: `packets shown per second at most (default ${DEFAULT_TRACE_RATE}, at most ${MAX_TRACE_RATE})` },

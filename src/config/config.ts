@@ -18,6 +18,12 @@ export class ConfigError extends Error {
   }
 }
 
+/**
+ * Why the per-packet views (the trace, --pcap) exist only in the userspace engine, completing "the
+ * per-packet trace …" / "--pcap …"; the kernel engine's refusals and the CLI say it in these words.
+ */
+export const USERSPACE_ONLY = 'needs the userspace engine (--engine userspace): the kernel translates packets without showing them to tunnat';
+
 export interface Endpoint {
   host: string;
   port: number;

@@ -3,7 +3,7 @@ import { parseCidr, parseIpv4, ipToString, cidrToString, type Cidr } from '../wi
 import { resolveTimeouts, type Timeouts } from '../conntrack/timeouts.js';
 import { FILTERING_NAMES, type FilteringName } from '../nat/translator.js';
 import { parseForward, checkForwards, parseEgress, PolicyError, type PortForward, type EgressRule } from '../nat/policy.js';
-import { ConfigError, CONFIG_KEYS, DEFAULTS, type Endpoint, type RouterConfig } from './config.js';
+import { ConfigError, CONFIG_KEYS, DEFAULTS, USERSPACE_ONLY, type Endpoint, type RouterConfig } from './config.js';
 
 /**
  * Resolving the router's configuration: defaults, then the JSON file given by --config, then flags
@@ -184,6 +184,7 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
   if (pcap !== undefined && pcap !== null && (typeof pcap !== 'string' || pcap === '')) {
     throw new ConfigError('pcap', `expected a file name, got ${JSON.stringify(pcap)}`);
   }
+  if (typeof pcap === 'string' && engine === 'kernel') throw new ConfigError('pcap', `--pcap ${USERSPACE_ONLY}`);
   const snapV = get('pcapSnaplen');
   let pcapSnaplen: RouterConfig['pcapSnaplen'] = DEFAULTS.pcapSnaplen;
   if (snapV !== undefined && snapV !== 'headers') {

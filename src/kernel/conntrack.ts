@@ -1,6 +1,8 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { FlowRecord } from '../conntrack/listing.js';
+import type { FlowEvent, FlowEventType } from '../observe/events.js';
+import type { KernelTable } from './observe.js';
 import { run, runSync, CommandError } from '../util/exec.js';
 import { inCidr, parseIpv4, type Cidr } from '../wire/addr.js';
 
@@ -30,19 +32,28 @@ const TUPLE_KEYS = new Set(['src', 'dst', 'sport', 'dport', 'type', 'code', 'id'
  * protocols, and lines that are not entries. `fallbackId` is used when the line carries no id.
  */
 export function parseConntrackLine(line: string, fallbackId = 0): FlowRecord | null {
-  let words = line.trim().split(/\s+/);
+  return parseEntry(line.trim().split(/\s+/), fallbackId, true);
+}
+
+/**
+ * The words of one entry, from the optional "ipv4 2" on. `timeoutRequired`: listings always carry
+ * the seconds left; DESTROY events carry none (the entry is gone), and then 0 is reported.
+ */
+function parseEntry(all: string[], fallbackId: number, timeoutRequired: boolean): FlowRecord | null {
+  let words = all;
   if (words[0] === 'ipv6') return null;
   if (words[0] === 'ipv4') words = words.slice(2);
   const protocol = words[0] ?? '';
   if (!TRACKED.has(protocol)) return null;
-  const secondsLeft = Number(words[2]);
-  if (!Number.isFinite(secondsLeft)) return null;
+  const timeout = /^\d+$/.test(words[2] ?? '') ? Number(words[2]) : null;
+  if (timeout === null && timeoutRequired) return null;
+  const secondsLeft = timeout ?? 0;
   const dirs: Record<string, string>[] = [];
   const flags: string[] = [];
   let state = '';
   let id: number | null = null;
   let trailer = false;
-  for (const w of words.slice(3)) {
+  for (const w of words.slice(timeout === null ? 2 : 3)) {
     if (w.startsWith('[')) {
       flags.push(w.slice(1, -1));
       continue;
@@ -55,14 +66,17 @@ export function parseConntrackLine(line: string, fallbackId = 0): FlowRecord | n
     const k = w.slice(0, eq);
     const v = w.slice(eq + 1);
     if (!TUPLE_KEYS.has(k)) trailer = dirs.length > 0;
+    const d = dirs[dirs.length - 1];
+    // After mark=/use=/zone=, "id=" is the entry's id, not an ICMP identifier; event lines have no
+    // mark= before it, so an "id=" a TCP/UDP tuple cannot have, or a second one in an ICMP tuple, is too.
+    if (k === 'id' && d && dirs.length === 2 && (protocol !== 'icmp' || d['id'] !== undefined)) trailer = true;
     if (trailer) {
-      // After mark=/use=/zone=, "id=" is the entry's id, not an ICMP identifier.
       if (k === 'id') id = Number(v);
       continue;
     }
     if (k === 'src') dirs.push({});
-    const d = dirs[dirs.length - 1];
-    if (d) d[k] = v;
+    const cur = dirs[dirs.length - 1];
+    if (cur) cur[k] = v;
   }
   const o = dirs[0];
   const r = dirs[1];
@@ -85,6 +99,29 @@ export function parseConntrackLine(line: string, fallbackId = 0): FlowRecord | n
     packets: { original: Number(o['packets'] ?? 0), reply: Number(r['packets'] ?? 0) },
     bytes: { original: Number(o['bytes'] ?? 0), reply: Number(r['bytes'] ?? 0) },
   };
+}
+
+const EVENT_TYPES: Record<string, FlowEventType> = { '[NEW]': 'new', '[UPDATE]': 'update', '[DESTROY]': 'destroy' };
+
+/**
+ * One line of `conntrack -E -o timestamp,extended,id` as the event record the userspace engine
+ * sends, e.g. `[1796459516.938971]\t[DESTROY] ipv4 2 udp 17 src=… packets=1 bytes=31 [UNREPLIED] src=… id=3`.
+ * The kernel says neither why an entry was destroyed nor, for TCP, its last state: those stay empty.
+ * Counters appear when nf_conntrack_acct is on, and in DESTROY events only. Null for anything else
+ * (IPv6, other protocols, the tool's closing summary).
+ */
+export function parseConntrackEvent(line: string): FlowEvent | null {
+  const words = line.trim().split(/\s+/);
+  let time = new Date();
+  const stamp = /^\[(\d+)\.(\d+)\]$/.exec(words[0] ?? '');
+  if (stamp) {
+    time = new Date(Number(stamp[1]) * 1000 + Math.floor(Number(`0.${stamp[2]}`) * 1000));
+    words.shift();
+  }
+  const type = EVENT_TYPES[words[0] ?? ''];
+  if (!type) return null;
+  const flow = parseEntry(words.slice(1), 0, false);
+  return flow ? { type, time: time.toISOString(), flow } : null;
 }
 
 export function parseConntrackListing(text: string): FlowRecord[] {
@@ -193,6 +230,11 @@ export async function readConntrackStats(): Promise<Record<string, number>> {
   return {};
 }
 
+/** The table's capacity (net.netfilter.nf_conntrack_max), or null when conntrack is not loaded. */
+export function readConntrackMax(): number | null {
+  return readProcNumber('/proc/sys/net/netfilter/nf_conntrack_max');
+}
+
 function readProcNumber(path: string): number | null {
   try {
     const v = Number(readFileSync(path, 'utf8').trim());
@@ -213,6 +255,11 @@ export interface KernelMetricsSource {
   ruleCounters: () => Promise<{ natPackets: number; invalidDrops: number }>;
   listFlows?: () => Promise<FlowRecord[]>;
   stats?: () => Promise<Record<string, number>>;
+  /**
+   * Per-host traffic from conntrack's accounting (observe.ts); with it the registry also serves the
+   * packet, byte and per-host counters the userspace engine does, and lists flows through it.
+   */
+  table?: Pick<KernelTable, 'look'>;
 }
 
 /**
@@ -233,7 +280,8 @@ function mirror(counter: Counter<string>, labels: Record<string, string>, value:
 export function createKernelRegistry(src: KernelMetricsSource, opts: { defaultMetrics?: boolean } = {}): Registry {
   const registry = new Registry();
   if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry });
-  const listFlows = src.listFlows ?? listKernelFlows;
+  const table = src.table;
+  const listFlows = table ? async () => (await table.look()).flows : (src.listFlows ?? listKernelFlows);
   const stats = src.stats ?? readConntrackStats;
 
   new Gauge({
@@ -261,7 +309,7 @@ export function createKernelRegistry(src: KernelMetricsSource, opts: { defaultMe
     help: 'Capacity of the kernel\'s connection-tracking table (net.netfilter.nf_conntrack_max)',
     registers: [registry],
     collect() {
-      const v = readProcNumber('/proc/sys/net/netfilter/nf_conntrack_max');
+      const v = readConntrackMax();
       if (v !== null) this.set(v);
     },
   });
@@ -325,5 +373,63 @@ export function createKernelRegistry(src: KernelMetricsSource, opts: { defaultMe
       for (const [stat, v] of Object.entries(await statsOnce())) mirror(this, { stat }, v);
     },
   });
+  if (table) registerTraffic(registry, table);
   return registry;
+}
+
+/**
+ * The counters conntrack's accounting gives, under the userspace engine's names: packets and bytes
+ * of translated flows by direction (the kernel rewrites every packet of such a flow, so these are
+ * also its translations), and the same per inside host.
+ */
+function registerTraffic(registry: Registry, table: Pick<KernelTable, 'look'>): void {
+  const directions = ['outbound', 'inbound'] as const;
+  const byPath = (name: string, label: string, help: string, pick: 'packets' | 'bytes') =>
+    new Counter({
+      name,
+      help,
+      labelNames: [label],
+      registers: [registry],
+      async collect() {
+        this.reset();
+        const look = await table.look();
+        for (const d of directions) mirror(this, { [label]: d }, look[pick][d]);
+      },
+    });
+  byPath('tunnat_packets_total', 'path', 'Packets of translated flows, by path (kernel: conntrack accounting, outbound = LAN to WAN, inbound = the replies)', 'packets');
+  byPath('tunnat_bytes_total', 'path', 'IP bytes of translated flows, by path (kernel: conntrack accounting)', 'bytes');
+  byPath('tunnat_translations_total', 'direction', 'Packets rewritten, by direction (kernel: every packet of a source-NATed flow)', 'packets');
+  const perHost = (name: string, help: string, pick: 'packets' | 'bytes') =>
+    new Counter({
+      name,
+      help,
+      labelNames: ['host', 'direction'],
+      registers: [registry],
+      async collect() {
+        this.reset();
+        for (const h of (await table.look()).hosts) for (const d of directions) mirror(this, { host: h.host, direction: d }, h[pick][d]);
+      },
+    });
+  perHost('tunnat_host_packets_total', 'Translated packets per inside (LAN) host and direction, from conntrack accounting (host="other" past the first 256)', 'packets');
+  perHost('tunnat_host_bytes_total', 'Translated IP bytes per inside (LAN) host and direction, from conntrack accounting', 'bytes');
+  new Gauge({
+    name: 'tunnat_host_flows',
+    help: 'Translated flows in the kernel\'s table per inside (LAN) host',
+    labelNames: ['host'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const h of (await table.look()).hosts) this.set({ host: h.host }, h.flows);
+    },
+  });
+  new Counter({
+    name: 'tunnat_host_flows_created_total',
+    help: 'Translated flows seen per inside (LAN) host (kernel: a flow that starts and ends between two looks is missed)',
+    labelNames: ['host'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      for (const h of (await table.look()).hosts) mirror(this, { host: h.host }, h.flowsCreated);
+    },
+  });
 }

@@ -1,4 +1,4 @@
-import type { RouterConfig } from '../config/config.js';
+import { ConfigError, USERSPACE_ONLY, type RouterConfig } from '../config/config.js';
 import { bindHttpListeners, closeListeners, startHttp } from '../observe/http.js';
 import { preflight } from '../host/preflight.js';
 import type { Logger } from '../util/log.js';
@@ -15,12 +15,14 @@ import {
   type AppliedKernel,
 } from './apply.js';
 import { createKernelRegistry, flowsFromInternal, listKernelFlowsSync } from './conntrack.js';
+import { KernelObserver, KernelTable } from './observe.js';
 import { planKernelNat, type KernelPlan } from './plan.js';
 
 /**
  * `tunnat run --engine kernel`: the same flags, translated by the kernel's netfilter. Plan, apply,
- * verify, serve /metrics and /conntrack from the kernel's connection table, and remove everything
- * on stop — or, synchronously, on process exit if stop never ran.
+ * verify, serve /metrics, /conntrack, the live page and flow events from the kernel's connection
+ * table (observe.ts), and remove everything on stop — or, synchronously, on process exit if stop
+ * never ran.
  *
  * A crashed (SIGKILLed) engine leaves its record under /run/tunnat; the next start undoes that
  * set-up from the record and carries on (logged as a warning). A set-up from `tunnat kernel apply`
@@ -37,6 +39,8 @@ export interface RunningKernelEngine {
 const WATCH_INTERVAL_MS = 10_000;
 
 export async function startKernelEngine(cfg: RouterConfig, log: Logger): Promise<RunningKernelEngine> {
+  // resolveConfig refuses this for --engine kernel; here it is --engine auto falling back.
+  if (cfg.pcap !== null) throw new ConfigError('pcap', `--pcap ${USERSPACE_ONLY}`);
   await preflight(cfg);
   const choice = await chooseBackend(cfg.backend);
   const env = await probeEnv(cfg);
@@ -77,13 +81,20 @@ export async function startKernelEngine(cfg: RouterConfig, log: Logger): Promise
     throw err;
   }
 
-  const registry = createKernelRegistry({
-    backend: choice.backend,
-    internal: cfg.internal,
-    ruleCounters: () => readRuleCounters(applied),
-  });
+  const ruleCounters = () => readRuleCounters(applied);
+  const table = new KernelTable(cfg.internal);
+  const registry = createKernelRegistry({ backend: choice.backend, internal: cfg.internal, ruleCounters, table });
+  const observer = new KernelObserver(
+    {
+      table,
+      internal: cfg.internal,
+      ruleCounters,
+      publicAddress: cfg.publicIp === null ? `${cfg.external}'s address (masquerade)` : ipToString(cfg.publicIp),
+    },
+    log,
+  );
   const closeHttp = await startHttp(
-    { registry, conntrack: () => flowsFromInternal(listKernelFlowsSync(), cfg.internal) },
+    { registry, conntrack: () => flowsFromInternal(listKernelFlowsSync(), cfg.internal), handlers: observer.handlers() },
     { tcp: null, unixPath: null, handles: listeners },
   );
 
@@ -125,6 +136,7 @@ export async function startKernelEngine(cfg: RouterConfig, log: Logger): Promise
     stopping = (async () => {
       log.info('tunnat stopping', { reason, engine: 'kernel' });
       clearInterval(watch);
+      observer.close();
       await closeHttp().catch(() => {});
       if (active) {
         active = false;

@@ -275,7 +275,7 @@ export function planKernelNat(cfg: RouterConfig, backend: KernelBackend, env: Pl
 
   steps.push({
     cmd: ['sysctl', '-w', `${sysctlName(SYSCTL_CT_ACCT)}=1`],
-    why: 'count packets and bytes per connection, so /conntrack and `conntrack -L` show them',
+    why: 'count packets and bytes per connection, so /conntrack, `conntrack -L` and the per-host traffic (tunnat stats, the live page) show them',
     action: { kind: 'sysctl', settings: [{ key: SYSCTL_CT_ACCT, value: '1' }] },
   });
   steps.push({

@@ -29,6 +29,10 @@ export interface LiveSnapshot {
   /** The busiest flows (by bytes), at most `flowLimit`. */
   flows: FlowRecord[];
   flowsTotal: number;
+  /** Which engine made the snapshot (the page says so when it is not the userspace one). */
+  engine?: 'userspace' | 'kernel';
+  /** What this engine cannot show, one line each; the page lists them instead of leaving blanks. */
+  unavailable?: string[];
 }
 
 export const LIVE_INTERVAL_MS = 1000;
@@ -68,15 +72,20 @@ export function liveSnapshot(nat: Translator, hosts: HostAccounting, now: number
   };
 }
 
+/**
+ * Sends snapshots to the open pages. The snapshot comes from whichever engine serves the page: the
+ * userspace one builds it from its own table at once, the kernel one has to ask the kernel (a
+ * promise); a tick that is still waiting for its snapshot makes the next tick skip rather than pile up.
+ */
 export class LiveFeed {
   private streams: SseStream[] = [];
   private timer: NodeJS.Timeout | null = null;
+  private pending = false;
 
   constructor(
-    private readonly nat: Translator,
-    private readonly hosts: HostAccounting,
-    private readonly clock: () => number,
+    private readonly snapshot: () => LiveSnapshot | Promise<LiveSnapshot>,
     private readonly intervalMs = LIVE_INTERVAL_MS,
+    private readonly onError: (err: Error) => void = () => {},
   ) {}
 
   get clients(): number {
@@ -106,9 +115,18 @@ export class LiveFeed {
     const ready = streams.filter((s) => s.ready);
     // Streams that are behind are skipped; send() counts the skip for them.
     for (const s of streams) if (!s.ready) s.send('snapshot', null);
-    if (ready.length === 0) return;
-    const snap = liveSnapshot(this.nat, this.hosts, this.clock());
-    for (const s of ready) s.send('snapshot', snap);
+    if (ready.length === 0 || this.pending) return;
+    this.pending = true;
+    void (async () => {
+      try {
+        const snap = await this.snapshot();
+        for (const s of ready) s.send('snapshot', snap);
+      } catch (err) {
+        this.onError(err as Error);
+      } finally {
+        this.pending = false;
+      }
+    })();
   }
 
   close(): void {

@@ -10,7 +10,7 @@ import { FlowEvents } from './events.js';
 import { PacketTaps } from './taps.js';
 import { Tracer, DEFAULT_TRACE_RATE, MAX_TRACE_RATE } from './trace.js';
 import { PcapngWriter, SNAP_HEADERS, type PcapngOptions } from './pcapng.js';
-import { LiveFeed } from './live.js';
+import { LiveFeed, liveSnapshot } from './live.js';
 import { SseStream } from './sse.js';
 import { FilterError, flowFilterFromQuery, parsePacketFilter, packetFilterToString } from './filter.js';
 import { LIVE_PAGE } from './page.js';
@@ -54,7 +54,7 @@ export class Observatory implements ObserveStats {
     this.events = new FlowEvents(nat, opts.clock);
     this.taps = new PacketTaps(loop, nat);
     this.tracer = new Tracer(this.taps);
-    this.live = new LiveFeed(nat, this.hosts, opts.clock);
+    this.live = new LiveFeed(() => liveSnapshot(nat, this.hosts, opts.clock()));
     this.health = new HealthWatch(nat, opts.log);
   }
 

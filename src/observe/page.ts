@@ -4,6 +4,9 @@
  * external resources (a lab gateway has no internet to fetch them from), values inserted with
  * textContent only.
  *
+ * The kernel engine serves the same page: its snapshots leave out what the kernel does not count
+ * (those cards are not drawn) and list it under "Not available", so no blank reads as a zero.
+ *
  * The script is plain ES2017 without template literals, so it can live in this TypeScript string. The
  * chart's axes (page-axes.ts) are pasted in, so their unit test runs the very code the page does.
  */
@@ -52,6 +55,10 @@ export const LIVE_PAGE = `<!doctype html>
   <span id="status">connecting</span>
 </header>
 <main>
+  <section id="lacking" hidden>
+    <h2>Not available with the <span id="engine"></span> engine</h2>
+    <ul id="unavailable"></ul>
+  </section>
   <section>
     <h2>Counters</h2>
     <div class="cards" id="counters"></div>
@@ -106,24 +113,27 @@ ${CHART_AXES_JS}
     return proto === 'icmp' ? a : a + ':' + p;
   }
   function card(box, k, v, bad) {
+    if (v === undefined) return;
     var c = el('div', null, 'card' + (bad ? ' bad' : ''));
     c.appendChild(el('div', k, 'k'));
     c.appendChild(el('div', v, 'v'));
     box.appendChild(c);
   }
 
+  function num(n) { return n === undefined ? undefined : fmt(n); }
+
   function renderCounters(s) {
     var c = s.counters;
     var box = document.getElementById('counters');
     box.textContent = '';
-    card(box, 'packets out', fmt(c.packets.outbound));
-    card(box, 'packets in', fmt(c.packets.inbound));
-    card(box, 'packets to gateway', fmt(c.packets.local));
-    card(box, 'bytes out', fmt(c.bytes.outbound));
-    card(box, 'bytes in', fmt(c.bytes.inbound));
+    card(box, 'packets out', num(c.packets.outbound));
+    card(box, 'packets in', num(c.packets.inbound));
+    card(box, 'packets to gateway', num(c.packets.local));
+    card(box, 'bytes out', num(c.bytes.outbound));
+    card(box, 'bytes in', num(c.bytes.inbound));
     card(box, 'flows / max', c.flows + ' / ' + fmt(c.flowsMax));
     card(box, 'flows created', fmt(c.flowsCreated));
-    card(box, 'flows expired', fmt(c.flowsRemoved.expired || 0));
+    card(box, 'flows expired', num(c.flowsRemoved.expired));
     card(box, 'early-dropped', fmt(c.flowsRemoved['early-drop'] || 0), (c.flowsRemoved['early-drop'] || 0) > 0);
     var totalDrops = 0;
     Object.keys(c.drops).forEach(function (r) {
@@ -245,8 +255,18 @@ ${CHART_AXES_JS}
       '(' + shown + ' shown of ' + s.flowsTotal + (s.flowsTotal > s.flows.length ? ', the ' + s.flows.length + ' busiest sent' : '') + ')';
   }
 
+  function renderLacking(s) {
+    var list = s.unavailable || [];
+    document.getElementById('lacking').hidden = list.length === 0;
+    document.getElementById('engine').textContent = s.engine || 'userspace';
+    var ul = document.getElementById('unavailable');
+    ul.textContent = '';
+    list.forEach(function (line) { ul.appendChild(el('li', line)); });
+  }
+
   function render(s) {
     var t = Date.parse(s.time) / 1000;
+    renderLacking(s);
     var dt = last ? t - last.t : 0;
     document.getElementById('public').textContent = s.publicAddress;
     document.getElementById('flowcount').textContent = s.counters.flows + ' / ' + s.counters.flowsMax;

@@ -138,12 +138,15 @@ export function sseConnect(
     let settled = false;
     const req = http.request(reqOpts, (res) => {
       if (res.statusCode !== 200) {
+        clearTimeout(timer);
         let body = '';
         res.setEncoding('utf8');
         res.on('data', (c: string) => (body += c));
         res.on('end', () => {
           settled = true;
-          reject(new Error(`${target}${path.split('?')[0]} answered ${res.statusCode}: ${body.trim()}`));
+          // 501/503: the router explains why this engine cannot serve the stream; its words suffice.
+          const explained = res.statusCode === 501 || res.statusCode === 503;
+          reject(new Error(explained ? body.trim() : `${target}${path.split('?')[0]} answered ${res.statusCode}: ${body.trim()}`));
         });
         return;
       }
