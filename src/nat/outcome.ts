@@ -104,7 +104,11 @@ export function newNatStats(): NatStats {
  */
 export interface FlowObserver {
   created?(flow: number, now: number): void;
-  /** A TCP flow changed state (`from` is the old TcpState). */
+  /**
+   * A flow changed state: a TCP transition (`from` is the old TcpState), or the first reply of a UDP or
+   * ICMP flow (UNREPLIED → REPLIED; `from` is then the flow's unchanged state field, TcpState.NONE).
+   * Called from the tracking step, before the packet that caused it is counted in the flow.
+   */
   updated?(flow: number, from: number, now: number): void;
   /** Called before the slot is freed: the flow's tuples and counters are still readable. */
   removed?(flow: number, reason: RemoveReason): void;
