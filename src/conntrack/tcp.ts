@@ -29,7 +29,7 @@ export const TCP_STATE_NAMES = [
 /** Packet classes the table is indexed by (derived from the flag byte by tcpPacketClass). */
 export const TcpClass = { SYN: 0, SYNACK: 1, FIN: 2, ACK: 3, RST: 4, INVALID: 5 } as const;
 
-const { FIN, SYN, RST, ACK } = TCP_FLAGS;
+const FIN = TCP_FLAGS.FIN, SYN = TCP_FLAGS.SYN, RST = TCP_FLAGS.RST, ACK = TCP_FLAGS.ACK;
 
 /**
  * Classify a segment by its flags. Combinations no real stack sends (SYN+FIN, SYN+RST, no SYN/ACK/RST

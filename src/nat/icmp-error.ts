@@ -2,7 +2,7 @@ import { Ipv4Verdict, IPPROTO, IPV4_OFF, IPV4_MIN_HEADER_LENGTH } from '../wire/
 import { IcmpVerdict, ICMP_OFF, isQueryRequestType, isQueryType } from '../wire/icmp.js';
 import { UDP_OFF } from '../wire/udp.js';
 import { rd16, rd32 } from '../wire/bytes.js';
-import { rewriteIcmpIdentifier, rewriteIpv4Header, rewriteTransportEndpoints } from '../wire/rewrite.js';
+import { l4ChecksumOffset, rewriteIcmpIdentifier, rewriteIpv4Header, rewritePorts, rewriteTransportEndpoints } from '../wire/rewrite.js';
 import type { NatContext } from './context.js';
 import { DropReason, Path } from './outcome.js';
 
@@ -79,10 +79,13 @@ export function translateIcmpError(nat: NatContext, buf: Uint8Array, fromInside:
   if (qproto === IPPROTO.ICMP) {
     rewriteIcmpIdentifier(buf, ql4, false, quotedRequest ? flows.tSport[qe]! : flows.tDport[qe]!);
   } else {
-    rewriteTransportEndpoints(
-      buf, ql4, ql4 + quoted.payloadLength, qproto, false,
-      qsrc, qdst, qsport, qdport, nqsrc, nqdst, flows.tSport[qe]!, flows.tDport[qe]!,
-    );
+    const nqsport = flows.tSport[qe]!;
+    const nqdport = flows.tDport[qe]!;
+    if (quoted.payloadLength >= l4ChecksumOffset(qproto) + 2) {
+      rewriteTransportEndpoints(buf, ql4, qproto, false, qsrc, qdst, qsport, qdport, nqsrc, nqdst, nqsport, nqdport);
+    } else {
+      rewritePorts(buf, ql4, nqsport, nqdport); // the quote ends before the checksum field
+    }
   }
   rewriteIpv4Header(buf, quoted.off, qsrc, qdst, nqsrc, nqdst, false); // a quote keeps the TTL it was sent with
 

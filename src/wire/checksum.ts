@@ -102,9 +102,10 @@ export function csumUpdate32(csum: number, oldValue: number, newValue: number): 
  * RFC 1624 with several words changed at once: each change contributes ~m + m' to one running sum,
  * and csumApply folds that sum into the checksum once (eqn. 3 over all of them). The terms are plain
  * integers, so a rewrite of addresses, ports and TTL pays one fold instead of one per word.
+ * Both words are 16-bit values (the new one is added as it is).
  */
 export function csumDiff16(oldWord: number, newWord: number): number {
-  return (~oldWord & 0xffff) + (newWord & 0xffff);
+  return (~oldWord & 0xffff) + newWord;
 }
 
 /** csumDiff16 for a 32-bit value (an address: two covered words). */

@@ -9,20 +9,20 @@ import { csumUpdate16, csumUpdate32, fold16, internetChecksum, sum16 } from './c
 import { HeaderView } from './view.js';
 
 /** Field offsets relative to the start of the ICMP header. */
-export const ICMP_OFF = {
-  TYPE: 0,
-  CODE: 1,
-  CHECKSUM: 2,
+export const enum ICMP_OFF {
+  TYPE = 0,
+  CODE = 1,
+  CHECKSUM = 2,
   /** Query messages (echo, timestamp): identifier and sequence number. */
-  IDENTIFIER: 4,
-  SEQUENCE: 6,
+  IDENTIFIER = 4,
+  SEQUENCE = 6,
   /** Parameter problem: pointer to the offending octet. */
-  POINTER: 4,
+  POINTER = 4,
   /** Destination unreachable, fragmentation needed: next-hop MTU (RFC 1191). */
-  NEXT_HOP_MTU: 6,
+  NEXT_HOP_MTU = 6,
   /** Errors: the quoted IP header of the offending packet. */
-  QUOTED: 8,
-} as const;
+  QUOTED = 8,
+}
 
 export const ICMP_HEADER_LENGTH = 8;
 

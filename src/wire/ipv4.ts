@@ -16,36 +16,36 @@ import { HeaderView } from './view.js';
 import { rd16 } from './bytes.js';
 
 /** Field offsets relative to the start of the IPv4 header. */
-export const IPV4_OFF = {
-  VERSION_IHL: 0,
-  DSCP_ECN: 1,
-  TOTAL_LENGTH: 2,
-  IDENTIFICATION: 4,
-  FLAGS_FRAGMENT: 6,
-  TTL: 8,
-  PROTOCOL: 9,
-  CHECKSUM: 10,
-  SOURCE: 12,
-  DESTINATION: 16,
+export const enum IPV4_OFF {
+  VERSION_IHL = 0,
+  DSCP_ECN = 1,
+  TOTAL_LENGTH = 2,
+  IDENTIFICATION = 4,
+  FLAGS_FRAGMENT = 6,
+  TTL = 8,
+  PROTOCOL = 9,
+  CHECKSUM = 10,
+  SOURCE = 12,
+  DESTINATION = 16,
   /** First byte after the fixed header: options, if IHL > 5. */
-  OPTIONS: 20,
-} as const;
+  OPTIONS = 20,
+}
 
 /** Smallest (option-less) and largest (IHL 15) header, in bytes. */
 export const IPV4_MIN_HEADER_LENGTH = 20;
 export const IPV4_MAX_HEADER_LENGTH = 60;
 
 /** Bits of the 16-bit flags/fragment-offset word. */
-export const IPV4_FRAG = {
+export const enum IPV4_FRAG {
   /** Reserved "evil" bit (RFC 3514); must be zero, left as found. */
-  RESERVED: 0x8000,
-  DONT_FRAGMENT: 0x4000,
-  MORE_FRAGMENTS: 0x2000,
+  RESERVED = 0x8000,
+  DONT_FRAGMENT = 0x4000,
+  MORE_FRAGMENTS = 0x2000,
   /** Fragment offset, in 8-byte units. */
-  OFFSET_MASK: 0x1fff,
-} as const;
+  OFFSET_MASK = 0x1fff,
+}
 
-export const IPPROTO = { ICMP: 1, TCP: 6, UDP: 17 } as const;
+export const enum IPPROTO { ICMP = 1, TCP = 6, UDP = 17 }
 
 /** The protocols tunnat translates, by the names /conntrack, the metrics and the trace print. */
 export const PROTO_NAMES: Readonly<Record<number, 'tcp' | 'udp' | 'icmp'>> = {

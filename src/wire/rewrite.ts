@@ -27,25 +27,31 @@ export function l4ChecksumOffset(proto: number): number {
 
 /**
  * Give a TCP or UDP header new addresses (through its pseudo-header) and ports. `l4` is where the header
- * starts (TCP and UDP put their ports at the same offsets), `end` the first byte past what is present. UDP's checksum 0 ("none", RFC 768) stays 0, and a
+ * starts (TCP and UDP put their ports at the same offsets); its checksum field must be present (a quote
+ * cut short before it takes rewritePorts instead). UDP's checksum 0 ("none", RFC 768) stays 0, and a
  * computed 0 is sent as 0xffff.
+ *
+ * Kept to a two-way choice so V8 inlines it into the fast path; each form is a function of its own,
+ * small enough to be inlined there too.
  */
 export function rewriteTransportEndpoints(
-  buf: Uint8Array, l4: number, end: number, proto: number, partial: boolean,
+  buf: Uint8Array, l4: number, proto: number, partial: boolean,
+  src: number, dst: number, sport: number, dport: number,
+  nsrc: number, ndst: number, nsport: number, ndport: number,
+): void {
+  if (partial) rewriteTransportPartial(buf, l4, proto, src, dst, nsrc, ndst, nsport, ndport);
+  else rewriteTransportFull(buf, l4, proto, src, dst, sport, dport, nsrc, ndst, nsport, ndport);
+}
+
+/** The full form: every changed word is patched into the finished checksum (RFC 1624 eqn. 3, summed). */
+function rewriteTransportFull(
+  buf: Uint8Array, l4: number, proto: number,
   src: number, dst: number, sport: number, dport: number,
   nsrc: number, ndst: number, nsport: number, ndport: number,
 ): void {
   const at = l4 + l4ChecksumOffset(proto);
-  if (partial) {
-    wr16(buf, l4 + UDP_OFF.SOURCE_PORT, nsport);
-    wr16(buf, l4 + UDP_OFF.DESTINATION_PORT, ndport);
-    if (nsrc === src && ndst === dst) return;
-    let sum = ~rd16(buf, at) & 0xffff;
-    if (nsrc !== src) sum = csumUpdate32(sum, src, nsrc);
-    if (ndst !== dst) sum = csumUpdate32(sum, dst, ndst);
-    wr16(buf, at, ~sum & 0xffff);
-    return;
-  }
+  // Read before the ports are written: the load then need not wait for those stores.
+  const c = rd16(buf, at);
   let diffs = 0;
   if (nsport !== sport) {
     wr16(buf, l4 + UDP_OFF.SOURCE_PORT, nsport);
@@ -57,12 +63,34 @@ export function rewriteTransportEndpoints(
   }
   if (nsrc !== src) diffs += csumDiff32(src, nsrc);
   if (ndst !== dst) diffs += csumDiff32(dst, ndst);
-  if (diffs === 0 || at + 2 > end) return; // nothing changed, or a quote cut before its checksum
-  const c = rd16(buf, at);
-  if (proto === IPPROTO.UDP && c === 0) return;
+  if (diffs === 0 || (proto === IPPROTO.UDP && c === 0)) return; // nothing changed, or UDP without a checksum
   let n = csumApply(c, diffs);
   if (proto === IPPROTO.UDP && n === 0) n = 0xffff;
   wr16(buf, at, n);
+}
+
+/** The partial form: new addresses are added into the pseudo-header sum; the ports need nothing there. */
+function rewriteTransportPartial(
+  buf: Uint8Array, l4: number, proto: number,
+  src: number, dst: number, nsrc: number, ndst: number, nsport: number, ndport: number,
+): void {
+  wr16(buf, l4 + UDP_OFF.SOURCE_PORT, nsport);
+  wr16(buf, l4 + UDP_OFF.DESTINATION_PORT, ndport);
+  if (nsrc === src && ndst === dst) return;
+  const at = l4 + l4ChecksumOffset(proto);
+  let sum = ~rd16(buf, at) & 0xffff;
+  if (nsrc !== src) sum = csumUpdate32(sum, src, nsrc);
+  if (ndst !== dst) sum = csumUpdate32(sum, dst, ndst);
+  wr16(buf, at, ~sum & 0xffff);
+}
+
+/**
+ * Only the ports of a TCP or UDP header: for a header quoted inside an ICMP error that was cut short
+ * before its checksum field (RFC 792 promises only 8 bytes of it, and TCP's checksum lies beyond).
+ */
+export function rewritePorts(buf: Uint8Array, l4: number, nsport: number, ndport: number): void {
+  wr16(buf, l4 + UDP_OFF.SOURCE_PORT, nsport);
+  wr16(buf, l4 + UDP_OFF.DESTINATION_PORT, ndport);
 }
 
 /**

@@ -4,29 +4,29 @@
  * and that is the length the pseudo-header carries.
  */
 import { csumUpdate16, csumUpdate32, fold16, pseudoHeaderSum, sum16 } from './checksum.js';
-import { rd16, rd32, wr16, wr32 } from './bytes.js';
+import { rd16, wr16 } from './bytes.js';
 import { IPPROTO } from './ipv4.js';
 import { HeaderView } from './view.js';
 
 /** Field offsets relative to the start of the TCP header. */
-export const TCP_OFF = {
-  SOURCE_PORT: 0,
-  DESTINATION_PORT: 2,
-  SEQUENCE: 4,
-  ACKNOWLEDGMENT: 8,
+export const enum TCP_OFF {
+  SOURCE_PORT = 0,
+  DESTINATION_PORT = 2,
+  SEQUENCE = 4,
+  ACKNOWLEDGMENT = 8,
   /** High nibble: data offset in 32-bit words; low nibble: reserved (and the old NS bit). */
-  DATA_OFFSET: 12,
-  FLAGS: 13,
-  WINDOW: 14,
-  CHECKSUM: 16,
-  URGENT_POINTER: 18,
-  OPTIONS: 20,
-} as const;
+  DATA_OFFSET = 12,
+  FLAGS = 13,
+  WINDOW = 14,
+  CHECKSUM = 16,
+  URGENT_POINTER = 18,
+  OPTIONS = 20,
+}
 
 export const TCP_MIN_HEADER_LENGTH = 20;
 export const TCP_MAX_HEADER_LENGTH = 60;
 
-export const TCP_FLAGS = { FIN: 1, SYN: 2, RST: 4, PSH: 8, ACK: 16, URG: 32, ECE: 64, CWR: 128 } as const;
+export const enum TCP_FLAGS { FIN = 1, SYN = 2, RST = 4, PSH = 8, ACK = 16, URG = 32, ECE = 64, CWR = 128 }
 
 /** Option kinds tunnat reads (RFC 9293 3.2). */
 export const TCP_OPTION = { END: 0, NOP: 1, MSS: 2 } as const;

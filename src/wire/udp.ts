@@ -6,19 +6,19 @@
  * it is not mistaken for "none".
  */
 import { csumUpdate16, csumUpdate32, fold16, pseudoHeaderSum, sum16 } from './checksum.js';
-import { rd16, wr16 } from './bytes.js';
+import { rd16 } from './bytes.js';
 import { IPPROTO } from './ipv4.js';
 import { HeaderView } from './view.js';
 
 /** Field offsets relative to the start of the UDP header. */
-export const UDP_OFF = {
-  SOURCE_PORT: 0,
-  DESTINATION_PORT: 2,
-  LENGTH: 4,
-  CHECKSUM: 6,
+export const enum UDP_OFF {
+  SOURCE_PORT = 0,
+  DESTINATION_PORT = 2,
+  LENGTH = 4,
+  CHECKSUM = 6,
   /** First data byte. */
-  DATA: 8,
-} as const;
+  DATA = 8,
+}
 
 export const UDP_HEADER_LENGTH = 8;
 

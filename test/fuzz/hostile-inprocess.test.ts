@@ -15,7 +15,7 @@ import {
   IP, IP_OPTION_SAMPLES, evenCuts, fitTotalLength, fixIpChecksum, fragment, l4ChecksumValid, withIpOptions, wr16,
 } from './lib/packets.js';
 
-const { SYN, ACK, FIN, RST, PSH, URG } = TCP_FLAGS;
+const SYN = TCP_FLAGS.SYN, ACK = TCP_FLAGS.ACK, FIN = TCP_FLAGS.FIN, RST = TCP_FLAGS.RST, PSH = TCP_FLAGS.PSH, URG = TCP_FLAGS.URG;
 const payload = Buffer.from('hostile traffic');
 const isInternal = (a: number): boolean => a >>> 8 === ip('192.168.1.0') >>> 8;
 const OTHER = ip('198.51.100.66');

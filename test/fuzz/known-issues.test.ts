@@ -16,7 +16,7 @@ const payload = Buffer.from('known issue');
 const OTHER_REMOTE = addr('198.51.100.9');
 const LAN_ROUTER = ip('192.168.1.254');
 const isInternal = (a: number): boolean => a >>> 8 === ip('192.168.1.0') >>> 8;
-const { SYN, ACK, RST, PSH } = TCP_FLAGS;
+const SYN = TCP_FLAGS.SYN, ACK = TCP_FLAGS.ACK, RST = TCP_FLAGS.RST, PSH = TCP_FLAGS.PSH;
 
 describe('bugs the fuzzer found (regressions)', () => {
   it('an ICMP error from a LAN router about an inbound flow leaves with the public source, not its own', () => {

@@ -24,7 +24,7 @@ const R = addr('198.51.100.53');
 const A = addr('192.168.1.10');
 const B = addr('192.168.1.11');
 const isInternal = (a: number): boolean => a >>> 8 === addr('192.168.1.0') >>> 8;
-const { SYN, ACK } = TCP_FLAGS;
+const SYN = TCP_FLAGS.SYN, ACK = TCP_FLAGS.ACK;
 const NOW = 5_000;
 const ITERATIONS = 4_000;
 

@@ -7,7 +7,7 @@ import { listFlows } from '../../src/conntrack/listing.js';
 import { makeNat, checkAllChecksums, parse, ip, PUB, REMOTE, HOST_A, HOST_B } from './helpers.js';
 
 const payload = new TextEncoder().encode('hello, odd length!');
-const { SYN, ACK, FIN, RST } = TCP_FLAGS;
+const SYN = TCP_FLAGS.SYN, ACK = TCP_FLAGS.ACK, FIN = TCP_FLAGS.FIN, RST = TCP_FLAGS.RST;
 
 describe('UDP', () => {
   it('translates the source of a new outbound flow, keeping the port, and gives back one hop', () => {

@@ -24,7 +24,7 @@ export interface AddressBook {
 const INTERESTING8 = [0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x0f, 0x10, 0x11, 0x12, 0x3f, 0x40, 0x45, 0x46, 0x4f, 0x50, 0x7f, 0x80, 0xf0, 0xff];
 const INTERESTING16 = [0, 1, 7, 8, 19, 20, 21, 27, 28, 0x7fff, 0x8000, 0xfffe, 0xffff];
 const PROTOCOLS = [0, 1, 2, 4, 6, 17, 41, 47, 50, 51, 58, 89, 132, 136, 255];
-const { FIN, SYN, RST, PSH, ACK, URG, ECE, CWR } = TCP_FLAGS;
+const FIN = TCP_FLAGS.FIN, SYN = TCP_FLAGS.SYN, RST = TCP_FLAGS.RST, PSH = TCP_FLAGS.PSH, ACK = TCP_FLAGS.ACK, URG = TCP_FLAGS.URG, ECE = TCP_FLAGS.ECE, CWR = TCP_FLAGS.CWR;
 /** TCP flag sets that should never open or move a flow, and some that should (the order is part of the seeded runs). */
 export const ODD_TCP_FLAGS = [
   0, FIN, FIN | SYN, FIN | RST, SYN | RST, FIN | SYN | RST, FIN | SYN | RST | PSH,

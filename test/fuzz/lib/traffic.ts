@@ -17,7 +17,7 @@ import {
 import { rd16, rd32 } from '../../../src/wire/bytes.js';
 import type { Rng } from './rng.js';
 
-const S = TCP_FLAGS;
+
 
 export interface World extends AddressBook {
   isInternal(a: number): boolean;
@@ -186,15 +186,15 @@ export class TrafficModel {
   }
 
   /** A clean packet of a protocol between two endpoints. */
-  private make(proto: number, src: number, dst: number, sport: number, dport: number, flags: number = S.SYN): Buffer {
+  private make(proto: number, src: number, dst: number, sport: number, dport: number, flags: number = TCP_FLAGS.SYN): Buffer {
     const rng = this.rng;
     const ttl = rng.chance(0.9) ? 64 : rng.pick([0, 1, 2, 128, 255]);
     const id = this.id();
     if (proto === PROTO_TCP) {
-      const payload = flags & S.SYN ? Buffer.alloc(0) : this.payload();
+      const payload = flags & TCP_FLAGS.SYN ? Buffer.alloc(0) : this.payload();
       return tcpPacket({
-        src, dst, srcPort: sport, dstPort: dport, seq: rng.u32(), ack: flags & S.ACK ? rng.u32() : 0, flags, ttl, id, payload,
-        ...(flags & S.SYN && rng.chance(0.7) ? { mss: rng.pick([536, 1200, 1460, 65495]) } : {}),
+        src, dst, srcPort: sport, dstPort: dport, seq: rng.u32(), ack: flags & TCP_FLAGS.ACK ? rng.u32() : 0, flags, ttl, id, payload,
+        ...(flags & TCP_FLAGS.SYN && rng.chance(0.7) ? { mss: rng.pick([536, 1200, 1460, 65495]) } : {}),
       });
     }
     if (proto === PROTO_UDP) {
@@ -219,7 +219,7 @@ export class TrafficModel {
     ]);
     const dst = rng.chance(0.93) ? this.remote() : pickAddress(rng, this.world);
     const dport = rng.pick([53, 80, 443, 7, 123, 3478, 5060, rng.u16(), 0]);
-    const flags = proto === PROTO_TCP && rng.chance(0.15) ? rng.pick(ODD_TCP_FLAGS) : S.SYN;
+    const flags = proto === PROTO_TCP && rng.chance(0.15) ? rng.pick(ODD_TCP_FLAGS) : TCP_FLAGS.SYN;
     return this.make(proto, this.lanHost(), dst, proto === PROTO_ICMP ? rng.u16() & 0xff : this.lanPort(), dport, flags);
   }
 
@@ -278,11 +278,11 @@ export class TrafficModel {
     if (proto === PROTO_UDP) return this.make(PROTO_UDP, src, dst, sport, dport);
     const got = p[h + 13]!;
     let flags: number;
-    if (rng.chance(0.05)) flags = S.RST | (rng.chance(0.5) ? S.ACK : 0);
+    if (rng.chance(0.05)) flags = TCP_FLAGS.RST | (rng.chance(0.5) ? TCP_FLAGS.ACK : 0);
     else if (rng.chance(0.05)) flags = rng.pick(ODD_TCP_FLAGS);
-    else if (got & S.SYN) flags = got & S.ACK ? S.ACK : S.SYN | S.ACK;
-    else if (got & S.FIN) flags = rng.chance(0.5) ? S.ACK : S.FIN | S.ACK;
-    else flags = rng.chance(0.15) ? S.FIN | S.ACK : S.ACK | (rng.chance(0.5) ? S.PSH : 0);
+    else if (got & TCP_FLAGS.SYN) flags = got & TCP_FLAGS.ACK ? TCP_FLAGS.ACK : TCP_FLAGS.SYN | TCP_FLAGS.ACK;
+    else if (got & TCP_FLAGS.FIN) flags = rng.chance(0.5) ? TCP_FLAGS.ACK : TCP_FLAGS.FIN | TCP_FLAGS.ACK;
+    else flags = rng.chance(0.15) ? TCP_FLAGS.FIN | TCP_FLAGS.ACK : TCP_FLAGS.ACK | (rng.chance(0.5) ? TCP_FLAGS.PSH : 0);
     return this.make(PROTO_TCP, src, dst, sport, dport, flags);
   }
 
@@ -295,7 +295,7 @@ export class TrafficModel {
     else if (this.forwardPorts.length && rng.chance(0.3)) dport = rng.pick(this.forwardPorts);
     else dport = pickPort(rng, this.world);
     const proto = rng.pick([PROTO_UDP, PROTO_TCP, PROTO_TCP, PROTO_ICMP]);
-    const flags = proto === PROTO_TCP ? rng.pick([S.SYN, S.SYN, S.ACK, S.RST, S.FIN | S.ACK, rng.pick(ODD_TCP_FLAGS)]) : S.SYN;
+    const flags = proto === PROTO_TCP ? rng.pick([TCP_FLAGS.SYN, TCP_FLAGS.SYN, TCP_FLAGS.ACK, TCP_FLAGS.RST, TCP_FLAGS.FIN | TCP_FLAGS.ACK, rng.pick(ODD_TCP_FLAGS)]) : TCP_FLAGS.SYN;
     // Sometimes a WAN sender claims a LAN source: the translator cannot see interfaces, only addresses.
     const src = rng.chance(0.05) ? this.lanHost() : this.remote();
     if (proto === PROTO_ICMP) {
