@@ -40,20 +40,21 @@ export function allocateFlow(nat: NatContext, now: number): number {
 /**
  * The LAN endpoint's mapping, created if needed: endpoint-independent (RFC 4787 REQ-1), so every flow of
  * one endpoint leaves from one public port whatever its destination. NONE on failure, with the reason in
- * setupReason.
+ * setupReason. `existing` is the endpoint's mapping if the caller has looked it up already.
  */
-export function mappingFor(nat: NatContext, proto: number, addr: number, port: number): number {
+export function mappingFor(
+  nat: NatContext, proto: number, addr: number, port: number, existing = nat.mappings.lookupInternal(proto, addr, port),
+): number {
   const maps = nat.mappings;
-  let m = maps.lookupInternal(proto, addr, port);
-  if (m >= 0) {
+  if (existing >= 0) {
     nat.lastPortChoice = PortChoice.EXISTING;
-    return m;
+    return existing;
   }
   if (maps.isFull) {
     nat.setupReason = DropReason.TABLE_FULL;
     return NONE;
   }
-  m = maps.create(proto, addr, port, nat.publicAddress, nat.rng);
+  const m = maps.create(proto, addr, port, nat.publicAddress, nat.rng);
   if (m < 0) {
     nat.setupReason = DropReason.PORTS_EXHAUSTED;
     return NONE;

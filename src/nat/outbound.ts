@@ -25,12 +25,15 @@ export function createOutbound(
   const tell = nat.icmpOnExhaustion;
   if (hostLimitReached(nat, src)) return refuse(nat, buf, DropReason.HOST_LIMIT, proto, tell, now);
   const maps = nat.mappings;
-  if (maps.lookupInternal(proto, src, sport) < 0 && maps.pool(proto)!.available <= 0) {
+  const existing = maps.lookupInternal(proto, src, sport);
+  if (existing < 0 && maps.pool(proto)!.available <= 0) {
     return refuse(nat, buf, DropReason.PORTS_EXHAUSTED, proto, tell, now);
   }
   const flow = allocateFlow(nat, now);
   if (flow < 0) return refuse(nat, buf, DropReason.TABLE_FULL, proto, tell, now);
-  const m = mappingFor(nat, proto, src, sport);
+  // No mapping can appear while a slot is found, but an early drop may free the one there was, along
+  // with its last flow: only then is it looked up again.
+  const m = mappingFor(nat, proto, src, sport, existing < 0 ? NONE : maps.lookupInternal(proto, src, sport));
   if (m < 0) {
     nat.flows.release(flow);
     return refuse(nat, buf, nat.setupReason, proto, tell, now);

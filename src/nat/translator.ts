@@ -228,16 +228,8 @@ export class Translator extends NatContext {
         // machine: skip it.
         timeout = this.timeouts.tcpEstablished;
       } else {
-        const before = flows.state[flow]!;
-        const st = tcpStep(before, flows.detail[flow]!, dir as 0 | 1, tcpFlags, this.step);
-        if (!st.valid) return this.drop(DropReason.TCP_FLAGS);
-        flows.state[flow] = st.state;
-        flows.detail[flow] = st.detail;
-        if (st.state !== before) {
-          if (tcpIsAssured(st.state)) flows.flags[flow] = flows.flags[flow]! | FLOW_ASSURED;
-          for (const ob of this.observers) ob.updated?.(flow, before, now);
-        }
-        timeout = tcpTimeout(st.state, this.timeouts);
+        if (!this.tcpTransition(flow, dir, tcpFlags, now)) return this.drop(DropReason.TCP_FLAGS);
+        timeout = tcpTimeout(flows.state[flow]!, this.timeouts);
       }
     } else if (proto === IPPROTO.UDP) {
       timeout = this.timeouts.udp;
@@ -245,11 +237,7 @@ export class Translator extends NatContext {
     } else {
       timeout = this.timeouts.icmp;
     }
-    if (dir === DIR_REPLY && !(flows.flags[flow]! & FLOW_SEEN_REPLY)) {
-      flows.flags[flow] = flows.flags[flow]! | FLOW_SEEN_REPLY;
-      // The first reply is a state change for UDP and ICMP too (UNREPLIED → REPLIED), as conntrack -E shows.
-      if (proto !== IPPROTO.TCP) for (const ob of this.observers) ob.updated?.(flow, flows.state[flow]!, now);
-    }
+    if (dir === DIR_REPLY && !(flows.flags[flow]! & FLOW_SEEN_REPLY)) this.firstReply(flow, proto, now);
     flows.expires[flow] = now + timeout * 1000;
     // A GSO superpacket counts as one packet of its own length, as the kernel's interface and conntrack
     // counters count it, so tunnat's figures line up with `ip -s link` and `conntrack -L`.
@@ -263,10 +251,37 @@ export class Translator extends NatContext {
     if (proto === IPPROTO.ICMP) {
       rewriteIcmpIdentifier(buf, l4, this.partial, this.icmp.isQueryRequest ? flows.tDport[o]! : flows.tSport[o]!);
     } else {
-      rewriteTransportEndpoints(buf, l4, l4 + l4len, proto, this.partial, src, dst, sport, dport, newSrc, newDst, flows.tDport[o]!, flows.tSport[o]!);
+      rewriteTransportEndpoints(buf, l4, proto, this.partial, src, dst, sport, dport, newSrc, newDst, flows.tDport[o]!, flows.tSport[o]!);
     }
     rewriteIpv4Header(buf, ip.off, src, dst, newSrc, newDst, true);
     return this.countForward(fromInside ? (toPublic ? Path.HAIRPIN : Path.OUTBOUND) : Path.INBOUND, total);
+  }
+
+  /**
+   * A TCP segment that may move the state machine (anything but a plain ACK on an established flow):
+   * step it, mark the flow assured where the new state says so, tell the observers of a change.
+   * False, changing nothing, for a segment the state machine refuses.
+   * Out of line: it runs for a handful of segments per connection, and translate() stays small.
+   */
+  private tcpTransition(flow: number, dir: number, tcpFlags: number, now: number): boolean {
+    const flows = this.flows;
+    const before = flows.state[flow]!;
+    const st = tcpStep(before, flows.detail[flow]!, dir as 0 | 1, tcpFlags, this.step);
+    if (!st.valid) return false;
+    flows.state[flow] = st.state;
+    flows.detail[flow] = st.detail;
+    if (st.state !== before) {
+      if (tcpIsAssured(st.state)) flows.flags[flow] = flows.flags[flow]! | FLOW_ASSURED;
+      for (const ob of this.observers) ob.updated?.(flow, before, now);
+    }
+    return true;
+  }
+
+  /** The first packet of a flow's reply direction. For UDP and ICMP that is their state change (UNREPLIED → REPLIED), as conntrack -E shows it. */
+  private firstReply(flow: number, proto: number, now: number): void {
+    const flows = this.flows;
+    flows.flags[flow] = flows.flags[flow]! | FLOW_SEEN_REPLY;
+    if (proto !== IPPROTO.TCP) for (const ob of this.observers) ob.updated?.(flow, flows.state[flow]!, now);
   }
 
   /** Whether a packet that matched no flow may open one: a TCP SYN, an ICMP query request, any UDP. */
