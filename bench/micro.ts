@@ -13,6 +13,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { formatNs, formatReport, writeReport } from './lib/report.js';
 import { DEFAULT_CONFIG, QUICK_CONFIG, runAll, SUITES, type BenchConfig, type SuiteName } from './lib/run.js';
+import { tuneJit } from '../src/util/jit.js';
 
 const USAGE = `usage: node dist/bench/micro.js [--quick] [--json PATH] [--only ${SUITES.join(',')}]
   --quick       smaller tables, fewer and shorter runs (about 15 s)
@@ -92,4 +93,6 @@ function main(): number {
   return report.ok ? 0 : 1;
 }
 
+// Measure the code as the data plane runs it: with the data plane's JIT settings (src/util/jit.ts).
+tuneJit();
 process.exitCode = main();

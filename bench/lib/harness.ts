@@ -83,7 +83,7 @@ function nowNs(): bigint {
 }
 
 /** Performs `iters` operations in batches; returns the timed nanoseconds. */
-function timedRun(c: BenchCase, iters: number): number {
+export function timedRun(c: BenchCase, iters: number): number {
   const batch = c.batch ?? iters;
   let left = iters;
   let total = 0;
@@ -112,14 +112,14 @@ function itersFor(minRunNs: number, nsPerOp: number): number {
 }
 
 /**
- * Warm up in two phases, then take `runs` measured runs. Every run, warm-up included, is verified.
+ * Warm up in two phases; returns the operations per run that last about minRunMs. Every run is verified.
  *
  * 1. Grow `iters` geometrically until one run lasts minRunMs. The first runs execute unoptimised
  *    code, whose speed says nothing about the optimised loop, so sizing stops only at a full run.
  * 2. Keep running full-size runs, re-sized from the last one's speed, for warmupMs and at least
  *    twice: V8 tiers a loop up, and may deoptimise and re-optimise it once a new path is taken.
  */
-export function measure(c: BenchCase, t: TimingOptions): Measurement {
+export function warmUp(c: BenchCase, t: TimingOptions): number {
   c.precheck?.();
   const minRunNs = t.minRunMs * 1e6;
   let iters = 1;
@@ -135,7 +135,12 @@ export function measure(c: BenchCase, t: TimingOptions): Measurement {
     iters = itersFor(minRunNs, nsPerOp);
     nsPerOp = timedRun(c, iters) / iters;
   }
-  iters = itersFor(minRunNs, nsPerOp);
+  return itersFor(minRunNs, nsPerOp);
+}
+
+/** Warms up (warmUp), then takes `runs` measured runs and reports their median. */
+export function measure(c: BenchCase, t: TimingOptions): Measurement {
+  const iters = warmUp(c, t);
   const runsNs: number[] = [];
   for (let r = 0; r < t.runs; r++) runsNs.push(timedRun(c, iters) / iters);
   const med = median(runsNs);

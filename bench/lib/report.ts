@@ -35,6 +35,7 @@ export function formatReport(r: Report): string {
   out.push(`tunnat microbenchmarks (${r.config.mode}) — ${r.date}`);
   out.push(`${mc.cpuModel} × ${mc.cpuCount}, node ${mc.node} (V8 ${mc.v8}), ${mc.platform} ${mc.arch}, ` +
     `load average ${mc.loadAverageStart.toFixed(2)} → ${mc.loadAverageEnd.toFixed(2)}`);
+  out.push(`JIT: ${mc.jitFlags === '' ? "V8's defaults" : `${mc.jitFlags} (the data plane's, src/util/jit.ts)`}`);
   out.push(`median of ${r.config.timing.runs} runs of ≥ ${r.config.timing.minRunMs} ms after ≥ ${r.config.timing.warmupMs} ms warm-up; ` +
     `spread = (slowest − fastest run) / median; every run verified`);
   out.push('');

@@ -3,6 +3,7 @@
  * lazily (they are generators), so at most one large fixture is alive at a time.
  */
 import { cpus, arch, loadavg, platform, release, totalmem } from 'node:os';
+import { JIT_FLAGS, jitTuned } from '../../src/util/jit.js';
 import { BenchVerifyError, measure, type BenchCase, type Measurement, type TimingOptions } from './harness.js';
 import { checksumCases, type ChecksumOptions } from './checksum.js';
 import { conntrackCases, GOAL_IMPL, IMPLS, LOOKUP_RATIO_GOAL, countLabel, lookupName, structureLabel, type ImplName } from './conntrack.js';
@@ -62,6 +63,8 @@ export interface MachineInfo {
   totalMemoryMiB: number;
   /** 1-minute load average when the run started and ended: a busy machine makes slower, noisier numbers. */
   loadAverageStart: number;
+  /** V8 flags the process set for itself (src/util/jit.ts), or '' if none. */
+  jitFlags: string;
   loadAverageEnd: number;
 }
 
@@ -107,6 +110,7 @@ export function machineInfo(): Omit<MachineInfo, 'loadAverageEnd'> {
     arch: arch(),
     totalMemoryMiB: Math.round(totalmem() / 2 ** 20),
     loadAverageStart: loadavg()[0] ?? 0,
+    jitFlags: jitTuned() ? JIT_FLAGS : '',
   };
 }
 

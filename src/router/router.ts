@@ -1,13 +1,13 @@
 import { randomInt } from 'node:crypto';
 import type { Server } from 'node:net';
-import { writeFileSync, existsSync, rmSync, readFileSync } from 'node:fs';
-import { run } from '../util/exec.js';
+import { writeFileSync, existsSync, rmSync } from 'node:fs';
+import { enableOffloads, GSO_SLOT_SIZE, SLOT_SIZE, tunMtuFor } from './tun-setup.js';
+import { tuneJit } from '../util/jit.js';
 import { takeSnapshot, writeSnapshot, restoreSnapshot } from '../nat/snapshot.js';
 import type { RouterConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import type { TunDevice } from '../tun/device.js';
-import { NativeTun, TUN_F } from '../tun/native.js';
-import { VNET_HDR_LEN } from '../dataplane/vnet.js';
+import { NativeTun } from '../tun/native.js';
 import { Translator } from '../nat/translator.js';
 import { EgressPolicy } from '../nat/policy.js';
 import { readLocalPorts } from '../nat/local-ports.js';
@@ -23,7 +23,7 @@ import { preflight } from '../host/preflight.js';
 import { Observatory } from '../observe/observatory.js';
 import { SNAP_HEADERS } from '../observe/pcapng.js';
 import { listFlows } from '../conntrack/listing.js';
-import { ipToString, cidrToString, parseCidr } from '../wire/addr.js';
+import { ipToString, cidrToString } from '../wire/addr.js';
 import { IPPROTO } from '../wire/ipv4.js';
 
 /**
@@ -50,61 +50,6 @@ export interface RunningRouter {
   readonly done: Promise<void>;
 }
 
-const DEFAULT_TUN_MTU = 1500;
-const SLOT_SIZE = 2048;
-
-/**
- * The TUN's MTU: the smallest of the WAN's and the LAN interfaces'. A packet too big for the narrowest
- * link must be refused (ICMP fragmentation needed, RFC 1191) at the first routing step, into the TUN,
- * while it still carries the addresses its sender knows. Refused later, after translation, the error
- * would go to the gateway's own public address (upload) or leave quoting a LAN address (download).
- */
-async function tunMtuFor(wan: string, internal: RouterConfig['internal']): Promise<number> {
-  const mtuOf = (dev: string): number | null => {
-    try {
-      const v = Number(readFileSync(`/sys/class/net/${dev}/mtu`, 'utf8').trim());
-      return Number.isInteger(v) && v >= 576 ? v : null;
-    } catch {
-      return null;
-    }
-  };
-  const devs = new Set<string>([wan]);
-  try {
-    const routes = JSON.parse((await run(['ip', '-j', '-4', 'route', 'show', 'table', 'main'])).stdout) as { dst?: string; dev?: string }[];
-    for (const r of routes) {
-      const c = r.dst && r.dst !== 'default' ? parseCidr(r.dst.includes('/') ? r.dst : `${r.dst}/32`) : null;
-      if (!c || !r.dev) continue;
-      // A route into (or onto) an internal prefix leads to the LAN.
-      if (internal.some((i) => c.prefixLength >= i.prefixLength && ((c.network & i.mask) >>> 0) === i.network)) devs.add(r.dev);
-    }
-  } catch {
-    // No route listing: the WAN's MTU alone.
-  }
-  const mtus = [...devs].map(mtuOf).filter((m): m is number => m !== null);
-  return mtus.length > 0 ? Math.min(...mtus) : DEFAULT_TUN_MTU;
-}
-/** A GSO superpacket is at most 64 KiB of IP, after the virtio-net header. */
-const GSO_SLOT_SIZE = 65536 + VNET_HDR_LEN + 6;
-
-/**
- * Ask the kernel for superpackets and partial checksums (what makes wireguard-go and Tailscale fast on
- * a TUN): TSO for TCP, USO for UDP where the kernel has it (6.2+). Returns whether the virtio-net header
- * is in use; without any offload the header is still there but every packet is plain.
- */
-function enableOffloads(tun: NativeTun, log: Logger): boolean {
-  const base = TUN_F.CSUM | TUN_F.TSO4 | TUN_F.TSO6 | TUN_F.TSO_ECN;
-  for (const [flags, what] of [[base | TUN_F.USO4 | TUN_F.USO6, 'csum, tso, uso'], [base, 'csum, tso'], [TUN_F.CSUM, 'csum']] as const) {
-    try {
-      tun.setOffload(flags);
-      log.info('TUN offloads on', { offloads: what });
-      return true;
-    } catch {
-      // Older kernel: try fewer offloads.
-    }
-  }
-  log.warn('TUN offloads unavailable; packets are handled one by one');
-  return true;
-}
 const SWEEP_INTERVAL_MS = 100;
 const ADDRESS_POLL_MS = 2000;
 const LOCAL_PORTS_POLL_MS = 5000;
@@ -315,6 +260,7 @@ export interface RunningDataplane {
 
 /** The unprivileged half: translator, loop, taps, HTTP. Touches nothing outside the process but its TUN fd. */
 export async function startDataplane(cfg: RouterConfig, log: Logger, base: DataplaneBase): Promise<RunningDataplane> {
+  tuneJit();
   const clock = base.clock ?? (() => performance.now());
   const { tun, vnetHdr, tunMtu } = base;
   const nat = new Translator({
