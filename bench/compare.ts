@@ -71,9 +71,12 @@ function parseArgs(argv: string[]): Args {
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
-    if (arg === '--child' || arg === '--default-jit') {
-      if (arg === '--child') a.child = true;
-      else a.defaultJit = true;
+    if (arg === '--child') {
+      a.child = true;
+      continue;
+    }
+    if (arg === '--default-jit') {
+      a.defaultJit = true;
       continue;
     }
     if (arg === '--help' || arg === '-h') {
@@ -235,6 +238,11 @@ async function main(): Promise<number> {
     all.push(await runProcess(argv, p));
   }
   const rows = summarise(all);
+  if (rows.length === 0) {
+    // Nothing was compared: that must not read as "no regression".
+    process.stderr.write(`no case${a.match === null ? '' : ` matches --match ${a.match}`}\n`);
+    return 2;
+  }
   process.stdout.write(`${format(rows, a)}\n`);
   if (a.json !== null) writeFileSync(a.json, `${JSON.stringify({ schema: 'tunnat-bench-compare/1', date: new Date().toISOString(), before: a.before, after: a.after, rounds: a.rounds, procs: a.procs, jitFlags: a.defaultJit ? '' : JIT_FLAGS, rows }, null, 2)}\n`);
   return rows.every((r) => r.ok) ? 0 : 1;

@@ -43,6 +43,13 @@ describe('bench/compare', () => {
     expect(res.code).toBe(row.ok ? 0 : 1);
   }, 150_000);
 
+  it('exits 2 when --match leaves no case to compare, rather than reporting no regression', async () => {
+    const err = await run('node', [COMPARE, '--before', ROOT, '--match', 'no such case', '--procs', '1', '--rounds', '1'], { timeout: 120_000 })
+      .then(() => null, (e: { code: number; stderr: string }) => e);
+    expect(err?.code).toBe(2);
+    expect(err?.stderr).toContain('no case matches --match no such case');
+  }, 150_000);
+
   it('refuses to run without --before, with exit 2', async () => {
     const err = await run('node', [COMPARE]).then(() => null, (e: { code: number; stderr: string }) => e);
     expect(err?.code).toBe(2);
