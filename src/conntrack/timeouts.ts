@@ -9,6 +9,8 @@
  * - RFC 5382 REQ-5: established TCP idle timeout ≥ 2 h 4 min (Linux: 5 days); transitory states
  *   (partially open or closing) ≥ 4 min (Linux: 60–120 s).
  * - RFC 5508 REQ-2: ICMP query mapping ≥ 60 s (Linux: 30 s).
+ * - Every other protocol (GRE, ESP, IPIP, ...) is tracked by address only, as Linux's generic tracker
+ *   does; no RFC sets a minimum, so Linux's nf_conntrack_generic_timeout (600 s) is the default.
  */
 export interface Timeouts {
   tcpSynSent: number;
@@ -22,6 +24,8 @@ export interface Timeouts {
   tcpClose: number;
   udp: number;
   icmp: number;
+  /** Address-only flows of any protocol tunnat has no tracker for (src/nat/generic.ts). */
+  generic: number;
 }
 
 export const DEFAULT_TIMEOUTS: Readonly<Timeouts> = Object.freeze({
@@ -35,6 +39,7 @@ export const DEFAULT_TIMEOUTS: Readonly<Timeouts> = Object.freeze({
   tcpClose: 10,
   udp: 300, // RFC 4787 REQ-5's recommendation
   icmp: 60, // RFC 5508 REQ-2
+  generic: 600, // Linux's nf_conntrack_generic_timeout
 });
 
 export const TIMEOUT_NAMES = Object.keys(DEFAULT_TIMEOUTS) as (keyof Timeouts)[];

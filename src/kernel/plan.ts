@@ -99,6 +99,7 @@ export const TIMEOUT_SYSCTLS: Readonly<Record<keyof Timeouts, readonly string[]>
   // (nf_conntrack_proto_udp.c); tunnat has one UDP timeout, so both get it.
   udp: ['net/netfilter/nf_conntrack_udp_timeout', 'net/netfilter/nf_conntrack_udp_timeout_stream'],
   icmp: ['net/netfilter/nf_conntrack_icmp_timeout'],
+  generic: ['net/netfilter/nf_conntrack_generic_timeout'],
 };
 
 export const SYSCTL_IP_FORWARD = 'net/ipv4/ip_forward';

@@ -4,7 +4,7 @@ import type { Translator } from '../nat/translator.js';
 import { DROP_REASON_NAMES, PATH_NAMES } from '../nat/translator.js';
 import type { Dataplane } from '../dataplane/loop.js';
 import { ipToString } from '../wire/addr.js';
-import { PROTO_NAMES } from '../wire/ipv4.js';
+import { PROTO_NAMES, protoName } from '../wire/ipv4.js';
 import { registerHistogram } from './histogram.js';
 import type { LoopMetrics } from './loop-metrics.js';
 
@@ -154,8 +154,8 @@ export function createRegistry(nat: Translator, loop: Dataplane | null, opts: Re
       const counts: Record<string, number> = { tcp: 0, udp: 0, icmp: 0 };
       const t = nat.flows;
       for (const f of t.flows()) {
-        const name = PROTO_NAMES[t.proto[f]!];
-        if (name) counts[name]!++;
+        const name = protoName(t.proto[f]!);
+        counts[name] = (counts[name] ?? 0) + 1;
       }
       for (const [protocol, n] of Object.entries(counts)) this.set({ protocol }, n);
     },

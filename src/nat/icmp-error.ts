@@ -54,7 +54,10 @@ export function translateIcmpError(nat: NatContext, buf: Uint8Array, fromInside:
     qsport = quotedRequest ? id : 0;
     qdport = quotedRequest ? 0 : id;
   } else {
-    return fromInside ? nat.drop(DropReason.NO_MAPPING) : nat.toGateway(total);
+    // Any other protocol is tracked by address only (generic.ts): its flow's ports are 0, and only the
+    // quoted IP header is rewritten.
+    qsport = 0;
+    qdport = 0;
   }
 
   // The error travels against the quoted packet: look up the inverse of the quoted tuple.
@@ -78,7 +81,7 @@ export function translateIcmpError(nat: NatContext, buf: Uint8Array, fromInside:
   const nqdst = flows.tDst[qe]!;
   if (qproto === IPPROTO.ICMP) {
     rewriteIcmpIdentifier(buf, ql4, false, quotedRequest ? flows.tSport[qe]! : flows.tDport[qe]!);
-  } else {
+  } else if (qproto === IPPROTO.UDP || qproto === IPPROTO.TCP) {
     const nqsport = flows.tSport[qe]!;
     const nqdport = flows.tDport[qe]!;
     if (quoted.payloadLength >= l4ChecksumOffset(qproto) + 2) {

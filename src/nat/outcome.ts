@@ -31,10 +31,13 @@ export const DropReason = {
   FILTERED: 10,
   EGRESS_POLICY: 11,
   HOST_LIMIT: 12,
+  /** An address-only protocol already has a flow from another LAN host to the same remote address. */
+  PROTOCOL_BUSY: 13,
 } as const;
 export const DROP_REASON_NAMES = [
   'malformed', 'no-mapping', 'table-full', 'ports-exhausted', 'fragment', 'unsupported-protocol', 'tcp-flags',
   'checksum', 'not-ours', 'ttl', 'filtered', 'egress-policy', 'host-limit',
+  'protocol-busy',
 ] as const;
 
 /** Where a forwarded packet went; index into NatStats.packets/bytes. */

@@ -100,7 +100,7 @@ export class FlowEvents implements FlowObserver {
     const to = this.nat.timeouts;
     const proto = t.proto[flow]!;
     if (proto === IPPROTO.TCP) return tcpTimeout(t.state[flow]!, to);
-    return proto === IPPROTO.UDP ? to.udp : to.icmp;
+    return proto === IPPROTO.UDP ? to.udp : proto === IPPROTO.ICMP ? to.icmp : to.generic;
   }
 
   created(flow: number, now: number): void {

@@ -54,9 +54,12 @@ export const PROTO_NAMES: Readonly<Record<number, 'tcp' | 'udp' | 'icmp'>> = {
   [IPPROTO.ICMP]: 'icmp',
 };
 
-/** A protocol's name, or its number as text when tunnat does not translate it. */
+/** Names of protocols tunnat translates by address only (as /etc/protocols spells them). */
+const OTHER_PROTO_NAMES: Readonly<Record<number, string>> = { 4: 'ipip', 47: 'gre', 50: 'esp', 51: 'ah' };
+
+/** A protocol's name, or its number as text for a protocol without a well-known name. */
 export function protoName(proto: number): string {
-  return PROTO_NAMES[proto] ?? String(proto);
+  return PROTO_NAMES[proto] ?? OTHER_PROTO_NAMES[proto] ?? String(proto);
 }
 
 export const Ipv4Verdict = {

@@ -342,11 +342,14 @@ describe('malformed input', () => {
     expect(nat.stats.drops[DropReason.UNSUPPORTED_PROTOCOL]).toBe(1);
   });
 
-  it('drops other protocols from the LAN', () => {
+  it('translates other protocols from the LAN by address only, never leaving a LAN source (generic.test.ts has the rest)', () => {
     const nat = makeNat();
     const g = udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 1, dstPort: 2, payload });
     g[9] = 47; // GRE
-    expect(nat.process(g, 0, g.length, 0)).toBe(Verdict.DROP);
-    expect(nat.stats.drops[DropReason.UNSUPPORTED_PROTOCOL]).toBe(1);
+    const ports = g.readUInt32BE(20);
+    expect(nat.process(g, 0, g.length, 0)).toBe(Verdict.FORWARD);
+    expect(g.readUInt32BE(12)).toBe(PUB);
+    expect(g.readUInt32BE(20)).toBe(ports); // not a UDP header any more: nothing past the IP header changes
+    expect(nat.stats.drops[DropReason.UNSUPPORTED_PROTOCOL]).toBe(0);
   });
 });
