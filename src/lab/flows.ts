@@ -4,7 +4,8 @@
  * of translations.
  */
 
-export type FlowProtocol = 'tcp' | 'udp' | 'icmp';
+/** tcp, udp, icmp, or another protocol's name (gre, esp, ipip, ah) or number (address-only flows). */
+export type FlowProtocol = 'tcp' | 'udp' | 'icmp' | (string & {});
 
 /** One direction of a flow. For ICMP both "ports" are the echo identifier. */
 export interface FlowTuple {
@@ -27,7 +28,8 @@ export interface FlowJson {
   bytes: { original: number; reply: number };
 }
 
-const PROTOCOLS: readonly string[] = ['tcp', 'udp', 'icmp'];
+/** A protocol as /conntrack names it: a lower-case name, or the number of one without a name. */
+const PROTOCOL = /^(?:[a-z][a-z0-9]*|\d{1,3})$/;
 
 function isTuple(v: unknown): v is FlowTuple {
   const t = v as Partial<Record<keyof FlowTuple, unknown>> | null;
@@ -61,7 +63,7 @@ export function parseFlows(text: string): FlowJson[] {
       typeof f === 'object' &&
       f !== null &&
       typeof f.protocol === 'string' &&
-      PROTOCOLS.includes(f.protocol) &&
+      PROTOCOL.test(f.protocol) &&
       isTuple(f.original) &&
       isTuple(f.reply) &&
       typeof f.state === 'string' &&
