@@ -1,5 +1,6 @@
 import { FlowTable, DIR_ORIGINAL, DIR_REPLY, FLOW_SEEN_REPLY, FLOW_ASSURED } from './table.js';
 import { TCP_STATE_NAMES } from './tcp.js';
+import { SCTP_STATE_NAMES } from './sctp.js';
 import { ipToString } from '../wire/addr.js';
 import { IPPROTO, protoName } from '../wire/ipv4.js';
 
@@ -17,7 +18,7 @@ export interface FlowRecord {
 }
 
 /** Every state name a flow can show (the `state` label values and the `--state` filter's choices). */
-export const FLOW_STATE_NAMES: readonly string[] = [...TCP_STATE_NAMES, 'UNREPLIED', 'REPLIED', 'ASSURED'];
+export const FLOW_STATE_NAMES: readonly string[] = [...new Set([...TCP_STATE_NAMES, 'UNREPLIED', 'REPLIED', 'ASSURED', ...SCTP_STATE_NAMES])];
 
 /**
  * A flow's state as /conntrack, the metrics and the trace print it: TCP shows its tracker state; UDP
@@ -26,9 +27,10 @@ export const FLOW_STATE_NAMES: readonly string[] = [...TCP_STATE_NAMES, 'UNREPLI
 export function flowStateName(t: FlowTable, flow: number): string {
   const proto = t.proto[flow]!;
   if (proto === IPPROTO.TCP) return TCP_STATE_NAMES[t.state[flow]!] ?? 'NONE';
+  if (proto === IPPROTO.SCTP) return SCTP_STATE_NAMES[t.state[flow]!] ?? 'NONE';
   const flags = t.flags[flow]!;
   if (!(flags & FLOW_SEEN_REPLY)) return 'UNREPLIED';
-  return flags & FLOW_ASSURED && proto === IPPROTO.UDP ? 'ASSURED' : 'REPLIED';
+  return flags & FLOW_ASSURED && (proto === IPPROTO.UDP || proto === IPPROTO.UDPLITE) ? 'ASSURED' : 'REPLIED';
 }
 
 export function flowRecord(t: FlowTable, flow: number, now: number): FlowRecord {

@@ -9,6 +9,7 @@
  * - RFC 5382 REQ-5: established TCP idle timeout ≥ 2 h 4 min (Linux: 5 days); transitory states
  *   (partially open or closing) ≥ 4 min (Linux: 60–120 s).
  * - RFC 5508 REQ-2: ICMP query mapping ≥ 60 s (Linux: 30 s).
+ * - SCTP: see the figures below; UDP-Lite takes UDP's timeout.
  * - Every other protocol (GRE, ESP, IPIP, ...) is tracked by address only, as Linux's generic tracker
  *   does; no RFC sets a minimum, so Linux's nf_conntrack_generic_timeout (600 s) is the default.
  */
@@ -26,6 +27,13 @@ export interface Timeouts {
   icmp: number;
   /** Address-only flows of any protocol tunnat has no tracker for (src/nat/generic.ts). */
   generic: number;
+  /** SCTP (conntrack/sctp.ts): an association being set up (INIT, COOKIE_ECHO; a heartbeat's path). */
+  sctpOpening: number;
+  sctpEstablished: number;
+  /** After SHUTDOWN / SHUTDOWN_ACK. */
+  sctpShutdown: number;
+  /** After ABORT / SHUTDOWN_COMPLETE: briefly, so retransmissions of the last chunks still match. */
+  sctpClosed: number;
 }
 
 export const DEFAULT_TIMEOUTS: Readonly<Timeouts> = Object.freeze({
@@ -40,6 +48,13 @@ export const DEFAULT_TIMEOUTS: Readonly<Timeouts> = Object.freeze({
   udp: 300, // RFC 4787 REQ-5's recommendation
   icmp: 60, // RFC 5508 REQ-2
   generic: 600, // Linux's nf_conntrack_generic_timeout
+  // SCTP: no NAT RFC sets minimums. Linux: 3 s for each set-up and shutdown state, 210 s established
+  // (heartbeats every 30 s keep it), 10 s closed. The set-up allows INIT's retransmissions (RFC 9260
+  // RTO.Max 60 s); established follows TCP's RFC 5382 figure, since an idle association may not heartbeat.
+  sctpOpening: 60,
+  sctpEstablished: 7440,
+  sctpShutdown: 30,
+  sctpClosed: 10,
 });
 
 export const TIMEOUT_NAMES = Object.keys(DEFAULT_TIMEOUTS) as (keyof Timeouts)[];

@@ -100,6 +100,10 @@ export const TIMEOUT_SYSCTLS: Readonly<Record<keyof Timeouts, readonly string[]>
   udp: ['net/netfilter/nf_conntrack_udp_timeout', 'net/netfilter/nf_conntrack_udp_timeout_stream'],
   icmp: ['net/netfilter/nf_conntrack_icmp_timeout'],
   generic: ['net/netfilter/nf_conntrack_generic_timeout'],
+  sctpOpening: ['net/netfilter/nf_conntrack_sctp_timeout_cookie_wait', 'net/netfilter/nf_conntrack_sctp_timeout_cookie_echoed', 'net/netfilter/nf_conntrack_sctp_timeout_heartbeat_sent'],
+  sctpEstablished: ['net/netfilter/nf_conntrack_sctp_timeout_established'],
+  sctpShutdown: ['net/netfilter/nf_conntrack_sctp_timeout_shutdown_sent', 'net/netfilter/nf_conntrack_sctp_timeout_shutdown_recd', 'net/netfilter/nf_conntrack_sctp_timeout_shutdown_ack_sent'],
+  sctpClosed: ['net/netfilter/nf_conntrack_sctp_timeout_closed'],
 };
 
 export const SYSCTL_IP_FORWARD = 'net/ipv4/ip_forward';

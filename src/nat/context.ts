@@ -63,8 +63,8 @@ export interface NatOptions {
   fragments?: FragmentLimits;
 }
 
-/** The protocols with a tracker and a port pool. */
-const TRACKED = [IPPROTO.TCP, IPPROTO.UDP, IPPROTO.ICMP] as const;
+/** The protocols with a tracker and a port pool (every other protocol is translated by address only: generic.ts). */
+const TRACKED = [IPPROTO.TCP, IPPROTO.UDP, IPPROTO.ICMP, IPPROTO.SCTP, IPPROTO.UDPLITE] as const;
 export const NONE = -1;
 
 function maskOf(prefix: number): number {

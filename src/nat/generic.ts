@@ -1,5 +1,7 @@
 import { DIR_ORIGINAL, DIR_REPLY, FLOW_ASSURED, FLOW_SEEN_REPLY } from '../conntrack/table.js';
+import { IPPROTO } from '../wire/ipv4.js';
 import { rewriteIpv4Header } from '../wire/rewrite.js';
+import { translatePorted } from './ported.js';
 import { NONE, type NatContext } from './context.js';
 import { allocateFlow, commitFlow, hostLimitReached } from './flow-setup.js';
 import { refuse } from './refusal.js';
@@ -24,6 +26,20 @@ import { DropReason, Path, Setup } from './outcome.js';
  * Out of line from Translator.translate(): these protocols are rare, and the per-packet path of TCP, UDP
  * and ICMP must not grow for them.
  */
+/**
+ * Every protocol translate() does not handle itself: SCTP and UDP-Lite with their ports (ported.ts),
+ * everything else by address. One call from translate()'s last branch, so its bytecode barely grows.
+ */
+export function translateOther(
+  nat: NatContext, buf: Uint8Array, proto: number, src: number, dst: number, fromInside: boolean, toPublic: boolean,
+  firstFragment: boolean, now: number,
+): number {
+  if (proto === IPPROTO.SCTP || proto === IPPROTO.UDPLITE) {
+    return translatePorted(nat, buf, proto, src, dst, fromInside, toPublic, firstFragment, now);
+  }
+  return translateGeneric(nat, buf, proto, src, dst, fromInside, toPublic, now);
+}
+
 export function translateGeneric(
   nat: NatContext, buf: Uint8Array, proto: number, src: number, dst: number, fromInside: boolean, toPublic: boolean, now: number,
 ): number {

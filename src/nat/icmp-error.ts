@@ -42,8 +42,8 @@ export function translateIcmpError(nat: NatContext, buf: Uint8Array, fromInside:
   let qsport: number;
   let qdport: number;
   let quotedRequest = false;
-  if (qproto === IPPROTO.UDP || qproto === IPPROTO.TCP) {
-    // The ports are at the same offsets in both headers, inside the 8 bytes every quote has.
+  if (qproto === IPPROTO.UDP || qproto === IPPROTO.TCP || qproto === IPPROTO.SCTP || qproto === IPPROTO.UDPLITE) {
+    // The ports are at the same offsets in all four headers, inside the 8 bytes every quote has.
     qsport = rd16(buf, ql4 + UDP_OFF.SOURCE_PORT);
     qdport = rd16(buf, ql4 + UDP_OFF.DESTINATION_PORT);
   } else if (qproto === IPPROTO.ICMP) {
@@ -81,7 +81,13 @@ export function translateIcmpError(nat: NatContext, buf: Uint8Array, fromInside:
   const nqdst = flows.tDst[qe]!;
   if (qproto === IPPROTO.ICMP) {
     rewriteIcmpIdentifier(buf, ql4, false, quotedRequest ? flows.tSport[qe]! : flows.tDport[qe]!);
-  } else if (qproto === IPPROTO.UDP || qproto === IPPROTO.TCP) {
+  } else if (qproto === IPPROTO.SCTP) {
+    // SCTP's CRC32c covers the whole SCTP packet, and a quote is cut short: it cannot be computed again,
+    // so only the ports are put back (Linux leaves it too). Receivers match the error by the ports and
+    // the verification tag, not by the quoted checksum.
+    rewritePorts(buf, ql4, flows.tSport[qe]!, flows.tDport[qe]!);
+  } else if (qproto === IPPROTO.UDP || qproto === IPPROTO.TCP || qproto === IPPROTO.UDPLITE) {
+    // (UDP-Lite's checksum sits where UDP's does, and covers the pseudo-header and ports like it.)
     const nqsport = flows.tSport[qe]!;
     const nqdport = flows.tDport[qe]!;
     if (quoted.payloadLength >= l4ChecksumOffset(qproto) + 2) {

@@ -13,7 +13,7 @@ import { createOutbound } from './outbound.js';
 import { createInbound } from './inbound.js';
 import { createHairpin } from './hairpin.js';
 import { gatewayIcmp, translateIcmpError } from './icmp-error.js';
-import { translateGeneric } from './generic.js';
+import { translateOther } from './generic.js';
 import { laterFragment, openFirstFragment, settleFirstFragment } from './fragment-path.js';
 import { restoreFlow, type RestoredFlow } from './restore.js';
 import { DropReason, Path, PortChoice, Setup } from './outcome.js';
@@ -37,7 +37,8 @@ export type { RestoredFlow, SavedMapping } from './restore.js';
  *   itself (written back unchanged, the local table delivers it) or, on a port the NAT hands out, is dropped;
  * - ICMP errors are translated with the flow they quote (icmp-error.ts), fragments follow their first
  *   fragment (fragment-path.ts);
- * - any other IP protocol gets address-only NAT, as Linux's generic tracker gives it (generic.ts);
+ * - SCTP and UDP-Lite get ports translated like UDP (ported.ts), any other IP protocol address-only NAT,
+ *   as Linux's generic tracker gives it (generic.ts);
  * - anything else is dropped and counted by reason. Nothing from the LAN ever leaves untranslated.
  * Every packet written back gets its TTL raised by one, because the gateway routes it twice (into the
  * TUN and out of it) and must count as a single hop.
@@ -186,8 +187,8 @@ export class Translator extends NatContext {
       sport = request ? icmp.identifier : 0;
       dport = request ? 0 : icmp.identifier;
     } else {
-      // Every other protocol: address-only, out of line (generic.ts).
-      return translateGeneric(this, buf, proto, src, dst, fromInside, toPublic, now);
+      // Every other protocol, out of line: SCTP and UDP-Lite with ports, the rest by address (generic.ts).
+      return translateOther(this, buf, proto, src, dst, fromInside, toPublic, firstFragment, now);
     }
 
     // 2. The flow, from either direction; or a new one, if this packet may open one.

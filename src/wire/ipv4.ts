@@ -45,7 +45,7 @@ export const enum IPV4_FRAG {
   OFFSET_MASK = 0x1fff,
 }
 
-export const enum IPPROTO { ICMP = 1, TCP = 6, UDP = 17 }
+export const enum IPPROTO { ICMP = 1, TCP = 6, UDP = 17, SCTP = 132, UDPLITE = 136 }
 
 /** The protocols tunnat translates, by the names /conntrack, the metrics and the trace print. */
 export const PROTO_NAMES: Readonly<Record<number, 'tcp' | 'udp' | 'icmp'>> = {
@@ -54,8 +54,8 @@ export const PROTO_NAMES: Readonly<Record<number, 'tcp' | 'udp' | 'icmp'>> = {
   [IPPROTO.ICMP]: 'icmp',
 };
 
-/** Names of protocols tunnat translates by address only (as /etc/protocols spells them). */
-const OTHER_PROTO_NAMES: Readonly<Record<number, string>> = { 4: 'ipip', 47: 'gre', 50: 'esp', 51: 'ah' };
+/** Names of the other protocols tunnat translates (as /etc/protocols spells them). */
+const OTHER_PROTO_NAMES: Readonly<Record<number, string>> = { 4: 'ipip', 47: 'gre', 50: 'esp', 51: 'ah', 132: 'sctp', 136: 'udplite' };
 
 /** A protocol's name, or its number as text for a protocol without a well-known name. */
 export function protoName(proto: number): string {

@@ -20,9 +20,9 @@ import { csumApply, csumDiff16, csumDiff32, csumUpdate32 } from './checksum.js';
  *   cover anyway, so it changes nothing in the field.
  */
 
-/** Offset of the checksum field in a TCP or UDP header. */
+/** Offset of the checksum field in a TCP, UDP or UDP-Lite header (UDP-Lite's sits where UDP's does). */
 export function l4ChecksumOffset(proto: number): number {
-  return proto === IPPROTO.UDP ? UDP_OFF.CHECKSUM : TCP_OFF.CHECKSUM;
+  return proto === IPPROTO.TCP ? TCP_OFF.CHECKSUM : UDP_OFF.CHECKSUM;
 }
 
 /**

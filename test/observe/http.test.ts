@@ -164,7 +164,7 @@ describe('tunnat conntrack / stats / trace against a router', () => {
   it('exits 2 on an unknown filter and 1 when no router answers, with one clear line', async () => {
     const bad = capture();
     expect(await cmdConntrack(['--http', env.target, '--state', 'open'], bad)).toBe(2);
-    expect(bad.stderr[0]).toBe('tunnat: --state: unknown state "open" (known: NONE, SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE, SYN_SENT2, UNREPLIED, REPLIED, ASSURED)');
+    expect(bad.stderr[0]).toBe('tunnat: --state: unknown state "open" (known: NONE, SYN_SENT, SYN_RECV, ESTABLISHED, FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE, SYN_SENT2, UNREPLIED, REPLIED, ASSURED, COOKIE_WAIT, COOKIE_ECHOED, SHUTDOWN, CLOSED, HEARTBEAT_SENT)');
     const bad2 = capture();
     expect(await cmdTrace(['--http', env.target, 'udp', 'prot', '53'], bad2)).toBe(2);
     expect(bad2.stderr[0]).toMatch(/unknown word "prot"/);
