@@ -21,6 +21,11 @@ const PYTHON = '/usr/bin/python3';
 const SERVER = '203.0.113.2';
 const PUBLIC = '203.0.113.1';
 const GENERIC = { gre: 47, esp: 50, ipip: 4, unassigned: 253 } as const;
+const SCTP = 132;
+const UDPLITE = 136;
+const UDPLITE_PORT = 9136;
+const SCTP_PORT = 36412;
+const CAPTURED = { ...GENERIC, sctp: SCTP, udplite: UDPLITE } as const;
 
 interface ProbeOutcome {
   outcome: 'reply' | 'timeout';
@@ -28,28 +33,32 @@ interface ProbeOutcome {
   seenFrom?: string;
 }
 
-async function probe(netns: string, proto: number, token: string, seconds = 6): Promise<ProbeOutcome> {
-  const r = await inNs(netns, [PYTHON, SCRIPT, 'probe', SERVER, String(proto), token, String(seconds)], { timeoutMs: (seconds + 5) * 1000 });
+async function probe(netns: string, proto: number, token: string, seconds = 6, ports: number[] = []): Promise<ProbeOutcome> {
+  const argv = [PYTHON, SCRIPT, 'probe', SERVER, String(proto), token, String(seconds), ...ports.map(String)];
+  const r = await inNs(netns, argv, { timeoutMs: (seconds + 5) * 1000 });
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as ProbeOutcome;
 }
 
 // Needs root: namespaces, veth pairs, a TUN device and tcpdump.
-describe.skipIf(!isRoot)('every IP protocol through tunnat (address-only NAT for GRE, ESP, IPIP, 253)', () => {
+describe.skipIf(!isRoot)('every IP protocol through tunnat (GRE, ESP, IPIP, 253 by address; SCTP, UDP-Lite with ports)', () => {
   const cleanup = new Cleanup((l) => console.error(l));
   let lab: Lab;
   let responder: NsProcess;
+  let udpliteEcho: NsProcess;
   const captures = new Map<number, Capture>();
   let all: Capture;
 
   beforeAll(async () => {
     if (!existsSync(PYTHON)) throw new Error(`${PYTHON} is missing: install the Debian package python3`);
     lab = await buildTestLab(cleanup, { prefix: 'rpr', lanHosts: 2 });
-    responder = spawnIn(lab.inet.netns, [PYTHON, '-u', SCRIPT, 'respond', SERVER, ...Object.values(GENERIC).map(String)], {
+    responder = spawnIn(lab.inet.netns, [PYTHON, '-u', SCRIPT, 'respond', SERVER, ...Object.values(GENERIC).map(String), String(SCTP)], {
       label: 'raw responder',
       cleanup,
     });
     await responder.waitForLine(/^ready$/, 10_000);
-    for (const p of Object.values(GENERIC)) captures.set(p, await captureOn(lab.inet.netns, lab.inet.dev, cleanup, ['ip', 'proto', String(p)]));
+    udpliteEcho = spawnIn(lab.inet.netns, [PYTHON, '-u', SCRIPT, 'udplite-echo', SERVER, String(UDPLITE_PORT)], { label: 'udp-lite echo', cleanup });
+    await udpliteEcho.waitForLine(/^ready$/, 10_000);
+    for (const p of Object.values(CAPTURED)) captures.set(p, await captureOn(lab.inet.netns, lab.inet.dev, cleanup, ['ip', 'proto', String(p)]));
     all = await captureOn(lab.inet.netns, lab.inet.dev, cleanup, ['not', 'arp']);
   }, 60_000);
 
@@ -87,8 +96,40 @@ describe.skipIf(!isRoot)('every IP protocol through tunnat (address-only NAT for
     }
   }, 90_000);
 
+  it('SCTP (raw, CRC32c checked at each end) and UDP-Lite (kernel sockets, partial coverage) get public ports and their replies back', async () => {
+    const router = await startRfcRouter(lab, cleanup, 'ported');
+    try {
+      const [a, b] = lab.lanHosts as [Lab['lanHosts'][0], Lab['lanHosts'][0]];
+      // Both hosts use SCTP source port 5000: the first keeps it, the second is remapped.
+      const s0 = await probe(a.netns, SCTP, 'sctp-h0', 6, [5000, SCTP_PORT]);
+      expect(s0.outcome).toBe('reply');
+      expect(s0.seenFrom).toBe(`${PUBLIC}:5000`);
+      const s1 = await probe(b.netns, SCTP, 'sctp-h1', 6, [5000, SCTP_PORT]);
+      expect(s1.outcome).toBe('reply');
+      expect(s1.seenFrom).toMatch(new RegExp(`^${PUBLIC.replace(/\./g, '\\.')}:\\d+$`));
+      expect(s1.seenFrom).not.toBe(`${PUBLIC}:5000`);
+
+      const r = await inNs(a.netns, [PYTHON, SCRIPT, 'udplite-probe', SERVER, String(UDPLITE_PORT), 'lite-h0', '6'], { timeoutMs: 12_000 });
+      const lite = JSON.parse(r.stdout.trim().split('\n').pop()!) as ProbeOutcome & { localPort: number };
+      expect(lite.outcome).toBe('reply');
+      expect(lite.seenFrom?.startsWith(`${PUBLIC}:`)).toBe(true);
+
+      const flows = await router.conntrack();
+      const sctp = flows.filter((f) => f.protocol === 'sctp');
+      expect(sctp.map((f) => [f.original.src, f.original.srcPort, f.state]).sort()).toEqual([
+        [a.address, 5000, 'ESTABLISHED'], [b.address, 5000, 'ESTABLISHED'],
+      ]);
+      const udplite = flows.find((f) => f.protocol === 'udplite');
+      expect(udplite).toMatchObject({ original: { src: a.address, srcPort: lite.localPort, dstPort: UDPLITE_PORT }, reply: { dst: PUBLIC }, state: 'ASSURED' });
+      const m = await router.metrics();
+      expect(metricValue(m, 'tunnat_drops_total', { reason: 'checksum' })).toBe(0);
+    } finally {
+      expect(await router.stop(), router.output()).toBe(0);
+    }
+  }, 90_000);
+
   it('on the WAN link every protocol carried the public source both ways, and no 192.168/16 address left', async () => {
-    for (const [name, p] of Object.entries(GENERIC)) {
+    for (const [name, p] of Object.entries(CAPTURED)) {
       const cap = captures.get(p)!;
       await cap.stop();
       const ip = (await cap.packets()).filter((x) => x.kind === 'ip');
@@ -98,7 +139,10 @@ describe.skipIf(!isRoot)('every IP protocol through tunnat (address-only NAT for
     }
     // The responder only ever heard the public address.
     const heard = responder.output().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { from: string });
-    expect(heard.length).toBeGreaterThanOrEqual(4);
+    expect(heard.length).toBeGreaterThanOrEqual(6);
+    const lite = udpliteEcho.output().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { from: string });
+    expect(lite.length).toBeGreaterThanOrEqual(1);
+    expect(lite.filter((h) => h.from !== PUBLIC)).toEqual([]);
     expect(heard.filter((h) => h.from !== PUBLIC)).toEqual([]);
     const { leaks } = await wanLeaks(all);
     expect(leaks).toEqual([]);

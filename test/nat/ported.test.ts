@@ -146,7 +146,7 @@ describe('SCTP: ports translated, CRC32c computed again', () => {
   it('drops a bad CRC (never launders it), a malformed chunk, a packet that may not open a flow, and any fragment', () => {
     const nat = makeNat();
     const bad = sctp(HOST_A, REMOTE, 5000, 80, [SCTP_CHUNK.INIT], 0);
-    bad[38] ^= 1; // a byte of the chunk value
+    bad[38] = bad[38]! ^ 1; // a byte of the chunk value
     expect(nat.process(bad, 0, bad.length, 0)).toBe(Verdict.DROP);
     expect(nat.lastDrop).toBe(DropReason.CHECKSUM);
     const mal = sctp(HOST_A, REMOTE, 5000, 80, [SCTP_CHUNK.INIT], 0);
