@@ -2,7 +2,9 @@ import { describe, it, expect } from 'vitest';
 import { Verdict, DropReason, Path } from '../../src/nat/translator.js';
 import { emitIpv4Header, icmpError } from '../../src/wire/build.js';
 import { ICMP_TYPE, ICMP_UNREACH_CODE } from '../../src/wire/icmp.js';
-import { internetChecksum } from '../../src/wire/checksum.js';
+import { internetChecksum, pseudoHeaderSum } from '../../src/wire/checksum.js';
+import { crc32c, writeSctpChecksum } from '../../src/wire/crc32c.js';
+import { EgressPolicy, parseEgress } from '../../src/nat/policy.js';
 import { listFlows } from '../../src/conntrack/listing.js';
 import { makeNat, checkAllChecksums, collectingSink, parse, ip, PUB, REMOTE, HOST_A, HOST_B } from './helpers.js';
 
@@ -20,6 +22,24 @@ function raw(proto: number, src: number, dst: number, payload: Uint8Array = Buff
     b.writeUInt16BE(internetChecksum(b, 0, 20), 10);
   }
   b.set(payload, 20);
+  return b;
+}
+
+/** A valid SCTP (INIT chunk, CRC32c) or UDP-Lite (full coverage, checksum) header and payload for HOST_A → REMOTE. */
+function udpLikeHeader(proto: number): Buffer {
+  if (proto === 132) {
+    const b = Buffer.alloc(20);
+    b.writeUInt16BE(5000, 0);
+    b.writeUInt16BE(80, 2);
+    b[12] = 1;
+    b.writeUInt16BE(8, 14);
+    writeSctpChecksum(b, 0, crc32c(b, 0, b.length));
+    return b;
+  }
+  const b = Buffer.alloc(12);
+  b.writeUInt16BE(5000, 0);
+  b.writeUInt16BE(80, 2);
+  b.writeUInt16BE(internetChecksum(b, 0, 12, pseudoHeaderSum(HOST_A, REMOTE, 136, 12)) || 0xffff, 6);
   return b;
 }
 
@@ -151,6 +171,21 @@ describe('address-only NAT for protocols without a tracker (generic)', () => {
     expect(full.process(y, 0, y.length, 0)).toBe(Verdict.DROP);
     expect(full.lastDrop).toBe(DropReason.TABLE_FULL);
     expect(fs.sent).toHaveLength(1);
+  });
+
+  it('an egress allowlist (which names no such protocol) refuses them: silently, or with ICMP 3/13 under --egress-reject', () => {
+    for (const reject of [false, true]) {
+      const nat = makeNat({ egress: new EgressPolicy(parseEgress('tcp:443,icmp')), egressReject: reject });
+      const sink = collectingSink();
+      nat.sink = sink;
+      for (const proto of [GRE, 132, 136]) {
+        const p = proto === 132 || proto === 136 ? raw(proto, HOST_A, REMOTE, udpLikeHeader(proto)) : raw(proto, HOST_A, REMOTE);
+        expect(nat.process(p, 0, p.length, 0)).toBe(Verdict.DROP);
+        expect(nat.lastDrop).toBe(DropReason.EGRESS_POLICY);
+      }
+      expect(sink.sent).toHaveLength(reject ? 3 : 0);
+      for (const err of sink.sent) expect([err[20], err[21]]).toEqual([ICMP_TYPE.DEST_UNREACH, ICMP_UNREACH_CODE.ADMIN_PROHIBITED]);
+    }
   });
 
   it('fragments: the first fragment opens the flow, a later one follows with the same addresses', () => {
