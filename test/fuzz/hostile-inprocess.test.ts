@@ -106,13 +106,16 @@ describe('hostile packets, one kind at a time, next to a live connection', () =>
     { name: 'TTL 0 from the LAN', from: 'lan', make: () => udpOut({ ttl: 0 }), want: { verdict: 'forward', why: 'outbound' }, state: 'changed' },
     { name: 'TTL 1 reply from the WAN', from: 'wan', make: () => tcpPacket({ src: REMOTE, dst: PUB, srcPort: 443, dstPort: conn.port, seq: 8, ack: 2, flags: ACK, ttl: 1 }), want: { verdict: 'forward', why: 'inbound' }, state: 'changed' },
     // Other IP protocols.
-    ...[47, 50, 132, 41].map((proto) => ({
+    // GRE, ESP, IPv6-in-IPv4: translated by address only (a flow of their own).
+    ...[47, 50, 41].map((proto) => ({
       name: `IP protocol ${proto} from the LAN`,
       from: 'lan' as const,
       make: () => { const p = udpOut(); p[IP.PROTO] = proto; fixIpChecksum(p); return p; },
-      want: { verdict: 'drop' as const, why: 'unsupported-protocol' },
-      state: 'intact' as const,
+      want: { verdict: 'forward' as const, why: 'outbound' },
+      state: 'changed' as const,
     })),
+    // A UDP header labelled SCTP: no valid chunk follows (and its "CRC32c" is whatever the bytes say): refused.
+    { name: 'IP protocol 132 (SCTP) from the LAN with a UDP header', from: 'lan', make: () => { const p = udpOut(); p[IP.PROTO] = 132; fixIpChecksum(p); return p; }, want: { verdict: 'drop', why: 'malformed' }, state: 'intact' },
     { name: 'GRE to the public address (the gateway\'s own)', from: 'wan', make: () => { const p = udpPacket({ src: OTHER, dst: PUB, srcPort: 1, dstPort: 2, payload }); p[IP.PROTO] = 47; fixIpChecksum(p); return p; }, want: { verdict: 'forward', why: 'local' }, state: 'intact' },
     // Unsolicited packets to the public address.
     { name: 'UDP to a NAT port nobody mapped', from: 'wan', make: () => udpPacket({ src: OTHER, dst: PUB, srcPort: 53, dstPort: 45000, payload }), want: { verdict: 'drop', why: 'no-mapping' }, state: 'intact' },
