@@ -90,7 +90,8 @@ function parseMap(v: unknown): SavedMapping | null | undefined {
 function parseFlow(v: unknown): RestoredFlow | null {
   if (!Array.isArray(v) || v.length !== 19) return null;
   const [proto, flags, state, detail, left] = v;
-  if (![1, 6, 17].includes(proto) || !isU16(flags) || !isU16(state) || !isU16(detail) || !isCount(left)) return null;
+  // Any protocol number: SCTP and UDP-Lite flows have mappings like UDP, the rest none (address-only).
+  if (!Number.isInteger(proto) || proto < 0 || proto > 255 || !isU16(flags) || !isU16(state) || !isU16(detail) || !isCount(left)) return null;
   for (let i = 5; i < 13; i++) {
     if (!(i === 7 || i === 8 || i === 11 || i === 12 ? isU16(v[i]) : isU32(v[i]))) return null;
   }

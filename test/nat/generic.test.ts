@@ -1,4 +1,8 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it, expect } from 'vitest';
+import { restoreSnapshot, takeSnapshot, writeSnapshot } from '../../src/nat/snapshot.js';
 import { Verdict, DropReason, Path } from '../../src/nat/translator.js';
 import { emitIpv4Header, icmpError } from '../../src/wire/build.js';
 import { ICMP_TYPE, ICMP_UNREACH_CODE } from '../../src/wire/icmp.js';
@@ -236,5 +240,32 @@ describe('address-only NAT for protocols without a tracker (generic)', () => {
     expect(parse(lanErr)).toMatchObject({ src: PUB, dst: REMOTE });
     expect(quotedAddrs(lanErr)).toEqual([REMOTE, PUB, GRE]);
     expect(internetChecksum(lanErr, 28, 20)).toBe(0);
+  });
+});
+
+describe('a restart keeps address-only, SCTP and UDP-Lite flows (flow snapshot)', () => {
+  it('saves and restores them with their tuples, and replies still map back', () => {
+    const nat = makeNat();
+    const g = raw(GRE, HOST_A, REMOTE);
+    nat.process(g, 0, g.length, 0);
+    const s = raw(132, HOST_B, REMOTE, udpLikeHeader(132));
+    expect(nat.process(s, 0, s.length, 0)).toBe(Verdict.FORWARD);
+    const dir = mkdtempSync(join(tmpdir(), 'tunnat-snap-'));
+    try {
+      const file = join(dir, 'flows.json');
+      writeSnapshot(file, takeSnapshot(nat, ['192.168.1.0/24'], 1000));
+      const next = makeNat();
+      expect(restoreSnapshot(next, file, ['192.168.1.0/24'], 2000)).toMatchObject({ restored: 2, skipped: 0 });
+      const back = raw(GRE, REMOTE, PUB);
+      expect(next.process(back, 0, back.length, 3000)).toBe(Verdict.FORWARD);
+      expect(parse(back).dst).toBe(HOST_A);
+      // The pair is still taken after the restart.
+      const busy = raw(GRE, HOST_B, REMOTE);
+      expect(next.process(busy, 0, busy.length, 3000)).toBe(Verdict.DROP);
+      expect(next.lastDrop).toBe(DropReason.PROTOCOL_BUSY);
+      expect(listFlows(next.flows, 3000).map((f) => f.protocol).sort()).toEqual(['gre', 'sctp']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
