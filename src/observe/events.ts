@@ -2,6 +2,7 @@ import type { FlowObserver, Translator } from '../nat/translator.js';
 import { DIR_ORIGINAL, type RemoveReason } from '../conntrack/table.js';
 import { flowRecord, formatFlow, type FlowRecord } from '../conntrack/listing.js';
 import { TcpState, TCP_STATE_NAMES, tcpTimeout } from '../conntrack/tcp.js';
+import { sctpTimeout } from '../conntrack/sctp.js';
 import { IPPROTO } from '../wire/ipv4.js';
 import { flowMatches, type FlowFilter } from './filter.js';
 
@@ -100,7 +101,9 @@ export class FlowEvents implements FlowObserver {
     const to = this.nat.timeouts;
     const proto = t.proto[flow]!;
     if (proto === IPPROTO.TCP) return tcpTimeout(t.state[flow]!, to);
-    return proto === IPPROTO.UDP ? to.udp : proto === IPPROTO.ICMP ? to.icmp : to.generic;
+    if (proto === IPPROTO.SCTP) return sctpTimeout(t.state[flow]!, to);
+    if (proto === IPPROTO.UDP || proto === IPPROTO.UDPLITE) return to.udp;
+    return proto === IPPROTO.ICMP ? to.icmp : to.generic;
   }
 
   created(flow: number, now: number): void {
