@@ -5,6 +5,7 @@ import { ICMP_OFF, ICMP_HEADER_LENGTH, isErrorType, isQueryType } from '../wire/
 import { fold16, internetChecksum, pseudoHeaderSum } from '../wire/checksum.js';
 import { ipToString } from '../wire/addr.js';
 import { rd16, rd32 } from '../wire/bytes.js';
+import { SCTP_HEADER_LENGTH, readSctpChecksum, sctpChecksum } from '../wire/crc32c.js';
 import type { PacketKey } from './filter.js';
 import { protoName } from '../wire/ipv4.js';
 
@@ -14,6 +15,11 @@ import { protoName } from '../wire/ipv4.js';
  * attached, and the full decode only for packets that are shown), so clarity wins over speed; the
  * one function called for every packet while tracing, readKey, allocates nothing.
  */
+
+/** The protocols with ports at the start of their header (TCP, UDP, SCTP, UDP-Lite). */
+function hasPorts(proto: number): boolean {
+  return proto === IPPROTO.TCP || proto === IPPROTO.UDP || proto === IPPROTO.SCTP || proto === IPPROTO.UDPLITE;
+}
 
 /** Fill `k` with the packet's protocol, addresses and ports; false if it is not a whole IPv4 header. */
 export function readKey(b: Uint8Array, off: number, len: number, k: PacketKey): boolean {
@@ -28,7 +34,7 @@ export function readKey(b: Uint8Array, off: number, len: number, k: PacketKey): 
   k.src = rd32(b, off + IPV4_OFF.SOURCE);
   k.dst = rd32(b, off + IPV4_OFF.DESTINATION);
   const frag = rd16(b, off + IPV4_OFF.FLAGS_FRAGMENT) & IPV4_FRAG.OFFSET_MASK;
-  if ((k.proto === IPPROTO.TCP || k.proto === IPPROTO.UDP) && frag === 0 && hl + 4 <= len) {
+  if (hasPorts(k.proto) && frag === 0 && hl + 4 <= len) {
     k.sport = rd16(b, off + hl);
     k.dport = rd16(b, off + hl + 2);
   }
@@ -59,8 +65,10 @@ export function headerBytes(b: Uint8Array, off: number, len: number): number {
   if (proto === IPPROTO.TCP) {
     const dataOffset = hl + TCP_OFF.DATA_OFFSET < len ? (b[l4 + TCP_OFF.DATA_OFFSET]! >>> 4) << 2 : 0;
     n += Math.max(TCP_MIN_HEADER_LENGTH, dataOffset);
-  } else if (proto === IPPROTO.UDP) {
+  } else if (proto === IPPROTO.UDP || proto === IPPROTO.UDPLITE) {
     n += UDP_HEADER_LENGTH;
+  } else if (proto === IPPROTO.SCTP) {
+    n += SCTP_HEADER_LENGTH;
   } else if (proto === IPPROTO.ICMP) {
     n += ICMP_HEADER_LENGTH;
     if (hl + ICMP_OFF.QUOTED < len && isErrorType(b[l4 + ICMP_OFF.TYPE]!)) {
@@ -129,6 +137,11 @@ export function decodePacket(b: Uint8Array, off: number, len: number): PacketInf
     p.srcPort = rd16(b, l4 + UDP_OFF.SOURCE_PORT);
     p.dstPort = rd16(b, l4 + UDP_OFF.DESTINATION_PORT);
     p.l4Checksum = rd16(b, l4 + UDP_OFF.CHECKSUM);
+  } else if ((proto === IPPROTO.SCTP || proto === IPPROTO.UDPLITE) && l4len >= 8) {
+    // Ports where UDP has them; SCTP's CRC32c is not an Internet checksum and is not shown as one.
+    p.srcPort = rd16(b, l4 + UDP_OFF.SOURCE_PORT);
+    p.dstPort = rd16(b, l4 + UDP_OFF.DESTINATION_PORT);
+    if (proto === IPPROTO.UDPLITE) p.l4Checksum = rd16(b, l4 + UDP_OFF.CHECKSUM);
   } else if (proto === IPPROTO.TCP && l4len >= 20) {
     p.srcPort = rd16(b, l4 + TCP_OFF.SOURCE_PORT);
     p.dstPort = rd16(b, l4 + TCP_OFF.DESTINATION_PORT);
@@ -228,5 +241,12 @@ export function checksumsValid(b: Uint8Array, off: number, len: number, partial 
     return internetChecksum(b, l4, l4len, pseudoHeaderSum(src, dst, proto, l4len)) === 0;
   }
   if (proto === IPPROTO.ICMP) return l4len >= 8 && internetChecksum(b, l4, l4len) === 0;
+  if (proto === IPPROTO.UDPLITE) {
+    // RFC 3828: the pseudo-header (with the IP payload length) and the first `coverage` bytes (0: all).
+    if (l4len < 8) return false;
+    const cov = rd16(b, l4 + 4) || l4len;
+    return cov <= l4len && internetChecksum(b, l4, cov, pseudoHeaderSum(src, dst, proto, l4len)) === 0;
+  }
+  if (proto === IPPROTO.SCTP) return l4len >= SCTP_HEADER_LENGTH && sctpChecksum(b, l4, l4len) === readSctpChecksum(b, l4);
   return true;
 }

@@ -33,8 +33,12 @@ export function describePacket(p: PacketInfo): string {
   return `${s}  len ${p.length} ttl ${p.ttl}`;
 }
 
+/** Protocols whose flows carry ports; every other one is tracked by address only (src/nat/generic.ts). */
+const PORTED = ['tcp', 'udp', 'sctp', 'udplite'];
+
 function tuple(t: { src: string; dst: string; srcPort: number; dstPort: number }, proto: string): string {
-  return proto === 'icmp' ? `${t.src} → ${t.dst} id ${t.srcPort || t.dstPort}` : `${t.src}:${t.srcPort} → ${t.dst}:${t.dstPort}`;
+  if (proto === 'icmp') return `${t.src} → ${t.dst} id ${t.srcPort || t.dstPort}`;
+  return PORTED.includes(proto) ? `${t.src}:${t.srcPort} → ${t.dst}:${t.dstPort}` : `${t.src} → ${t.dst}`;
 }
 
 function clock(iso: string): string {
@@ -52,7 +56,7 @@ export function formatTrace(r: TraceRecord): string[] {
     if (f.created) {
       lines.push(`  flow ${f.id} NEW: original ${tuple(f.original, p)}, replies expected as ${tuple(f.reply, p)}`);
     } else if (f.matched === 'reply') {
-      lines.push(`  flow ${f.id} matched by its reply tuple ${tuple(f.reply, p)}: this is a reply, it goes back to ${f.original.src}${p === 'icmp' ? '' : ':' + f.original.srcPort}`);
+      lines.push(`  flow ${f.id} matched by its reply tuple ${tuple(f.reply, p)}: this is a reply, it goes back to ${f.original.src}${PORTED.includes(p) ? ':' + f.original.srcPort : ''}`);
     } else {
       lines.push(`  flow ${f.id} matched by its original tuple ${tuple(f.original, p)}`);
     }

@@ -5,6 +5,7 @@ import { ICMP_TYPE, ICMP_UNREACH_CODE } from '../../src/wire/icmp.js';
 import { internetChecksum, pseudoHeaderSum } from '../../src/wire/checksum.js';
 import { crc32c, readSctpChecksum, writeSctpChecksum, sctpChecksum, SCTP_CHUNK } from '../../src/wire/crc32c.js';
 import { listFlows } from '../../src/conntrack/listing.js';
+import { checksumsValid, decodePacket } from '../../src/observe/decode.js';
 import { makeNat, checkAllChecksums, collectingSink, parse, ip, PUB, REMOTE, HOST_A, HOST_B } from './helpers.js';
 
 const SCTP = 132;
@@ -259,5 +260,25 @@ describe('UDP-Lite: ports translated, partial-coverage checksum kept exact', () 
     expect(quoted.readUInt32BE(12)).toBe(HOST_A);
     expect(ports(quoted)).toEqual([5000, 9000]);
     expect(quoted.readUInt16BE(26)).toBe(udpliteChecksum(quoted));
+  });
+});
+
+describe('the trace sees SCTP and UDP-Lite', () => {
+  it('decodes their ports and checks their checksums from scratch (CRC32c, UDP-Lite coverage)', () => {
+    const nat = makeNat();
+    const s = sctp(HOST_A, REMOTE, 5000, 80, [SCTP_CHUNK.INIT], 0);
+    nat.process(s, 0, s.length, 0);
+    expect(checksumsValid(s, 0, s.length)).toBe(true);
+    expect(decodePacket(s, 0, s.length)).toMatchObject({ protocol: 'sctp', srcPort: 5000, dstPort: 80 });
+    s[s.length - 1] = s[s.length - 1]! ^ 0xff;
+    expect(checksumsValid(s, 0, s.length)).toBe(false);
+    const u = udplite(HOST_A, REMOTE, 5000, 9000, Buffer.from('covered only in part'), 10);
+    nat.process(u, 0, u.length, 0);
+    expect(checksumsValid(u, 0, u.length)).toBe(true);
+    expect(decodePacket(u, 0, u.length)).toMatchObject({ protocol: 'udplite', srcPort: 5000, dstPort: 9000 });
+    u[u.length - 1] = u[u.length - 1]! ^ 0xff; // outside the coverage: still valid
+    expect(checksumsValid(u, 0, u.length)).toBe(true);
+    u[29] = u[29]! ^ 0xff; // inside it
+    expect(checksumsValid(u, 0, u.length)).toBe(false);
   });
 });
