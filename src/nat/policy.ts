@@ -14,6 +14,14 @@ export class PolicyError extends Error {
 
 const PROTOS: Record<string, number> = { tcp: IPPROTO.TCP, udp: IPPROTO.UDP, icmp: IPPROTO.ICMP };
 export const PROTO_NAME: Record<number, string> = { [IPPROTO.TCP]: 'tcp', [IPPROTO.UDP]: 'udp', [IPPROTO.ICMP]: 'icmp' };
+/**
+ * What an egress rule may name: every protocol tunnat translates. Only TCP, UDP, SCTP and UDP-Lite have
+ * ports; the others (and any protocol given by number) are allowed or not per destination.
+ */
+const EGRESS_PROTOS: Record<string, number> = {
+  ...PROTOS, sctp: IPPROTO.SCTP, udplite: IPPROTO.UDPLITE, gre: 47, esp: 50, ah: 51, ipip: 4,
+};
+const PORTED = new Set<number>([IPPROTO.TCP, IPPROTO.UDP, IPPROTO.SCTP, IPPROTO.UDPLITE]);
 
 export interface PortForward {
   protocol: number;
@@ -46,7 +54,7 @@ export function checkForwards(list: readonly PortForward[]): void {
 
 export interface EgressRule {
   protocol: number;
-  /** Destination port; -1 for any (always -1 for ICMP). */
+  /** Destination port; -1 for any (always -1 for ICMP and the other protocols without ports). */
   port: number;
   /** Destination prefix, or null for anywhere. */
   to: Cidr | null;
@@ -58,12 +66,15 @@ export function parseEgress(spec: string): EgressRule[] {
   for (const raw of spec.split(',')) {
     const item = raw.trim();
     if (item === '') continue;
-    const m = /^(tcp|udp|icmp)(?::(\*|\d{1,5}))?(?:@(.+))?$/.exec(item);
+    const m = /^([a-z]+|\d{1,3})(?::(\*|\d{1,5}))?(?:@(.+))?$/.exec(item);
     if (!m) throw new PolicyError('allowEgress', `${JSON.stringify(item)}: expected PROTO[:PORT][@CIDR], e.g. tcp:443 or udp:53@198.51.100.0/24`);
-    const protocol = PROTOS[m[1]!]!;
+    const protocol = /^\d/.test(m[1]!) ? Number(m[1]) : EGRESS_PROTOS[m[1]!];
+    if (protocol === undefined || protocol > 255) {
+      throw new PolicyError('allowEgress', `${JSON.stringify(item)}: unknown protocol (known: ${Object.keys(EGRESS_PROTOS).join(', ')}, or a number 0-255)`);
+    }
     let port = -1;
     if (m[2] !== undefined && m[2] !== '*') {
-      if (protocol === IPPROTO.ICMP) throw new PolicyError('allowEgress', `${item}: icmp has no ports`);
+      if (!PORTED.has(protocol)) throw new PolicyError('allowEgress', `${item}: ${m[1]} has no ports`);
       port = Number(m[2]);
       if (port < 1 || port > 65535) throw new PolicyError('allowEgress', `${item}: port must be 1-65535`);
     }

@@ -269,3 +269,27 @@ describe('a restart keeps address-only, SCTP and UDP-Lite flows (flow snapshot)'
     }
   });
 });
+
+describe('egress rules name every protocol', () => {
+  it('allows what is listed by name or number, refuses ports on protocols without them', () => {
+    const policy = new EgressPolicy(parseEgress('gre,esp@203.0.113.0/24,sctp:36412,udplite:*,253'));
+    expect(policy.allows(GRE, REMOTE, 0)).toBe(true);
+    expect(policy.allows(ESP, REMOTE, 0)).toBe(true);
+    expect(policy.allows(ESP, OTHER, 0)).toBe(false);
+    expect(policy.allows(132, REMOTE, 36412)).toBe(true);
+    expect(policy.allows(132, REMOTE, 80)).toBe(false);
+    expect(policy.allows(136, REMOTE, 9)).toBe(true);
+    expect(policy.allows(253, REMOTE, 0)).toBe(true);
+    expect(policy.allows(4, REMOTE, 0)).toBe(false);
+    expect(() => parseEgress('gre:80')).toThrow(/gre has no ports/);
+    expect(() => parseEgress('bogus')).toThrow(/unknown protocol/);
+    expect(() => parseEgress('300')).toThrow(/unknown protocol/);
+
+    const nat = makeNat({ egress: policy });
+    const g = raw(GRE, HOST_A, REMOTE);
+    expect(nat.process(g, 0, g.length, 0)).toBe(Verdict.FORWARD);
+    const ipip = raw(4, HOST_A, REMOTE);
+    expect(nat.process(ipip, 0, ipip.length, 0)).toBe(Verdict.DROP);
+    expect(nat.lastDrop).toBe(DropReason.EGRESS_POLICY);
+  });
+});
