@@ -15,6 +15,7 @@ import { createHairpin } from './hairpin.js';
 import { gatewayIcmp, translateIcmpError } from './icmp-error.js';
 import { laterFragment, openFirstFragment, settleFirstFragment } from './fragment-path.js';
 import { restoreFlow, type RestoredFlow } from './restore.js';
+import { udpTimer } from './udp-timer.js';
 import { DropReason, Path, PortChoice, Setup } from './outcome.js';
 
 export * from './outcome.js';
@@ -232,8 +233,8 @@ export class Translator extends NatContext {
         timeout = tcpTimeout(flows.state[flow]!, this.timeouts);
       }
     } else if (proto === IPPROTO.UDP) {
-      timeout = this.timeouts.udp;
-      if (dir === DIR_REPLY) flows.flags[flow] = flows.flags[flow]! | FLOW_ASSURED;
+      // A stream (assured) keeps the long timer; anything else is judged out of line (udp-timer.ts).
+      timeout = flows.flags[flow]! & FLOW_ASSURED ? this.timeouts.udp : udpTimer(this, flow, dir, now);
     } else {
       timeout = this.timeouts.icmp;
     }

@@ -57,7 +57,8 @@ describe('filtering (RFC 4787 REQ-8)', () => {
 
   it('address-dependent permissions end with the last flow to that address', () => {
     const nat = makeNat({ filtering: 'address' });
-    nat.timeouts = { ...nat.timeouts, udp: 10 };
+    // Port 1 is well-known: an unanswered query to it has the query timer (udp-timer.ts).
+    nat.timeouts = { ...nat.timeouts, udp: 10, udpQueryUnanswered: 10 };
     const a = udp(HOST_A, REMOTE, 5000, 1);
     nat.process(a, 0, a.length, 0);
     const keep = udp(HOST_A, OTHER, 5000, 1);
@@ -220,11 +221,14 @@ describe('limits and exhaustion', () => {
     const nat = makeNat({ ports: [30000, 30000], excludedPorts: [], generatedPerSecond: 5 });
     const sink = collectingSink();
     nat.sink = sink;
-    const first = udp(HOST_A, REMOTE, 1, 53);
-    nat.process(first, 0, first.length, 0);
+    // The one port is held by a stream (answered, still talking 2 s later): assured, so no new flow
+    // may reclaim it.
+    for (const [p, t] of [[udp(HOST_A, REMOTE, 1, 53), 0], [udp(REMOTE, PUB, 53, 30000), 0], [udp(HOST_A, REMOTE, 1, 53), 2000]] as const) {
+      nat.process(p, 0, p.length, t);
+    }
     for (let i = 0; i < 20; i++) {
       const p = udp(HOST_B, REMOTE, 100 + i, 53);
-      nat.process(p, 0, p.length, 0);
+      nat.process(p, 0, p.length, 2000);
     }
     expect(nat.stats.drops[DropReason.PORTS_EXHAUSTED]).toBe(20);
     expect(sink.sent.length).toBe(5);
