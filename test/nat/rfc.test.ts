@@ -96,11 +96,36 @@ describe('hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8)', () => {
     const toSelf = udp(HOST_A, PUB, 7000, 7000);
     expect(nat.process(toSelf, 0, toSelf.length, 1)).toBe(Verdict.FORWARD);
     expect(parse(toSelf)).toMatchObject({ src: PUB, sport: 7000, dst: HOST_A, dport: 7000 });
-    // B's TCP mapping has not talked to the public address: address filtering refuses A's SYN.
+    // B's TCP mapping has only talked to REMOTE, but A's SYN comes from behind the NAT: the filter does
+    // not apply to a hairpinned packet, so it reaches B with A's public endpoint as its source.
     const syn = tcpPacket({ src: HOST_A, dst: PUB, srcPort: 7100, dstPort: 6000, seq: 1, ack: 0, flags: TCP_FLAGS.SYN });
-    expect(nat.process(syn, 0, syn.length, 1)).toBe(Verdict.DROP);
-    expect(nat.stats.drops[DropReason.FILTERED]).toBe(1);
+    expect(nat.process(syn, 0, syn.length, 1)).toBe(Verdict.FORWARD);
+    expect(parse(syn)).toMatchObject({ src: PUB, sport: 7100, dst: HOST_B, dport: 6000 });
+    expect(nat.stats.drops[DropReason.FILTERED]).toBe(0);
   });
+
+  for (const filtering of ['address', 'address-port'] as const) {
+    it(`RFC 5780 §4.5 under ${filtering} filtering: a fresh second socket reaches the first socket's mapping, and back`, () => {
+      const nat = makeNat({ filtering });
+      // Socket 1 asks the STUN server for its mapping (pub:7000) and has talked to nobody else.
+      const ask = udp(HOST_A, REMOTE, 7000, 3478);
+      nat.process(ask, 0, ask.length, 0);
+      const answer = udp(REMOTE, PUB, 3478, 7000);
+      nat.process(answer, 0, answer.length, 1);
+      // Socket 2, never used before, sends to that public endpoint.
+      const probe = udp(HOST_A, PUB, 7001, 7000);
+      expect(nat.process(probe, 0, probe.length, 2)).toBe(Verdict.FORWARD);
+      checkAllChecksums(probe);
+      expect(parse(probe)).toMatchObject({ src: PUB, sport: 7001, dst: HOST_A, dport: 7000 });
+      const reply = udp(HOST_A, PUB, 7000, 7001);
+      expect(nat.process(reply, 0, reply.length, 3)).toBe(Verdict.FORWARD);
+      expect(parse(reply)).toMatchObject({ src: PUB, sport: 7000, dst: HOST_A, dport: 7001 });
+      // The same packet from outside is still filtered: only the hairpin is exempt.
+      const outside = udp(OTHER, PUB, 7001, 7000);
+      expect(nat.process(outside, 0, outside.length, 4)).toBe(Verdict.DROP);
+      expect(nat.stats.drops[DropReason.FILTERED]).toBe(1);
+    });
+  }
 
   it('sends LAN traffic for the gateway’s own services on the public address to the gateway', () => {
     const nat = makeNat();
