@@ -9,7 +9,7 @@ import type { NatContext } from './context.js';
  * The rules (RFC 4787 REQ-5 and REQ-5a, and Linux's nf_conntrack_proto_udp.c "stream" rule):
  * - A flow becomes a stream, gets the long timer (timeouts.udp) and is ASSURED, once it has had a reply
  *   and then carries a packet either way at least UDP_STREAM_AFTER_MS after it was created (Linux's rule:
- *   still active after two seconds), or, to a well-known port, more packets than a query-and-answer
+ *   still active after two seconds), or carries more packets than a query-and-answer
  *   exchange has (QUERY_PACKETS each way: a lookup of A and AAAA from one socket, with a retry).
  * - A flow to a destination port of 1024 or above keeps timeouts.udp whatever it did: REQ-5 wants at
  *   least two minutes for every mapping except those REQ-5a names.
@@ -38,7 +38,7 @@ export function udpTimer(nat: NatContext, flow: number, dir: number, now: number
     const queries = flows.packets[o]! + (dir ^ 1);
     const replies = repliesBefore + dir;
     const late = now - flows.created[flow]! >= UDP_STREAM_AFTER_MS;
-    if (late || (wellKnown && (queries > QUERY_PACKETS || replies > QUERY_PACKETS))) {
+    if (late || queries > QUERY_PACKETS || replies > QUERY_PACKETS) {
       flows.flags[flow] = flows.flags[flow]! | FLOW_ASSURED;
       return t.udp;
     }

@@ -58,6 +58,14 @@ describe('UDP timers by what the flow has done (RFC 4787 REQ-5, REQ-5a)', () => 
     }
     expect(step(nat, out(HOST_A, 40000, 500), 10)).toBe(DEFAULT_TIMEOUTS.udp);
     expect(assured(nat)).toBe(true);
+    // The same for a port of 1024 or above: its timer was long already, now it is assured too.
+    for (let i = 0; i < 4; i++) {
+      step(nat, out(HOST_A, 40001, 8080), i);
+      step(nat, back(8080, 40001), i);
+    }
+    expect(assured(nat)).toBe(false);
+    step(nat, out(HOST_A, 40001, 8080), 10);
+    expect(assured(nat)).toBe(true);
   });
 
   it('a port of 1024 or above keeps the long timer whatever the flow did (REQ-5), and is assured only as a stream', () => {
