@@ -22,7 +22,7 @@ packages=(
   # The lab and the router: namespaces, links, routes and rules; the kernel engine; the probes.
   iproute2 iptables nftables conntrack procps kmod iputils-ping curl tcpdump
   # Only the tests and benchmarks: traffic generators, packet crafting, STUN.
-  iperf3 socat traceroute hping3 python3-scapy stun-client stun-server ca-certificates
+  iperf3 socat traceroute hping3 python3-scapy stun-client stun-server coturn ca-certificates
   # The live page's browser test (playwright-core drives Debian's chromium; no browser download).
   chromium
 )

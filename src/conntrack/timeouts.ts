@@ -5,7 +5,9 @@
  *
  * Defaults sit at or above the NAT RFCs' minimums, where Linux's own defaults are sometimes lower:
  * - RFC 4787 REQ-5: a UDP mapping MUST NOT expire in less than 2 minutes; 5 minutes RECOMMENDED
- *   (Linux: 30 s unreplied, 120 s once replied).
+ *   (Linux: 30 s unreplied, 120 s once replied). REQ-5a allows shorter timers for destination ports
+ *   in the well-known range: a query-and-answer exchange to such a port (DNS, NTP) that never becomes
+ *   a stream gets udpQueryUnanswered, then udpQueryAnswered (src/nat/udp-timer.ts).
  * - RFC 5382 REQ-5: established TCP idle timeout ≥ 2 h 4 min (Linux: 5 days); transitory states
  *   (partially open or closing) ≥ 4 min (Linux: 60–120 s).
  * - RFC 5508 REQ-2: ICMP query mapping ≥ 60 s (Linux: 30 s).
@@ -23,7 +25,14 @@ export interface Timeouts {
   tcpTimeWait: number;
   /** After a RST: the connection is gone; keep the entry briefly so stray segments still match. */
   tcpClose: number;
+  /** A UDP stream, and any UDP flow to a port of 1024 or above (RFC 4787 REQ-5: at least 2 minutes). */
   udp: number;
+  /**
+   * A UDP query to a well-known port (below 1024, RFC 4787 REQ-5a) still waiting for an answer (Linux's
+   * unreplied timeout), and one whose every query is answered (the port is given back soon after).
+   */
+  udpQueryUnanswered: number;
+  udpQueryAnswered: number;
   icmp: number;
   /** Address-only flows of any protocol tunnat has no tracker for (src/nat/generic.ts). */
   generic: number;
@@ -46,6 +55,8 @@ export const DEFAULT_TIMEOUTS: Readonly<Timeouts> = Object.freeze({
   tcpTimeWait: 240,
   tcpClose: 10,
   udp: 300, // RFC 4787 REQ-5's recommendation
+  udpQueryUnanswered: 30, // Linux's nf_conntrack_udp_timeout
+  udpQueryAnswered: 5, // late duplicates of the answer still get through; the port is back in seconds
   icmp: 60, // RFC 5508 REQ-2
   generic: 600, // Linux's nf_conntrack_generic_timeout
   // SCTP: no NAT RFC sets minimums. Linux: 3 s for each set-up and shutdown state, 210 s established

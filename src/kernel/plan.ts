@@ -98,6 +98,9 @@ export const TIMEOUT_SYSCTLS: Readonly<Record<keyof Timeouts, readonly string[]>
   // The kernel uses udp_timeout until a flow has seen replies for 2 s, then udp_timeout_stream
   // (nf_conntrack_proto_udp.c); tunnat has one UDP timeout, so both get it.
   udp: ['net/netfilter/nf_conntrack_udp_timeout', 'net/netfilter/nf_conntrack_udp_timeout_stream'],
+  // The kernel has no per-port UDP timers: these two have no sysctl of their own (see notes).
+  udpQueryUnanswered: [],
+  udpQueryAnswered: [],
   icmp: ['net/netfilter/nf_conntrack_icmp_timeout'],
   generic: ['net/netfilter/nf_conntrack_generic_timeout'],
   sctpOpening: ['net/netfilter/nf_conntrack_sctp_timeout_cookie_wait', 'net/netfilter/nf_conntrack_sctp_timeout_cookie_echoed', 'net/netfilter/nf_conntrack_sctp_timeout_heartbeat_sent'],

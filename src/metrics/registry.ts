@@ -202,6 +202,14 @@ export function createRegistry(nat: Translator, loop: Dataplane | null, opts: Re
       mirror(this, {}, nat.stats.flowsRemoved['early-drop']);
     },
   });
+  new Counter({
+    name: 'tunnat_ports_reclaimed_total',
+    help: 'Public ports taken from an unassured flow (a query, a connection attempt) because the pool was full; that flow is counted in tunnat_flows_removed_total too',
+    registers: [registry],
+    collect() {
+      mirror(this, {}, nat.stats.portsReclaimed);
+    },
+  });
   new Gauge({
     name: 'tunnat_mappings',
     help: 'NAT mappings (internal endpoint to public port) in use',

@@ -105,6 +105,8 @@ export class NatContext {
 
   // ---- Accounting
   readonly stats: NatStats = newNatStats();
+  /** Where the next search for a reclaimable port starts in the flow table (port-reclaim.ts). */
+  reclaimCursor = 0;
   /** Flows each LAN host opened (counted whether or not a limit is set, so a limit set later starts from the truth). */
   readonly hostFlows = new Map<number, number>();
   readonly observers: FlowObserver[] = [];

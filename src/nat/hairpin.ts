@@ -20,8 +20,8 @@ export function createHairpin(
   if (proto === IPPROTO.ICMP) return Setup.TO_GATEWAY; // the gateway answers pings to its own address
   const pub = nat.publicAddress;
   const maps = nat.mappings;
-  // The filter sees the sender as the public address: that is where A's packet to B comes from.
-  const r = resolveTarget(nat, proto, dport, pub, maps.lookupInternal(proto, src, sport));
+  // A's packet comes from behind this NAT: the filtering mode does not apply to it (see resolveTarget).
+  const r = resolveTarget(nat, proto, dport, pub, true);
   if (r === Resolved.GATEWAY) return Setup.TO_GATEWAY;
   // A port no mapping holds is the gateway's own service as far as a LAN host can tell.
   if (r === Resolved.REFUSED) return nat.setupReason === DropReason.NO_MAPPING ? Setup.TO_GATEWAY : Setup.REFUSED;

@@ -14,10 +14,10 @@ import { DropReason, Filtering, PortChoice, Resolved, Setup } from './outcome.js
 /**
  * Which LAN endpoint a packet from `from` to public `port` reaches. LAN_HOST leaves the endpoint and the
  * mapping that admitted it (NONE for a port forward) in nat.target; GATEWAY means the gateway's own stack
- * should have it; REFUSED leaves the reason in nat.setupReason. `selfMapping` is the sender's own mapping
- * when a LAN host hairpins: a host may always reach its own mapping (STUN's hairpin test does).
+ * should have it; REFUSED leaves the reason in nat.setupReason. `hairpin` says a LAN host sent the
+ * packet to the public address (hairpin.ts): the filter is then not applied (see below).
  */
-export function resolveTarget(nat: NatContext, proto: number, port: number, from: number, selfMapping: number): Resolved {
+export function resolveTarget(nat: NatContext, proto: number, port: number, from: number, hairpin: boolean): Resolved {
   const target = nat.target;
   const f = nat.forwardAt(proto, port);
   if (f >= 0) {
@@ -37,8 +37,15 @@ export function resolveTarget(nat: NatContext, proto: number, port: number, from
   }
   // Address-and-port-dependent filtering admits only packets that match an existing flow, and those
   // never get here: so it admits nothing new.
+  // A hairpinned packet passes whatever the mode. Filtering keeps unsolicited packets from outside away
+  // from a mapping; a hairpinned one comes from a host behind this NAT, sent to the public endpoint
+  // that host learnt (RFC 4787 REQ-9), and its sender is itself seen through a mapping it has just made
+  // by sending to the public address. Filtering it by address would compare against the public address,
+  // to which hardly any mapping ever sends: RFC 5780 §4.5's test (coturn's natdiscovery -H) sends from a
+  // fresh second socket to the first socket's mapping, which has only talked to the STUN server, and
+  // failed under address-dependent filtering for that reason.
   const allowed =
-    m === selfMapping ||
+    hairpin ||
     nat.filtering === Filtering.ENDPOINT ||
     (nat.filtering === Filtering.ADDRESS && nat.permissions!.has(m, from));
   if (!allowed) {
@@ -58,7 +65,7 @@ export function resolveTarget(nat: NatContext, proto: number, port: number, from
  * packet that will become a flow may make room for one, so an unsolicited packet never evicts.
  */
 export function createInbound(nat: NatContext, proto: number, src: number, sport: number, dport: number, now: number): Setup {
-  const r = resolveTarget(nat, proto, dport, src, NONE);
+  const r = resolveTarget(nat, proto, dport, src, false);
   if (r === Resolved.GATEWAY) return Setup.TO_GATEWAY;
   if (r === Resolved.REFUSED) return Setup.REFUSED;
   const { addr, port, mapping } = nat.target;

@@ -2,13 +2,15 @@ import { DIR_ORIGINAL, DIR_REPLY } from '../conntrack/table.js';
 import { NONE, type NatContext } from './context.js';
 import { allocateFlow, commitFlow, created, hostLimitReached, mappingFor } from './flow-setup.js';
 import { refuse } from './refusal.js';
+import { reclaimPort } from './port-reclaim.js';
 import { DropReason, type Setup } from './outcome.js';
 
 /**
  * A new connection from the LAN to the outside: the heart of source NAT. In the order the checks run:
  * 1. the egress policy (the allowlist of destinations a LAN may open flows to);
  * 2. the per-host limit (one host must not take the whole table);
- * 3. a public port must be there to give: a flow that will find none must not evict another flow first;
+ * 3. a public port must be there to give, if need be reclaimed from an unassured flow whose mapping
+ *    nothing else uses (port-reclaim.ts): a flow that will find none must not evict another flow first;
  * 4. a flow slot (evicting an unassured flow if the table is full);
  * 5. the LAN endpoint's mapping (existing, or new with its port preserved where it is free);
  * 6. the two tuples: original (LAN host → server) and reply (server → public address:port), the
@@ -26,7 +28,8 @@ export function createOutbound(
   if (hostLimitReached(nat, src)) return refuse(nat, buf, DropReason.HOST_LIMIT, proto, tell, now);
   const maps = nat.mappings;
   const existing = maps.lookupInternal(proto, src, sport);
-  if (existing < 0 && maps.pool(proto)!.available <= 0) {
+  // A full pool gives up the port of an unassured flow before it refuses (port-reclaim.ts).
+  if (existing < 0 && maps.pool(proto)!.available <= 0 && !reclaimPort(nat, proto, now)) {
     return refuse(nat, buf, DropReason.PORTS_EXHAUSTED, proto, tell, now);
   }
   const flow = allocateFlow(nat, now);

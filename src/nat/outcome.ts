@@ -79,6 +79,8 @@ export interface NatStats {
   readonly bytes: Float64Array;
   readonly drops: Float64Array;
   flowsCreated: number;
+  /** Public ports taken from an unassured flow because the pool was full (port-reclaim.ts). */
+  portsReclaimed: number;
   /** Flows removed, by reason name. */
   readonly flowsRemoved: Record<RemoveReason, number>;
   icmpErrorsTranslated: number;
@@ -94,6 +96,7 @@ export function newNatStats(): NatStats {
     bytes: new Float64Array(PATH_NAMES.length),
     drops: new Float64Array(DROP_REASON_NAMES.length),
     flowsCreated: 0,
+    portsReclaimed: 0,
     flowsRemoved: { expired: 0, 'early-drop': 0, flush: 0, closed: 0 },
     icmpErrorsTranslated: 0,
     generated: 0,

@@ -16,6 +16,7 @@ import { gatewayIcmp, translateIcmpError } from './icmp-error.js';
 import { translateOther } from './generic.js';
 import { laterFragment, openFirstFragment, settleFirstFragment } from './fragment-path.js';
 import { restoreFlow, type RestoredFlow } from './restore.js';
+import { udpTimer, WELL_KNOWN_BELOW } from './udp-timer.js';
 import { DropReason, Path, PortChoice, Setup } from './outcome.js';
 
 export * from './outcome.js';
@@ -236,8 +237,14 @@ export class Translator extends NatContext {
         timeout = tcpTimeout(flows.state[flow]!, this.timeouts);
       }
     } else if (proto === IPPROTO.UDP) {
-      timeout = this.timeouts.udp;
-      if (dir === DIR_REPLY) flows.flags[flow] = flows.flags[flow]! | FLOW_ASSURED;
+      // A stream (assured) keeps the long timer, and so does a flow to a port of 1024 or above until it has a
+      // reply; a replied flow that may yet become a stream, and a query to a well-known port, are judged
+      // out of line (udp-timer.ts).
+      const uf = flows.flags[flow]!;
+      timeout =
+        uf & FLOW_ASSURED || (!(uf & FLOW_SEEN_REPLY) && flows.tDport[flow * 2]! >= WELL_KNOWN_BELOW)
+          ? this.timeouts.udp
+          : udpTimer(this, flow, dir, now);
     } else {
       timeout = this.timeouts.icmp;
     }

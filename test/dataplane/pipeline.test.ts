@@ -70,7 +70,7 @@ describe('data plane on a fake TUN', () => {
       original: { src: '192.168.1.10', dst: '203.0.113.2', srcPort: 4444, dstPort: 7 },
       reply: { src: '203.0.113.2', dst: '203.0.113.1', srcPort: 7, dstPort: 4444 },
       state: 'UNREPLIED',
-      secondsLeft: 300,
+      secondsLeft: 30, // port 7 is well-known: an unanswered query's timer (udp-timer.ts)
     });
     loop.stop();
   });

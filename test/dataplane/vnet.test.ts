@@ -104,11 +104,13 @@ describe('partial checksums (NEEDS_CSUM)', () => {
     const nat = makeNat({ ports: [30000, 30000], excludedPorts: [] });
     const loop = new Dataplane(tun, nat, { batch: 4, slotSize: 4096, vnetHdr: true, clock: () => 0 });
     const plain = { flags: 0 };
+    // The one port is held by a mapping two flows share (two servers), which no new flow may reclaim.
     tun.inject(withVnet(udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 1, dstPort: 53, payload: Buffer.from('a') }), plain));
+    tun.inject(withVnet(udpPacket({ src: HOST_A, dst: REMOTE + 1, srcPort: 1, dstPort: 53, payload: Buffer.from('a') }), plain));
     tun.inject(withVnet(udpPacket({ src: ip2(), dst: REMOTE, srcPort: 2, dstPort: 53, payload: Buffer.from('b') }), plain));
     loop.runBatch();
     const out = tun.takeWritten();
-    expect(out).toHaveLength(2); // the translated one, and ICMP 3/13 for the one that found no port
+    expect(out).toHaveLength(3); // the two translated ones, and ICMP 3/13 for the one that found no port
     const icmp = out.find((b) => b[VNET_HDR_LEN + 9] === 1)!;
     expect(icmp.subarray(0, VNET_HDR_LEN).every((b) => b === 0)).toBe(true);
     checkAllChecksums(Buffer.from(icmp.subarray(VNET_HDR_LEN)));

@@ -25,7 +25,8 @@ import {
 } from './harness.js';
 
 const BIG_FILE_BYTES = 50 * 1024 * 1024;
-const TIMEOUTS = { udp: 2, icmp: 2 };
+// The echo on port 7 is a query and its answer to a well-known port: its timer is udpQueryAnswered (udp-timer.ts).
+const TIMEOUTS = { udp: 2, udpQueryAnswered: 2, udpQueryUnanswered: 2, icmp: 2 };
 const PUBLIC = '203.0.113.1';
 const SERVER = '203.0.113.2';
 

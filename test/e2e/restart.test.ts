@@ -115,12 +115,13 @@ describe.skipIf(!isRoot)('restarts, crashes and reloads', () => {
 
   it('SIGHUP applies new timeouts without dropping flows', async () => {
     const cfgFile = join(dir, 'hup.json');
-    writeFileSync(cfgFile, JSON.stringify({ timeouts: { udp: 300 } }));
+    // The echo on port 7 is a query and its answer (a well-known port): its timers are the query ones.
+    writeFileSync(cfgFile, JSON.stringify({ timeouts: { udp: 300, udpQueryAnswered: 300, udpQueryUnanswered: 300 } }));
     const r = await start(['--config', cfgFile]);
     await udpEcho(lab.hosts[0]!, SERVER, 7, 'first', { sourcePort: 41000 });
     const flowsBefore = (await r.conntrack()).length;
     expect(flowsBefore).toBeGreaterThan(0);
-    writeFileSync(cfgFile, JSON.stringify({ timeouts: { udp: 2 } }));
+    writeFileSync(cfgFile, JSON.stringify({ timeouts: { udp: 2, udpQueryAnswered: 2, udpQueryUnanswered: 2 } }));
     r.process!.signal('SIGHUP');
     await r.process!.waitForLine(/configuration reloaded/, 5000);
     expect((await r.conntrack()).length).toBe(flowsBefore); // nothing dropped by the reload

@@ -214,13 +214,16 @@ describe('floods past --max-flows and port exhaustion', () => {
     expect(nat.stats.flowsRemoved['early-drop']).toBeGreaterThan(1900);
     expect(forwarded).toBe(2000); // unassured flows make room for each other
     conn.ping(4000);
-    // Once every slot holds an assured flow (replied UDP), new flows are refused as table-full.
+    // Once every slot holds an assured flow (a UDP stream: replied, then more than a query's worth of
+    // packets), new flows are refused as table-full.
     const full = small({ ports: [1024, 65535], excludedPorts: [[20000, 29999]] });
     const c2 = established(full);
     for (let i = 0; i < 63; i++) {
-      const out = udpPacket({ src: HOST_B, dst: REMOTE, srcPort: 10000 + i, dstPort: 53, payload });
+      const mk = () => udpPacket({ src: HOST_B, dst: REMOTE, srcPort: 10000 + i, dstPort: 53, payload });
+      const out = mk();
       run(full, out);
       run(full, udpPacket({ src: REMOTE, dst: PUB, srcPort: 53, dstPort: parse(out).sport, payload }));
+      for (let k = 0; k < 4; k++) run(full, mk());
     }
     expect(full.flows.size).toBe(64);
     expect(run(full, udpPacket({ src: HOST_B, dst: REMOTE, srcPort: 30000, dstPort: 53, payload }))).toEqual({ verdict: 'drop', why: 'table-full' });
@@ -228,22 +231,35 @@ describe('floods past --max-flows and port exhaustion', () => {
     expect(checkState(full)).toEqual([]);
   });
 
-  it('port exhaustion: new endpoints are refused as ports-exhausted with rate-limited ICMP, old ones keep working', () => {
-    const nat = small();
+  it('port exhaustion: unanswered queries give up their ports; then new endpoints are refused as ports-exhausted with rate-limited ICMP, old ones keep working', () => {
+    // Room for two flows per port, so that a full table never early-drops one of a pair below.
+    const nat = small({ maxFlows: 128 });
     const conn = established(nat);
     const outcomes: Record<string, number> = {};
     for (let i = 0; i < 200; i++) {
       const o = run(nat, udpPacket({ src: HOST_B, dst: REMOTE, srcPort: 10000 + i, dstPort: 53, payload }), 1000);
       outcomes[o.why] = (outcomes[o.why] ?? 0) + 1;
     }
-    // 32 UDP ports (the connection's port is from the TCP pool): 32 endpoints get one, the rest are refused.
-    expect(outcomes).toEqual({ outbound: 32, 'ports-exhausted': 168 });
+    // 32 UDP ports (the connection's port is from the TCP pool): the first 32 endpoints get one, each later
+    // one reclaims the port of an unanswered query (port-reclaim.ts).
+    expect(outcomes).toEqual({ outbound: 200 });
+    expect(nat.stats.portsReclaimed).toBe(168);
     expect(nat.mappings.pool(17)!.used).toBe(32);
+    // Give every mapping left a second flow: a mapping two flows share is never reclaimed.
+    const holders = [...nat.flows.flows()].filter((f) => nat.flows.proto[f] === 17).map((f) => nat.flows.tSport[f * 2]!);
+    expect(holders).toHaveLength(32);
+    for (const port of holders) expect(run(nat, udpPacket({ src: HOST_B, dst: OTHER, srcPort: port, dstPort: 53, payload })).verdict).toBe('forward');
+    for (let i = 0; i < 20; i++) {
+      const o = run(nat, udpPacket({ src: HOST_B, dst: REMOTE, srcPort: 11000 + i, dstPort: 53, payload }), 1000);
+      outcomes[o.why] = (outcomes[o.why] ?? 0) + 1;
+    }
+    expect(outcomes).toEqual({ outbound: 200, 'ports-exhausted': 20 });
+    expect(nat.stats.portsReclaimed).toBe(168);
     // No sink here: every refusal's ICMP 3/13 is counted as suppressed rather than sent.
-    expect(nat.stats.generatedSuppressed).toBe(168);
+    expect(nat.stats.generatedSuppressed).toBe(20);
     conn.ping();
     // An endpoint that already has a mapping still opens flows to new destinations (endpoint-independent).
-    expect(run(nat, udpPacket({ src: HOST_B, dst: OTHER, srcPort: 10000, dstPort: 53, payload })).verdict).toBe('forward');
+    expect(run(nat, udpPacket({ src: HOST_B, dst: ip('198.51.100.99'), srcPort: holders[0]!, dstPort: 53, payload })).verdict).toBe('forward');
     // Every timeout passes: ports come back.
     nat.sweep(1e10, nat.flows.capacity);
     expect(checkDrained(nat)).toEqual([]);

@@ -57,7 +57,8 @@ describe('filtering (RFC 4787 REQ-8)', () => {
 
   it('address-dependent permissions end with the last flow to that address', () => {
     const nat = makeNat({ filtering: 'address' });
-    nat.timeouts = { ...nat.timeouts, udp: 10 };
+    // Port 1 is well-known: an unanswered query to it has the query timer (udp-timer.ts).
+    nat.timeouts = { ...nat.timeouts, udp: 10, udpQueryUnanswered: 10 };
     const a = udp(HOST_A, REMOTE, 5000, 1);
     nat.process(a, 0, a.length, 0);
     const keep = udp(HOST_A, OTHER, 5000, 1);
@@ -95,11 +96,36 @@ describe('hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8)', () => {
     const toSelf = udp(HOST_A, PUB, 7000, 7000);
     expect(nat.process(toSelf, 0, toSelf.length, 1)).toBe(Verdict.FORWARD);
     expect(parse(toSelf)).toMatchObject({ src: PUB, sport: 7000, dst: HOST_A, dport: 7000 });
-    // B's TCP mapping has not talked to the public address: address filtering refuses A's SYN.
+    // B's TCP mapping has only talked to REMOTE, but A's SYN comes from behind the NAT: the filter does
+    // not apply to a hairpinned packet, so it reaches B with A's public endpoint as its source.
     const syn = tcpPacket({ src: HOST_A, dst: PUB, srcPort: 7100, dstPort: 6000, seq: 1, ack: 0, flags: TCP_FLAGS.SYN });
-    expect(nat.process(syn, 0, syn.length, 1)).toBe(Verdict.DROP);
-    expect(nat.stats.drops[DropReason.FILTERED]).toBe(1);
+    expect(nat.process(syn, 0, syn.length, 1)).toBe(Verdict.FORWARD);
+    expect(parse(syn)).toMatchObject({ src: PUB, sport: 7100, dst: HOST_B, dport: 6000 });
+    expect(nat.stats.drops[DropReason.FILTERED]).toBe(0);
   });
+
+  for (const filtering of ['address', 'address-port'] as const) {
+    it(`RFC 5780 §4.5 under ${filtering} filtering: a fresh second socket reaches the first socket's mapping, and back`, () => {
+      const nat = makeNat({ filtering });
+      // Socket 1 asks the STUN server for its mapping (pub:7000) and has talked to nobody else.
+      const ask = udp(HOST_A, REMOTE, 7000, 3478);
+      nat.process(ask, 0, ask.length, 0);
+      const answer = udp(REMOTE, PUB, 3478, 7000);
+      nat.process(answer, 0, answer.length, 1);
+      // Socket 2, never used before, sends to that public endpoint.
+      const probe = udp(HOST_A, PUB, 7001, 7000);
+      expect(nat.process(probe, 0, probe.length, 2)).toBe(Verdict.FORWARD);
+      checkAllChecksums(probe);
+      expect(parse(probe)).toMatchObject({ src: PUB, sport: 7001, dst: HOST_A, dport: 7000 });
+      const reply = udp(HOST_A, PUB, 7000, 7001);
+      expect(nat.process(reply, 0, reply.length, 3)).toBe(Verdict.FORWARD);
+      expect(parse(reply)).toMatchObject({ src: PUB, sport: 7000, dst: HOST_A, dport: 7001 });
+      // The same packet from outside is still filtered: only the hairpin is exempt.
+      const outside = udp(OTHER, PUB, 7001, 7000);
+      expect(nat.process(outside, 0, outside.length, 4)).toBe(Verdict.DROP);
+      expect(nat.stats.drops[DropReason.FILTERED]).toBe(1);
+    });
+  }
 
   it('sends LAN traffic for the gateway’s own services on the public address to the gateway', () => {
     const nat = makeNat();
@@ -220,11 +246,14 @@ describe('limits and exhaustion', () => {
     const nat = makeNat({ ports: [30000, 30000], excludedPorts: [], generatedPerSecond: 5 });
     const sink = collectingSink();
     nat.sink = sink;
-    const first = udp(HOST_A, REMOTE, 1, 53);
-    nat.process(first, 0, first.length, 0);
+    // The one port is held by a stream (answered, still talking 2 s later): assured, so no new flow
+    // may reclaim it.
+    for (const [p, t] of [[udp(HOST_A, REMOTE, 1, 53), 0], [udp(REMOTE, PUB, 53, 30000), 0], [udp(HOST_A, REMOTE, 1, 53), 2000]] as const) {
+      nat.process(p, 0, p.length, t);
+    }
     for (let i = 0; i < 20; i++) {
       const p = udp(HOST_B, REMOTE, 100 + i, 53);
-      nat.process(p, 0, p.length, 0);
+      nat.process(p, 0, p.length, 2000);
     }
     expect(nat.stats.drops[DropReason.PORTS_EXHAUSTED]).toBe(20);
     expect(sink.sent.length).toBe(5);

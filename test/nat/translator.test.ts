@@ -30,7 +30,8 @@ describe('UDP', () => {
     expect(parse(r)).toMatchObject({ src: REMOTE, dst: HOST_A, sport: 53, dport: 40000, ttl: 51 });
     checkAllChecksums(r);
     const [rec] = listFlows(nat.flows, 1);
-    expect(rec).toMatchObject({ protocol: 'udp', state: 'ASSURED', packets: { original: 1, reply: 1 } });
+    // One query and its answer: replied, but not a stream (udp-timer.ts), so not assured.
+    expect(rec).toMatchObject({ protocol: 'udp', state: 'REPLIED', packets: { original: 1, reply: 1 } });
   });
 
   it('keeps a UDP checksum of zero as zero', () => {
@@ -106,7 +107,7 @@ describe('UDP', () => {
   it('expires idle flows on the configured timeout and frees the port', () => {
     const nat = makeNat();
     nat.timeouts = { ...nat.timeouts, udp: 2 };
-    const p = udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 40000, dstPort: 53, payload });
+    const p = udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 40000, dstPort: 5000, payload });
     nat.process(p, 0, p.length, 0);
     expect(nat.sweep(1999, 10_000)).toBe(0);
     expect(nat.sweep(2000, 10_000)).toBe(1);
@@ -119,9 +120,9 @@ describe('UDP', () => {
   it('treats an expired flow met on lookup as gone, even before the sweep', () => {
     const nat = makeNat();
     nat.timeouts = { ...nat.timeouts, udp: 1 };
-    const p = udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 40000, dstPort: 53, payload });
+    const p = udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 40000, dstPort: 5000, payload });
     nat.process(p, 0, p.length, 0);
-    const r = udpPacket({ src: REMOTE, dst: PUB, srcPort: 53, dstPort: 40000, payload });
+    const r = udpPacket({ src: REMOTE, dst: PUB, srcPort: 5000, dstPort: 40000, payload });
     nat.process(r, 0, r.length, 5000);
     expect(parse(r).dst).toBe(PUB); // went to the gateway, not to the LAN host
     expect(nat.flows.size).toBe(0);
@@ -135,10 +136,20 @@ describe('UDP', () => {
     const c = mk(ip('192.168.1.12'));
     expect(nat.process(a, 0, a.length, 0)).toBe(Verdict.FORWARD);
     expect(nat.process(b, 0, b.length, 0)).toBe(Verdict.FORWARD);
-    expect(nat.process(c, 0, c.length, 0)).toBe(Verdict.DROP);
+    // Both become streams (answered, then still talking 2 s later): assured, so neither port may be reclaimed.
+    for (const port of [30000, 30001]) {
+      const r = udpPacket({ src: REMOTE, dst: PUB, srcPort: 7, dstPort: port, payload });
+      nat.process(r, 0, r.length, 0);
+    }
+    for (const host of [HOST_A, HOST_B]) {
+      const again = mk(host);
+      nat.process(again, 0, again.length, 2000);
+    }
+    expect(nat.process(c, 0, c.length, 2000)).toBe(Verdict.DROP);
     expect(nat.stats.drops[DropReason.PORTS_EXHAUSTED]).toBe(1);
+    expect(nat.stats.portsReclaimed).toBe(0);
     const a2 = mk(HOST_A);
-    expect(nat.process(a2, 0, a2.length, 1)).toBe(Verdict.FORWARD);
+    expect(nat.process(a2, 0, a2.length, 2001)).toBe(Verdict.FORWARD);
   });
 
   it('early-drops an unreplied flow when the table is full, never an assured one', () => {
@@ -146,19 +157,23 @@ describe('UDP', () => {
     const a = udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 1111, dstPort: 7, payload });
     nat.process(a, 0, a.length, 0);
     const ra = udpPacket({ src: REMOTE, dst: PUB, srcPort: 7, dstPort: 1111, payload });
-    nat.process(ra, 0, ra.length, 0); // now assured
+    nat.process(ra, 0, ra.length, 0);
+    const a1 = udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 1111, dstPort: 7, payload });
+    nat.process(a1, 0, a1.length, 2000); // still talking 2 s on: a stream, assured
     const b = udpPacket({ src: HOST_B, dst: REMOTE, srcPort: 2222, dstPort: 7, payload });
-    nat.process(b, 0, b.length, 0); // unreplied
+    nat.process(b, 0, b.length, 2000); // unreplied
     const c = udpPacket({ src: HOST_B, dst: REMOTE, srcPort: 3333, dstPort: 7, payload });
-    expect(nat.process(c, 0, c.length, 0)).toBe(Verdict.FORWARD);
+    expect(nat.process(c, 0, c.length, 2000)).toBe(Verdict.FORWARD);
     expect(nat.stats.flowsRemoved['early-drop']).toBe(1);
     const flows = listFlows(nat.flows, 0).map((f) => f.original.srcPort).sort();
     expect(flows).toEqual([1111, 3333]);
     // Make 3333 assured too: now nothing can be evicted.
     const rc = udpPacket({ src: REMOTE, dst: PUB, srcPort: 7, dstPort: 3333, payload });
-    nat.process(rc, 0, rc.length, 0);
+    nat.process(rc, 0, rc.length, 2000);
+    const c1 = udpPacket({ src: HOST_B, dst: REMOTE, srcPort: 3333, dstPort: 7, payload });
+    nat.process(c1, 0, c1.length, 4000);
     const d = udpPacket({ src: HOST_B, dst: REMOTE, srcPort: 4444, dstPort: 7, payload });
-    expect(nat.process(d, 0, d.length, 0)).toBe(Verdict.DROP);
+    expect(nat.process(d, 0, d.length, 4000)).toBe(Verdict.DROP);
     expect(nat.stats.drops[DropReason.TABLE_FULL]).toBe(1);
   });
 });

@@ -47,7 +47,8 @@ describe('the packet trace', () => {
       drop: null,
       before: { protocol: 'udp', src: '192.168.1.10', dst: '203.0.113.2', srcPort: 40000, dstPort: 7, ttl: 63 },
       after: { src: '203.0.113.1', srcPort: 40000, ttl: 64 },
-      flow: { matched: 'original', created: true, state: 'UNREPLIED', secondsLeft: 300 },
+      // Port 7 is well-known: an unanswered query has the query timer (30 s), not the 300 s of udp.
+      flow: { matched: 'original', created: true, state: 'UNREPLIED', secondsLeft: 30 },
       port: { decision: 'preserved', insidePort: 40000, publicPort: 40000, publicAddress: '203.0.113.1' },
       checksumsVerified: true,
     });
@@ -57,7 +58,8 @@ describe('the packet trace', () => {
 
     expect(reply).toMatchObject({
       path: 'inbound',
-      flow: { matched: 'reply', created: false, state: 'ASSURED' },
+      // One query and its answer: replied, not (yet) a stream, so not assured.
+      flow: { matched: 'reply', created: false, state: 'REPLIED' },
       port: null,
       after: { dst: '192.168.1.10', dstPort: 40000 },
       checksumsVerified: true,
@@ -95,10 +97,10 @@ describe('the packet trace', () => {
     o.run(udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 40010, dstPort: 53, payload }));
     const [first, reply, again] = records(got);
     expect(first!.flow).toMatchObject({ created: true, state: 'UNREPLIED', stateBefore: null });
-    expect(reply!.flow).toMatchObject({ state: 'ASSURED', stateBefore: 'UNREPLIED' });
-    expect(again!.flow).toMatchObject({ state: 'ASSURED', stateBefore: null });
+    expect(reply!.flow).toMatchObject({ state: 'REPLIED', stateBefore: 'UNREPLIED' });
+    expect(again!.flow).toMatchObject({ state: 'REPLIED', stateBefore: null });
     const text = formatTrace(reply!).join('\n');
-    expect(text).toContain('state UNREPLIED → ASSURED;');
+    expect(text).toContain('state UNREPLIED → REPLIED;');
     expect(text).not.toContain('NONE');
   });
 
@@ -219,7 +221,7 @@ describe('flow events carry the packet that caused them', () => {
     expect(formatEvent(evs[0]!)).toMatch(new RegExp(`sport=40020 dport=80 packets=1 bytes=${syn.length} .* packets=0 bytes=0$`));
   });
 
-  it('UDP: NEW with the first datagram, UPDATE UNREPLIED → ASSURED with the first reply', () => {
+  it('UDP: NEW with the first datagram, UPDATE UNREPLIED → REPLIED with the first reply (a query is not a stream)', () => {
     const o = observed();
     const evs: FlowEvent[] = [];
     o.obs.events.subscribe({ proto: 'udp' }, (e) => evs.push(e));
@@ -228,9 +230,9 @@ describe('flow events carry the packet that caused them', () => {
     const r = udpPacket({ src: REMOTE, dst: PUB, srcPort: 53, dstPort: out!.readUInt16BE(20), payload: Buffer.alloc(30) });
     o.run(r);
     o.run(udpPacket({ src: REMOTE, dst: PUB, srcPort: 53, dstPort: out!.readUInt16BE(20), payload }));
-    expect(evs.map(line)).toEqual([`new UNREPLIED 1/0 ${q.length}/0`, `update ASSURED 1/1 ${q.length}/${r.length}`]);
+    expect(evs.map(line)).toEqual([`new UNREPLIED 1/0 ${q.length}/0`, `update REPLIED 1/1 ${q.length}/${r.length}`]);
     expect(evs[1]!.from).toBe('UNREPLIED');
     expect(evs[1]!.flow.secondsLeft).toBe(evs[0]!.flow.secondsLeft);
-    expect(formatEvent(evs[1]!)).toMatch(/^ *\[UPDATE\] udp .* ASSURED .*\(was UNREPLIED\)$/);
+    expect(formatEvent(evs[1]!)).toMatch(/^ *\[UPDATE\] udp .* REPLIED .*\(was UNREPLIED\)$/);
   });
 });
