@@ -26,7 +26,8 @@ export function createOutbound(
   if (hostLimitReached(nat, src)) return refuse(nat, buf, DropReason.HOST_LIMIT, proto, tell, now);
   const maps = nat.mappings;
   const existing = maps.lookupInternal(proto, src, sport);
-  if (existing < 0 && maps.pool(proto)!.available <= 0) {
+  // Paired pooling: a host whose address has no port left is refused, never moved to another address.
+  if (existing < 0 && maps.poolAt(proto, nat.addressFor(src))!.available <= 0) {
     return refuse(nat, buf, DropReason.PORTS_EXHAUSTED, proto, tell, now);
   }
   const flow = allocateFlow(nat, now);
