@@ -11,6 +11,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { takeSnapshot, writeSnapshot, restoreSnapshot } from '../../src/nat/snapshot.js';
+import { FakeTun } from '../../src/tun/fake.js';
+import { Dataplane } from '../../src/dataplane/loop.js';
+import { createRegistry } from '../../src/metrics/registry.js';
+import { parsePromText, sampleValue } from '../../src/observe/promtext.js';
 import { makeNat, checkAllChecksums, parse, ip, PUB, REMOTE } from './helpers.js';
 
 const P2 = ip('203.0.113.11');
@@ -184,5 +188,15 @@ describe('public address pool', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it('reports port-pool use per public address', async () => {
+    const nat = makeNat({ publicPool: POOL, snat: [{ network: ip('192.168.1.64'), prefixLength: 26, address: P2 }] });
+    for (let i = 0; i < 5; i++) out(nat, ip(`192.168.1.${70 + i}`), 8000 + i);
+    const loop = new Dataplane(new FakeTun(), nat, { batch: 4, slotSize: 2048, clock: () => 0 });
+    const s = parsePromText(await createRegistry(nat, loop).metrics());
+    expect(sampleValue(s, 'tunnat_port_pool_used', { protocol: 'udp', address: '203.0.113.11' })).toBe(5);
+    expect(sampleValue(s, 'tunnat_port_pool_used', { protocol: 'udp', address: '203.0.113.1' })).toBe(0);
+    expect(sampleValue(s, 'tunnat_port_pool_size', { protocol: 'udp', address: '203.0.113.12' })).toBeGreaterThan(0);
   });
 });
