@@ -2,6 +2,7 @@ import type { Cidr } from '../wire/addr.js';
 import type { Timeouts } from '../conntrack/timeouts.js';
 import type { FilteringName } from '../nat/translator.js';
 import type { PortForward, EgressRule } from '../nat/policy.js';
+import type { SnatEntry } from '../nat/context.js';
 
 /**
  * What the router runs with, whichever engine runs it (src/config/resolve.ts builds it from defaults,
@@ -34,6 +35,10 @@ export interface RouterConfig {
   external: string;
   /** Static SNAT address; null = masquerade (follow the external interface's primary address). */
   publicIp: number | null;
+  /** Every static public address, publicIp first (one long for a single address; empty for masquerade). */
+  publicPool: number[];
+  /** Static SNAT entries (`--snat PREFIX=ADDR`): that inside prefix leaves through that pool address. */
+  snat: SnatEntry[];
   tun: string;
   /** Public ports mappings may use. */
   ports: [number, number];
@@ -99,7 +104,7 @@ export const DEFAULTS = {
 
 /** Every key the config file may hold, with the flag of the same meaning. */
 export const CONFIG_KEYS = [
-  'internal', 'external', 'publicIp', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows',
+  'internal', 'external', 'publicIp', 'snat', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows',
   'timeouts', 'table', 'batch', 'busyPoll', 'logLevel', 'engine', 'backend', 'filtering', 'forward', 'allowEgress',
   'egressReject', 'maxFlowsPerHost', 'icmpErrors', 'pcap', 'pcapSnaplen', 'pcapSize', 'pcapFiles', 'offload', 'state', 'user',
 ] as const;

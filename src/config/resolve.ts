@@ -4,6 +4,7 @@ import { resolveTimeouts, type Timeouts } from '../conntrack/timeouts.js';
 import { FILTERING_NAMES, type FilteringName } from '../nat/translator.js';
 import { parseForward, checkForwards, parseEgress, PolicyError, type PortForward, type EgressRule } from '../nat/policy.js';
 import { ConfigError, CONFIG_KEYS, DEFAULTS, USERSPACE_ONLY, type Endpoint, type RouterConfig } from './config.js';
+import { parsePublicPool, parseSnatEntries } from './pool.js';
 
 /**
  * Resolving the router's configuration: defaults, then the JSON file given by --config, then flags
@@ -105,10 +106,9 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
   }
   let publicIp: number | null = null;
   const pub = get('publicIp');
-  if (pub !== undefined && pub !== null) {
-    publicIp = typeof pub === 'string' ? parseIpv4(pub) : null;
-    if (publicIp === null) throw new ConfigError('publicIp', `not an IPv4 address: ${JSON.stringify(pub)}`);
-  }
+  const publicPool = pub !== undefined && pub !== null ? parsePublicPool(pub) : [];
+  if (publicPool.length > 0) publicIp = publicPool[0]!;
+  const snat = parseSnatEntries(get('snat'), publicPool);
   const ports = get('ports') !== undefined ? parseRange('ports', get('ports')) : DEFAULTS.ports;
   const gatewayPorts = get('gatewayPorts') !== undefined ? parseRange('gatewayPorts', get('gatewayPorts')) : DEFAULTS.gatewayPorts;
   const httpV = get('http');
@@ -198,6 +198,8 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
     internal,
     external,
     publicIp,
+    publicPool,
+    snat,
     tun,
     ports,
     gatewayPorts,
@@ -225,8 +227,8 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
     stateFile: stateFile ?? null,
     user: userV ?? null,
   };
-  if (publicIp !== null && cfg.internal.some((c) => ((publicIp! & c.mask) >>> 0) === c.network)) {
-    throw new ConfigError('publicIp', `${ipToString(publicIp)} lies inside --internal`);
+  for (const a of publicPool) {
+    if (cfg.internal.some((c) => ((a & c.mask) >>> 0) === c.network)) throw new ConfigError('publicIp', `${ipToString(a)} lies inside --internal`);
   }
   const [glo, ghi] = cfg.gatewayPorts;
   const [plo, phi] = cfg.ports;
@@ -241,7 +243,9 @@ export function describeConfig(c: RouterConfig): Record<string, unknown> {
   return {
     ...c,
     internal: c.internal.map(cidrToString),
-    publicIp: c.publicIp === null ? 'masquerade' : ipToString(c.publicIp),
+    publicIp: c.publicIp === null ? 'masquerade' : c.publicPool.length > 1 ? c.publicPool.map(ipToString).join(',') : ipToString(c.publicIp),
+    publicPool: c.publicPool.map(ipToString),
+    snat: c.snat.map((e) => `${ipToString(e.network)}/${e.prefixLength}=${ipToString(e.address)}`),
     ports: c.ports.join('-'),
     gatewayPorts: c.gatewayPorts.join('-'),
     http: c.http ? `${c.http.host}:${c.http.port}` : 'off',

@@ -25,7 +25,9 @@ export function validateConfig(cfg: RoutingConfig): void {
     if (!Number.isInteger(c.network) || c.network < 0 || c.network > 0xffffffff) bad(`invalid network address ${c.network}`);
     if (((c.network & prefixMask(c.prefixLength)) >>> 0) !== c.network) bad(`${cidrText(c)} has host bits set`);
   }
-  if (!Number.isInteger(cfg.publicIp) || cfg.publicIp < 0 || cfg.publicIp > 0xffffffff) bad(`invalid public address ${cfg.publicIp}`);
+  for (const a of [cfg.publicIp, ...(cfg.extraPublicIps ?? [])]) {
+    if (!Number.isInteger(a) || a < 0 || a > 0xffffffff) bad(`invalid public address ${a}`);
+  }
   const t = cfg.table;
   if (!Number.isInteger(t) || t < 1 || t + 1 > 0xffffffff || RESERVED_TABLES.has(t) || RESERVED_TABLES.has(t + 1)) {
     bad(`table ${t} is unusable: tables ${t} and ${t + 1} must both be ordinary tables (not 0, 253 default, 254 main, 255 local)`);
@@ -133,6 +135,14 @@ export async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkIn
   await rule(['pref', String(RULE_PREF.inbound), 'iif', wan, 'to', pub, 'lookup', T1], true);
   for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.hairpin), 'from', cidrText(c), 'to', pub, 'lookup', T], true);
   await addProxyNeighbour(j, pub, wan, log, io);
+  // The rest of a static pool: the same rules and ARP answers, not marked inbound because they never
+  // follow a changed WAN address (only masquerade's single address does; see updatePublicIp).
+  for (const extra of cfg.extraPublicIps ?? []) {
+    const a = ipToString(extra);
+    await rule(['pref', String(RULE_PREF.inbound), 'iif', wan, 'to', a, 'lookup', T1]);
+    for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.hairpin), 'from', cidrText(c), 'to', a, 'lookup', T]);
+    await addProxyNeighbour(j, a, wan, log, io);
+  }
 
   if (moveLocal) {
     // Add the new local rule before deleting the old one: a crash in between must not stop local delivery.

@@ -66,6 +66,11 @@ export interface RoutingConfig {
   externalIface: string;
   /** uint32; the address translated flows use. */
   publicIp: number;
+  /**
+   * The rest of a static pool of public addresses: routed into the TUN like publicIp (inbound from the WAN,
+   * hairpin from the LAN) and answered for on the WAN by proxy ARP.
+   */
+  extraPublicIps?: number[];
   /** True when the gateway has publicIp on an interface (masquerade or owned static). */
   publicIpOwned: boolean;
   /** Routing table T for outbound (fail closed); T+1 for inbound and the gateway's own ICMP (default 7301). */

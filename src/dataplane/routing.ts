@@ -218,6 +218,7 @@ export function canAdoptRouting(cfg: RoutingConfig, l: Leftover): boolean {
     old.table === cfg.table &&
     old.externalIface === cfg.externalIface &&
     old.publicIpOwned === cfg.publicIpOwned &&
+    JSON.stringify(old.extraPublicIps ?? []) === JSON.stringify(cfg.extraPublicIps ?? []) &&
     old.gatewayPorts[0] === cfg.gatewayPorts[0] &&
     old.gatewayPorts[1] === cfg.gatewayPorts[1] &&
     JSON.stringify(old.internal.map(cidrText)) === JSON.stringify(cfg.internal.map(cidrText))

@@ -9,7 +9,9 @@ export type KernelNatErrorCode =
   | 'ALREADY_RUNNING'
   | 'APPLY_FAILED'
   | 'VERIFY_FAILED'
-  | 'REMOVE_FAILED';
+  | 'REMOVE_FAILED'
+  /** A setting the kernel's NAT cannot express (a pool that is not one range, static SNAT entries). */
+  | 'UNSUPPORTED';
 
 export class KernelNatError extends Error {
   constructor(

@@ -1,6 +1,7 @@
 import { DEFAULTS, type RouterConfig } from '../config/config.js';
 import { DEFAULT_TIMEOUTS, type Timeouts } from '../conntrack/timeouts.js';
 import { cidrToString, ipToString, type Cidr } from '../wire/addr.js';
+import { KernelNatError, NOTHING_CHANGED } from './errors.js';
 
 /**
  * The kernel engine's plan: what the same `tunnat run` flags mean when the kernel's netfilter does
@@ -63,6 +64,8 @@ export interface KernelNatSpec {
   address: string | null;
   /** Null = the kernel's own choice (keep the source port when free, else pick one); else TCP/UDP ports are confined to it. */
   ports: [number, number] | null;
+  /** A pool (address is `A-B`): the same inside host always gets the same address (--persistent). */
+  persistent?: boolean;
 }
 
 export interface KernelPlan {
@@ -134,17 +137,41 @@ function nftSaddr(internal: Cidr[]): string {
 
 function natSpec(cfg: RouterConfig): KernelNatSpec {
   const defaultPorts = cfg.ports[0] === DEFAULTS.ports[0] && cfg.ports[1] === DEFAULTS.ports[1];
+  const pool = cfg.publicPool ?? [];
   return {
     kind: cfg.publicIp === null ? 'masquerade' : 'snat',
-    address: cfg.publicIp === null ? null : ipToString(cfg.publicIp),
+    address: cfg.publicIp === null ? null : pool.length > 1 ? poolRange(cfg) : ipToString(cfg.publicIp),
     ports: defaultPorts ? null : [cfg.ports[0], cfg.ports[1]],
+    ...(pool.length > 1 ? { persistent: true } : {}),
   };
+}
+
+/**
+ * A pool as the kernel takes it: one range, `A-B`, with `persistent` so that one inside host keeps one
+ * address (the kernel hashes the source address over the range: paired pooling). The kernel has no list
+ * of separate addresses and tunnat's static SNAT entries are not translated into rules: both are refused
+ * rather than approximated.
+ */
+function poolRange(cfg: RouterConfig): string {
+  const pool = cfg.publicPool;
+  if (cfg.snat.length > 0) {
+    throw new KernelNatError('UNSUPPORTED', `the kernel engine does not take --snat entries (static SNAT per prefix); use the userspace engine. ${NOTHING_CHANGED}`);
+  }
+  for (let i = 1; i < pool.length; i++) {
+    if (pool[i] !== pool[i - 1]! + 1) {
+      throw new KernelNatError(
+        'UNSUPPORTED',
+        `the kernel engine takes a pool only as one range of consecutive addresses (LOW-HIGH); ${pool.map(ipToString).join(',')} is not one. ${NOTHING_CHANGED}`,
+      );
+    }
+  }
+  return `${ipToString(pool[0]!)}-${ipToString(pool[pool.length - 1]!)}`;
 }
 
 function natStatementNft(nat: KernelNatSpec, withPorts: boolean): string {
   const ports = withPorts && nat.ports ? `:${nat.ports[0]}-${nat.ports[1]}` : '';
   if (nat.kind === 'masquerade') return ports ? `masquerade to ${ports}` : 'masquerade';
-  return `snat to ${nat.address}${ports}`;
+  return `snat to ${nat.address}${ports}${nat.persistent ? ' persistent' : ''}`;
 }
 
 function nftRuleset(internal: Cidr[], external: string, nat: KernelNatSpec): string {
@@ -179,7 +206,7 @@ function iptablesRules(internal: Cidr[], external: string, nat: KernelNatSpec): 
   const target = (withPorts: boolean): string => {
     const ports = withPorts && nat.ports ? `${nat.ports[0]}-${nat.ports[1]}` : null;
     if (nat.kind === 'masquerade') return ports ? `-j MASQUERADE --to-ports ${ports}` : '-j MASQUERADE';
-    return `-j SNAT --to-source ${nat.address}${ports ? `:${ports}` : ''}`;
+    return `-j SNAT --to-source ${nat.address}${ports ? `:${ports}` : ''}${nat.persistent ? ' --persistent' : ''}`;
   };
   const natRules: string[] = [];
   const dropRules: string[] = [];

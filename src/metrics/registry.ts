@@ -225,11 +225,14 @@ export function createRegistry(nat: Translator, loop: Dataplane | null, opts: Re
     registers: [registry],
     collect() {
       this.reset();
-      const address = ipToString(nat.publicAddress);
-      for (const [p, name] of Object.entries(PROTO_NAMES)) {
-        const pool = nat.mappings.pool(Number(p));
-        if (pool) this.set({ protocol: name, address }, pool.used);
-      }
+      // One series per public address of the pool (a single one without a pool).
+      nat.publicAddresses.forEach((a, i) => {
+        const address = ipToString(a);
+        for (const [p, name] of Object.entries(PROTO_NAMES)) {
+          const pool = nat.mappings.pool(Number(p), i);
+          if (pool) this.set({ protocol: name, address }, pool.used);
+        }
+      });
     },
   });
   new Gauge({
@@ -239,11 +242,14 @@ export function createRegistry(nat: Translator, loop: Dataplane | null, opts: Re
     registers: [registry],
     collect() {
       this.reset();
-      const address = ipToString(nat.publicAddress);
-      for (const [p, name] of Object.entries(PROTO_NAMES)) {
-        const pool = nat.mappings.pool(Number(p));
-        if (pool) this.set({ protocol: name, address }, pool.size);
-      }
+      // One series per public address of the pool (a single one without a pool).
+      nat.publicAddresses.forEach((a, i) => {
+        const address = ipToString(a);
+        for (const [p, name] of Object.entries(PROTO_NAMES)) {
+          const pool = nat.mappings.pool(Number(p), i);
+          if (pool) this.set({ protocol: name, address }, pool.size);
+        }
+      });
     },
   });
   new Counter({

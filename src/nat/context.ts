@@ -33,6 +33,13 @@ export interface NatOptions {
   internal: readonly Cidr[];
   publicIp: number;
   /**
+   * A pool of public addresses (the first must be publicIp); absent or one long: publicIp alone. Inside
+   * hosts are paired with one of them (pool.ts).
+   */
+  publicPool?: readonly number[];
+  /** Static SNAT entries: hosts inside a prefix leave through that pool address (the most specific wins). */
+  snat?: readonly SnatEntry[];
+  /**
    * Whether the gateway itself has the public address (masquerade, or a static address it owns).
    * When it does not, nothing local can want an unmatched packet for it: those are dropped, because
    * written back they would be routed straight out of the WAN again.
@@ -63,12 +70,26 @@ export interface NatOptions {
   fragments?: FragmentLimits;
 }
 
+/** A static SNAT entry: the inside prefix, and the pool address it leaves through. */
+export interface SnatEntry extends Cidr {
+  address: number;
+}
+
 /** The protocols with a tracker and a port pool (every other protocol is translated by address only: generic.ts). */
 const TRACKED = [IPPROTO.TCP, IPPROTO.UDP, IPPROTO.ICMP, IPPROTO.SCTP, IPPROTO.UDPLITE] as const;
 export const NONE = -1;
 
 function maskOf(prefix: number): number {
   return prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+}
+
+/**
+ * Which of `n` pool addresses an inside host hashes to: Fibonacci hashing (multiply by 2^32/φ, keep the
+ * top bits), which spreads consecutive host addresses evenly and needs no seed, so it is the same after a
+ * restart.
+ */
+export function poolSlot(host: number, n: number): number {
+  return Math.floor(((Math.imul(host >>> 0, 0x9e3779b1) >>> 0) * n) / 4294967296);
 }
 
 /** The LAN endpoint a packet from outside reaches, as resolveTarget (inbound.ts) found it. */
@@ -91,6 +112,10 @@ export class NatContext {
   timeouts: Timeouts;
   readonly filtering: number;
   protected publicIp: number;
+  /** More than one public address: the per-packet check for "addressed to us" looks further than publicIp. */
+  readonly multiAddress: boolean;
+  /** Static SNAT entries, most specific first. */
+  readonly snatEntries: readonly SnatEntry[];
   readonly publicIpOwned: boolean;
   readonly rng: Rng;
   private readonly internalNet: Uint32Array;
@@ -165,9 +190,17 @@ export class NatContext {
     this.flows = new FlowTable(opts.maxFlows, opts.seed);
     const [lo, hi] = opts.ports;
     const excluded = opts.excludedPorts ?? [];
+    const addresses = opts.publicPool && opts.publicPool.length > 0 ? opts.publicPool.map((a) => a >>> 0) : [this.publicIp];
+    if (addresses[0] !== this.publicIp) throw new RangeError('the first address of the public pool must be publicIp');
+    if (new Set(addresses).size !== addresses.length) throw new RangeError('the public pool names an address twice');
+    this.multiAddress = addresses.length > 1;
+    this.snatEntries = [...(opts.snat ?? [])].sort((a, b) => b.prefixLength - a.prefixLength);
+    for (const e of this.snatEntries) {
+      if (!addresses.includes(e.address >>> 0)) throw new RangeError('a static SNAT entry names an address outside the public pool');
+    }
     this.mappings = new MappingTable(opts.maxFlows, opts.seed ^ 0x5bd1e995, (p) =>
       // ICMP identifiers are not ports: the whole 16-bit space is usable.
-      p === IPPROTO.ICMP ? new PortPool(0, 65535) : new PortPool(lo, hi, excluded), TRACKED);
+      p === IPPROTO.ICMP ? new PortPool(0, 65535) : new PortPool(lo, hi, excluded), TRACKED, addresses);
     this.permissions = this.filtering === Filtering.ADDRESS ? new PermissionTable(opts.maxFlows * 2, opts.seed ^ 0x27d4eb2f) : null;
     this.setForwards(opts.forwards ?? []);
     this.egress = opts.egress ?? null;
@@ -182,6 +215,33 @@ export class NatContext {
 
   get publicAddress(): number {
     return this.publicIp;
+  }
+
+  /** The public addresses, the first being publicAddress. */
+  get publicAddresses(): number[] {
+    return Array.from(this.mappings.addresses);
+  }
+
+  /** Whether `addr` is one of the public addresses (the per-packet test: one compare for a single address). */
+  isPublic(addr: number): boolean {
+    return addr === this.publicIp || (this.multiAddress && this.mappings.addressIndex(addr) >= 0);
+  }
+
+  /**
+   * The public address a new mapping of inside host `host` goes on (paired pooling, RFC 4787 REQ-2): the
+   * one it already holds while it has any mapping; else the address of the most specific static SNAT
+   * entry covering it; else one picked by a hash of the host address, so that a host comes back to the
+   * same address after its mappings expired or the router restarted (as the kernel's --persistent does).
+   */
+  addressFor(host: number): number {
+    const held = this.mappings.pairedAddress(host);
+    if (held >= 0) return held;
+    if (!this.multiAddress) return this.publicIp;
+    for (const e of this.snatEntries) {
+      if (((host & maskOf(e.prefixLength)) >>> 0) === ((e.network & maskOf(e.prefixLength)) >>> 0)) return e.address >>> 0;
+    }
+    const a = this.mappings.addresses;
+    return a[poolSlot(host, a.length)]!;
   }
 
   isInternal(addr: number): boolean {
@@ -212,8 +272,8 @@ export class NatContext {
   }
 
   /** Whether the gateway's stack, rather than the NAT, owns a public port (ports the NAT never maps). */
-  gatewayOwnsPort(proto: number, port: number): boolean {
-    const pool = this.mappings.pool(proto);
+  gatewayOwnsPort(proto: number, port: number, addr = this.publicIp): boolean {
+    const pool = this.mappings.poolAt(proto, addr) ?? this.mappings.pool(proto);
     return !pool || pool.allowed[port] === 0;
   }
 

@@ -54,7 +54,7 @@ export function mappingFor(
     nat.setupReason = DropReason.TABLE_FULL;
     return NONE;
   }
-  const m = maps.create(proto, addr, port, nat.publicAddress, nat.rng);
+  const m = maps.create(proto, addr, port, nat.addressFor(addr), nat.rng);
   if (m < 0) {
     nat.setupReason = DropReason.PORTS_EXHAUSTED;
     return NONE;

@@ -51,7 +51,7 @@ export function laterFragment(nat: NatContext, buf: Uint8Array, off: number, now
   }
   const verdict = e.decision === FragDecision.DROP
     ? nat.drop(DropReason.FRAGMENT)
-    : applyDecision(nat, ip, e, pathOf(e, fromInside, dst === nat.publicAddress));
+    : applyDecision(nat, ip, e, pathOf(e, fromInside, nat.isPublic(dst)));
   if (fr.complete(e)) fr.delete(e.key);
   return verdict;
 }
@@ -98,7 +98,7 @@ function releaseHeld(nat: NatContext, e: FragEntry): void {
     }
     sink.buf.set(pkt, at);
     if (v.wrap(sink.buf, at, pkt.length) !== Ipv4Verdict.OK) continue;
-    applyDecision(nat, v, e, pathOf(e, nat.isInternal(v.sourceAddress), v.destinationAddress === nat.publicAddress));
+    applyDecision(nat, v, e, pathOf(e, nat.isInternal(v.sourceAddress), nat.isPublic(v.destinationAddress)));
     sink.commit(at, pkt.length);
   }
 }

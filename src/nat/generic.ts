@@ -83,7 +83,7 @@ function createGeneric(nat: NatContext, buf: Uint8Array, proto: number, src: num
   }
   const tell = nat.icmpOnExhaustion;
   if (hostLimitReached(nat, src)) return refuse(nat, buf, DropReason.HOST_LIMIT, proto, tell, now);
-  const pub = nat.publicAddress;
+  const pub = nat.addressFor(src); // paired pooling: the address its ported flows use too
   // Another LAN host's flow to the same remote address has this very reply tuple.
   if (nat.flows.lookup(proto, dst, pub, 0, 0, now) >= 0) return refuse(nat, buf, DropReason.PROTOCOL_BUSY, proto, true, now);
   const flow = allocateFlow(nat, now);

@@ -15,13 +15,13 @@ import { DropReason, PortChoice, Resolved, Setup } from './outcome.js';
  *   reply     B → pub:Pa     (what B sends back; Pa is A's public port)
  */
 export function createHairpin(
-  nat: NatContext, buf: Uint8Array, proto: number, src: number, sport: number, dport: number, now: number,
+  nat: NatContext, buf: Uint8Array, proto: number, src: number, dst: number, sport: number, dport: number, now: number,
 ): Setup {
   if (proto === IPPROTO.ICMP) return Setup.TO_GATEWAY; // the gateway answers pings to its own address
-  const pub = nat.publicAddress;
   const maps = nat.mappings;
   // A's packet comes from behind this NAT: the filtering mode does not apply to it (see resolveTarget).
-  const r = resolveTarget(nat, proto, dport, pub, true);
+  // Any pool address A sends to hairpins.
+  const r = resolveTarget(nat, proto, dst, dport, nat.addressFor(src), true);
   if (r === Resolved.GATEWAY) return Setup.TO_GATEWAY;
   // A port no mapping holds is the gateway's own service as far as a LAN host can tell.
   if (r === Resolved.REFUSED) return nat.setupReason === DropReason.NO_MAPPING ? Setup.TO_GATEWAY : Setup.REFUSED;
@@ -31,14 +31,14 @@ export function createHairpin(
   if (m2 >= 0) maps.ref(m2);
   const flow = allocateFlow(nat, now);
   if (m2 >= 0) maps.unrefKeep(m2);
-  const result = flow < 0 ? refused(nat, DropReason.TABLE_FULL) : finish(nat, flow, proto, src, sport, dport, addr, port, m2, now);
+  const result = flow < 0 ? refused(nat, DropReason.TABLE_FULL) : finish(nat, flow, proto, src, dst, sport, dport, addr, port, m2, now);
   if (m2 >= 0) maps.releaseIfUnused(m2);
   return result;
 }
 
 /** A's mapping, the one-tuple-one-flow check, and the commit. */
 function finish(
-  nat: NatContext, flow: number, proto: number, src: number, sport: number, dport: number,
+  nat: NatContext, flow: number, proto: number, src: number, dst: number, sport: number, dport: number,
   addr: number, port: number, m2: number, now: number,
 ): Setup {
   const t = nat.flows;
@@ -49,7 +49,8 @@ function finish(
   }
   // The trace names how B's side was reached when it was a forward; A's port choice otherwise.
   if (m2 === NONE) nat.lastPortChoice = PortChoice.FORWARD;
-  const pub = nat.publicAddress;
+  // B sees A's public endpoint (A's paired address and port); A sees the address it sent to answer.
+  const pub = nat.mappings.extAddr[m]!;
   const pa = nat.mappings.extPort[m]!;
   if (t.lookup(proto, addr, pub, port, pa, now) >= 0) {
     // The reply side is already a flow (B talked to this public endpoint first): one tuple, one flow.
@@ -57,7 +58,7 @@ function finish(
     nat.mappings.releaseIfUnused(m);
     return refused(nat, DropReason.NO_MAPPING);
   }
-  t.setTuple(flow, DIR_ORIGINAL, src, pub, sport, dport);
+  t.setTuple(flow, DIR_ORIGINAL, src, dst, sport, dport);
   t.setTuple(flow, DIR_REPLY, addr, pub, port, pa);
   return created(nat, commitFlow(nat, flow, proto, m, m2, 0, src, pub, now));
 }

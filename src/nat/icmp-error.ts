@@ -104,17 +104,17 @@ export function translateIcmpError(nat: NatContext, buf: Uint8Array, fromInside:
   const ndst = odst === qsrc ? nqsrc : odst;
   let nsrc = osrc;
   if (osrc === qdst && nqdst !== qdst) nsrc = nqdst;
-  else if (fromInside && !nat.isInternal(ndst) && osrc !== nat.publicAddress) {
+  else if (fromInside && !nat.isInternal(ndst) && !nat.isPublic(osrc)) {
     // An error from another LAN device (a router, a firewall) about a flow leaving through the NAT leaves
-    // with the public address as its source, like any other packet of that flow (Linux SNATs it too).
-    nsrc = nat.publicAddress;
+    // with the flow's public address as its source, like any other packet of that flow (Linux SNATs it too).
+    nsrc = nqdst;
   }
   rewriteIpv4Header(buf, ip.off, osrc, odst, nsrc, ndst, true);
   // The quote changed in the middle of the message: an error is rare enough to sum again in full, as
   // Linux does (nf_nat_icmp_reply_translation).
   icmp.fillChecksum();
   nat.stats.icmpErrorsTranslated++;
-  const path = fromInside ? (odst === nat.publicAddress ? Path.HAIRPIN : Path.OUTBOUND) : Path.INBOUND;
+  const path = fromInside ? (nat.isPublic(odst) ? Path.HAIRPIN : Path.OUTBOUND) : Path.INBOUND;
   return nat.countForward(path, total);
 }
 

@@ -17,9 +17,10 @@ import { DropReason, Filtering, PortChoice, Resolved, Setup } from './outcome.js
  * should have it; REFUSED leaves the reason in nat.setupReason. `hairpin` says a LAN host sent the
  * packet to the public address (hairpin.ts): the filter is then not applied (see below).
  */
-export function resolveTarget(nat: NatContext, proto: number, port: number, from: number, hairpin: boolean): Resolved {
+export function resolveTarget(nat: NatContext, proto: number, to: number, port: number, from: number, hairpin: boolean): Resolved {
   const target = nat.target;
-  const f = nat.forwardAt(proto, port);
+  // Port forwards live on the first public address.
+  const f = to === nat.publicAddress ? nat.forwardAt(proto, port) : NONE;
   if (f >= 0) {
     const fw = nat.forwardList[f]!;
     target.addr = fw.address;
@@ -29,9 +30,9 @@ export function resolveTarget(nat: NatContext, proto: number, port: number, from
     return Resolved.LAN_HOST;
   }
   if (proto === IPPROTO.ICMP) return Resolved.GATEWAY; // echo requests to the public address are the gateway's to answer
-  const m = nat.mappings.lookupExternal(proto, port);
+  const m = nat.mappings.lookupExternal(proto, to, port);
   if (m < 0) {
-    if (nat.gatewayOwnsPort(proto, port)) return Resolved.GATEWAY;
+    if (nat.gatewayOwnsPort(proto, port, to)) return Resolved.GATEWAY;
     nat.setupReason = DropReason.NO_MAPPING;
     return Resolved.REFUSED;
   }
@@ -64,8 +65,8 @@ export function resolveTarget(nat: NatContext, proto: number, port: number, from
  * of what the LAN host will answer with. The target is resolved once, before a slot is found; only a
  * packet that will become a flow may make room for one, so an unsolicited packet never evicts.
  */
-export function createInbound(nat: NatContext, proto: number, src: number, sport: number, dport: number, now: number): Setup {
-  const r = resolveTarget(nat, proto, dport, src, false);
+export function createInbound(nat: NatContext, proto: number, src: number, dst: number, sport: number, dport: number, now: number): Setup {
+  const r = resolveTarget(nat, proto, dst, dport, src, false);
   if (r === Resolved.GATEWAY) return Setup.TO_GATEWAY;
   if (r === Resolved.REFUSED) return Setup.REFUSED;
   const { addr, port, mapping } = nat.target;
@@ -85,7 +86,7 @@ export function createInbound(nat: NatContext, proto: number, src: number, sport
     result = refused(nat, DropReason.NO_MAPPING);
   } else {
     const t = nat.flows;
-    t.setTuple(flow, DIR_ORIGINAL, src, nat.publicAddress, sport, dport);
+    t.setTuple(flow, DIR_ORIGINAL, src, dst, sport, dport);
     t.setTuple(flow, DIR_REPLY, addr, src, port, sport);
     result = created(nat, commitFlow(nat, flow, proto, NONE, mapping, FLOW_INBOUND, addr, src, now));
   }

@@ -37,15 +37,25 @@ export class MappingTable {
   private readonly free: FreeList;
   size = 0;
 
-  /** Port pools by protocol number, for the current public address. */
-  private readonly pools = new Map<number, PortPool>();
+  /** Port pools by protocol number: one per public address, in the order of `addresses`. */
+  private readonly pools = new Map<number, PortPool[]>();
+  /** The public addresses (the pool); a mapping's port lives in the pool of its address. */
+  readonly addresses: Uint32Array;
+  /**
+   * Paired pooling (RFC 4787 REQ-2): the public address each inside host holds while it has any mapping,
+   * and how many mappings it has. Touched only when a mapping is made or freed.
+   */
+  private readonly hostAddr = new Map<number, number>();
+  private readonly hostMappings = new Map<number, number>();
 
   constructor(
     readonly capacity: number,
     seed: number,
     poolFor: (protocol: number) => PortPool,
     protocols: readonly number[],
+    addresses: readonly number[] = [0],
   ) {
+    this.addresses = Uint32Array.from(addresses.length > 0 ? addresses : [0]);
     this.proto = new Uint8Array(capacity);
     this.intAddr = new Uint32Array(capacity);
     this.intPort = new Uint16Array(capacity);
@@ -54,9 +64,13 @@ export class MappingTable {
     this.refs = new Int32Array(capacity);
     let ports = 0;
     for (const p of protocols) {
-      const pool = poolFor(p);
-      this.pools.set(p, pool);
-      ports += pool.hi - pool.lo + 1;
+      const list: PortPool[] = [];
+      for (let i = 0; i < this.addresses.length; i++) {
+        const pool = poolFor(p);
+        list.push(pool);
+        ports += pool.hi - pool.lo + 1;
+      }
+      this.pools.set(p, list);
     }
     // Every mapping in use owns a port of one of these pools, so there are never more of them than ports:
     // at a million flows that bound keeps the index to a quarter or less of what the capacity would ask.
@@ -64,8 +78,33 @@ export class MappingTable {
     this.free = new FreeList(capacity);
   }
 
-  pool(protocol: number): PortPool | undefined {
-    return this.pools.get(protocol);
+  /** The port pool of a protocol on the `i`-th public address (the first by default). */
+  pool(protocol: number, i = 0): PortPool | undefined {
+    return this.pools.get(protocol)?.[i];
+  }
+
+  /** Where `addr` stands in the pool of public addresses, or -1. */
+  addressIndex(addr: number): number {
+    const a = this.addresses;
+    addr >>>= 0;
+    for (let i = 0; i < a.length; i++) if (a[i] === addr) return i;
+    return NONE;
+  }
+
+  /** The port pool of a protocol on public address `addr` (undefined if it is not one of the pool). */
+  poolAt(protocol: number, addr: number): PortPool | undefined {
+    const i = this.addressIndex(addr);
+    return i < 0 ? undefined : this.pools.get(protocol)?.[i];
+  }
+
+  /** Masquerade: the `i`-th public address changed (its flows and mappings are flushed by the caller). */
+  setAddress(i: number, addr: number): void {
+    this.addresses[i] = addr >>> 0;
+  }
+
+  /** The public address an inside host holds (paired pooling), or -1 while it has no mapping. */
+  pairedAddress(host: number): number {
+    return this.hostAddr.get(host >>> 0) ?? NONE;
   }
 
   /** The mapping of an internal endpoint, or -1. */
@@ -75,9 +114,9 @@ export class MappingTable {
     return index.find(index.home(proto, a, 0, port), proto, a, 0, port);
   }
 
-  /** The mapping that owns a public port, or -1. */
-  lookupExternal(proto: number, port: number): number {
-    const pool = this.pools.get(proto);
+  /** The mapping that owns a public port on public address `addr`, or -1. */
+  lookupExternal(proto: number, addr: number, port: number): number {
+    const pool = this.poolAt(proto, addr);
     return pool ? pool.owner[port]! : NONE;
   }
 
@@ -86,8 +125,11 @@ export class MappingTable {
    * id, or -1 when none can be made: the table is full (`isFull` tells), or the pool has no free port.
    */
   create(proto: number, addr: number, port: number, extAddr: number, rng: Rng, exactExternal = -1): number {
-    const pool = this.pools.get(proto);
+    const pool = this.poolAt(proto, extAddr);
     if (!pool) return NONE;
+    // Paired: a host that holds an address gets every further mapping on that one, never on another.
+    const paired = this.pairedAddress(addr);
+    if (paired !== NONE && paired !== extAddr >>> 0) return NONE;
     const m = this.free.peek();
     if (m < 0) return NONE;
     // exactExternal: restoring a saved mapping, which must keep its public port or lose its flows.
@@ -104,6 +146,9 @@ export class MappingTable {
     // translator never asks for) shadows the older mapping, as pushing at the head of a chain did.
     this.index.insert(proto, addr | 0, 0, this.intPort[m]!, m);
     this.size++;
+    const host = addr >>> 0;
+    this.hostAddr.set(host, extAddr >>> 0);
+    this.hostMappings.set(host, (this.hostMappings.get(host) ?? 0) + 1);
     return m;
   }
 
@@ -134,9 +179,16 @@ export class MappingTable {
     if (--this.refs[m]! > 0) return;
     const proto = this.proto[m]!;
     this.index.delete(proto, this.intAddr[m]! | 0, 0, this.intPort[m]!, m);
-    this.pools.get(proto)?.release(this.extPort[m]!, m);
+    this.poolAt(proto, this.extAddr[m]!)?.release(this.extPort[m]!, m);
     this.free.give(m);
     this.size--;
+    const host = this.intAddr[m]!;
+    const left = (this.hostMappings.get(host) ?? 1) - 1;
+    if (left > 0) this.hostMappings.set(host, left);
+    else {
+      this.hostMappings.delete(host);
+      this.hostAddr.delete(host);
+    }
   }
 
   /** 1 for every mapping in use, 0 for every free one (allocates; for checks and diagnostics). */
@@ -163,8 +215,9 @@ export class MappingTable {
       live++;
       const where = `mapping ${m} (protocol ${this.proto[m]}, port ${this.intPort[m]} → ${this.extPort[m]})`;
       if (this.refs[m]! < 0) out.push(`${where} has ${this.refs[m]} references`);
-      const pool = this.pools.get(this.proto[m]!);
+      const pool = this.poolAt(this.proto[m]!, this.extAddr[m]!);
       if (!pool) out.push(`${where} has no port pool`);
+      else if (this.hostAddr.get(this.intAddr[m]!) !== this.extAddr[m]) out.push(`${where} is not on its host's paired address`);
       else if (pool.owner[this.extPort[m]!] !== m) out.push(`${where}: its public port is owned by ${pool.owner[this.extPort[m]!]}`);
     }
     if (live !== this.size) out.push(`size ${this.size} but ${live} mappings in use`);

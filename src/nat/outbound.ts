@@ -28,8 +28,10 @@ export function createOutbound(
   if (hostLimitReached(nat, src)) return refuse(nat, buf, DropReason.HOST_LIMIT, proto, tell, now);
   const maps = nat.mappings;
   const existing = maps.lookupInternal(proto, src, sport);
-  // A full pool gives up the port of an unassured flow before it refuses (port-reclaim.ts).
-  if (existing < 0 && maps.pool(proto)!.available <= 0 && !reclaimPort(nat, proto, now)) {
+  // Paired pooling: a host whose address has no port left is refused, never moved to another address;
+  // first, a full pool gives up the port of an unassured flow on that address (port-reclaim.ts).
+  const addr = nat.addressFor(src);
+  if (existing < 0 && maps.poolAt(proto, addr)!.available <= 0 && !reclaimPort(nat, proto, addr, now)) {
     return refuse(nat, buf, DropReason.PORTS_EXHAUSTED, proto, tell, now);
   }
   const flow = allocateFlow(nat, now);

@@ -15,8 +15,8 @@ import { WELL_KNOWN_BELOW } from './udp-timer.js';
  */
 const RECLAIM_BUDGET = 256;
 
-/** Free one public port of `proto` by removing a reclaimable flow; false when none was found. */
-export function reclaimPort(nat: NatContext, proto: number, now: number): boolean {
+/** Free one public port of `proto` on public address `addr` by removing a reclaimable flow; false when none was found. */
+export function reclaimPort(nat: NatContext, proto: number, addr: number, now: number): boolean {
   const flows = nat.flows;
   const maps = nat.mappings;
   const cap = flows.capacity;
@@ -30,7 +30,7 @@ export function reclaimPort(nat: NatContext, proto: number, now: number): boolea
     const f = flows.flags[flow]!;
     if (!(f & FLOW_IN_USE) || f & FLOW_ASSURED || flows.proto[flow] !== proto) continue;
     const m = flows.mapping[flow]!;
-    if (m < 0 || maps.refs[m] !== 1 || flows.mapping2[flow]! >= 0) continue;
+    if (m < 0 || maps.refs[m] !== 1 || flows.mapping2[flow]! >= 0 || maps.extAddr[m] !== addr) continue;
     if (flows.expires[flow]! <= now) {
       chosen = flow;
       expired = true;

@@ -61,13 +61,13 @@ export function translatePorted(
   let e = flows.lookup(proto, src, dst, sport, dport, now);
   if (e < 0) {
     if (sctp && !sctpMayCreate(chunks)) {
-      if (!fromInside && nat.gatewayOwnsPort(proto, dport)) return nat.toGateway(total);
+      if (!fromInside && nat.gatewayOwnsPort(proto, dport, dst)) return nat.toGateway(total);
       return nat.drop(DropReason.NO_MAPPING);
     }
     const setup = !fromInside
-      ? createInbound(nat, proto, src, sport, dport, now)
+      ? createInbound(nat, proto, src, dst, sport, dport, now)
       : toPublic
-        ? createHairpin(nat, buf, proto, src, sport, dport, now)
+        ? createHairpin(nat, buf, proto, src, dst, sport, dport, now)
         : createOutbound(nat, buf, proto, src, dst, sport, dport, now);
     if (setup === Setup.TO_GATEWAY) return nat.toGateway(total);
     if (setup === Setup.REFUSED) return nat.drop(nat.setupReason);

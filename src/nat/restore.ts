@@ -70,10 +70,11 @@ export function restoreFlow(nat: NatContext, r: RestoredFlow, now: number): bool
 /** The saved mapping, found or made again on the same public port (noted in `made`), or NONE if it cannot be. */
 function savedMapping(nat: NatContext, proto: number, saved: SavedMapping, made: number[]): number {
   const maps = nat.mappings;
-  if (saved.externalAddress !== nat.publicAddress) return NONE;
+  // A mapping keeps its public address: one no longer in the pool cannot come back.
+  if (!nat.isPublic(saved.externalAddress)) return NONE;
   const m = maps.lookupInternal(proto, saved.internalAddress, saved.internalPort);
   if (m >= 0) return maps.extPort[m] === saved.externalPort ? m : NONE;
-  const n = maps.create(proto, saved.internalAddress, saved.internalPort, nat.publicAddress, nat.rng, saved.externalPort);
+  const n = maps.create(proto, saved.internalAddress, saved.internalPort, saved.externalAddress, nat.rng, saved.externalPort);
   if (n >= 0) made.push(n);
   return n < 0 ? NONE : n;
 }

@@ -84,6 +84,7 @@ export class Translator extends NatContext {
     if (addr === this.publicIp) return 0;
     const old = this.publicIp;
     this.publicIp = addr;
+    this.mappings.setAddress(0, addr);
     // Fragments whose first fragment was translated to the old address must not follow with it.
     this.fragments.clear();
     return this.flows.flush((f) => {
@@ -130,7 +131,8 @@ export class Translator extends NatContext {
     const src = rd32(buf, off + IPV4_OFF.SOURCE);
     const dst = rd32(buf, off + IPV4_OFF.DESTINATION);
     const fromInside = this.isInternal(src);
-    const toPublic = dst === this.publicIp;
+    // One compare for a single address; a pool looks further only when that one fails.
+    const toPublic = dst === this.publicIp || (this.multiAddress && this.isPublic(dst));
     if (!fromInside && !toPublic) {
       // Neither side is ours to translate. The routing sends the gateway's own ICMP to the WAN through the
       // TUN (rule 998), so that its errors about packets tunnat translated into the LAN do not quote LAN
@@ -198,9 +200,9 @@ export class Translator extends NatContext {
     if (e < 0) {
       if (!this.mayOpen(proto, tcpFlags)) return this.notOpened(proto, tcpFlags, fromInside, toPublic, dport, total);
       const setup = !fromInside
-        ? createInbound(this, proto, src, sport, dport, now)
+        ? createInbound(this, proto, src, dst, sport, dport, now)
         : toPublic
-          ? createHairpin(this, buf, proto, src, sport, dport, now)
+          ? createHairpin(this, buf, proto, src, dst, sport, dport, now)
           : createOutbound(this, buf, proto, src, dst, sport, dport, now);
       if (setup === Setup.TO_GATEWAY) return this.toGateway(total);
       if (setup === Setup.REFUSED) return this.drop(this.setupReason);
@@ -306,8 +308,9 @@ export class Translator extends NatContext {
     if (proto === IPPROTO.TCP) {
       if (tcpPacketClass(tcpFlags) === TcpClass.INVALID) return this.drop(DropReason.TCP_FLAGS);
       // Segments of the gateway's own connections; on NAT ports, stray segments of nobody's.
-      if (!fromInside) return this.gatewayOwnsPort(proto, dport) ? this.toGateway(total) : this.drop(DropReason.NO_MAPPING);
-      if (toPublic && this.gatewayOwnsPort(proto, dport) && this.forwardAt(proto, dport) < 0) return this.toGateway(total);
+      const dst = this.ip.destinationAddress;
+      if (!fromInside) return this.gatewayOwnsPort(proto, dport, dst) ? this.toGateway(total) : this.drop(DropReason.NO_MAPPING);
+      if (toPublic && this.gatewayOwnsPort(proto, dport, dst) && this.forwardAt(proto, dport) < 0) return this.toGateway(total);
       return this.drop(DropReason.NO_MAPPING);
     }
     // An ICMP query reply: the gateway's own, from outside.

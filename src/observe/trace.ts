@@ -214,7 +214,8 @@ function explainPort(p: TapPacket, flow: number): PortDecision {
   } else if (choice === PortChoice.PRESERVED) {
     why = `${what} ${insidePort} was free on ${publicAddress}, so the inside ${what} was kept (port preservation, RFC 4787 REQ-3)`;
   } else {
-    const pool = nat.mappings.pool(proto);
+    // The port pool of the public address the flow got (each address of a pool has its own).
+    const pool = nat.mappings.poolAt(proto, inbound ? t.tDst[o]! : t.tDst[r]!) ?? nat.mappings.pool(proto);
     let taken = `${what} ${insidePort} could not be kept`;
     if (pool) {
       if (!pool.allowed[insidePort]) {

@@ -88,7 +88,7 @@ export async function setupSystem(cfg: RouterConfig, log: Logger, opts: { tun?: 
     }
     publicIp = addr;
   }
-  if (cfg.internal.some((c) => ((publicIp & c.mask) >>> 0) === c.network)) {
+  if (cfg.publicPool.some((a) => cfg.internal.some((c) => ((a & c.mask) >>> 0) === c.network)) || cfg.internal.some((c) => ((publicIp & c.mask) >>> 0) === c.network)) {
     // RFC 4787 REQ-7: an external address inside the internal network cannot be told apart from a LAN host.
     throw new StartupError('ADDRESS_CONFLICT', `the public address ${ipToString(publicIp)} lies inside --internal; choose prefixes that do not overlap the WAN`);
   }
@@ -100,6 +100,7 @@ export async function setupSystem(cfg: RouterConfig, log: Logger, opts: { tun?: 
     internal: cfg.internal,
     externalIface: cfg.external,
     publicIp,
+    ...(cfg.publicPool.length > 1 ? { extraPublicIps: cfg.publicPool.slice(1) } : {}),
     publicIpOwned: owned,
     table: cfg.table,
     gatewayPorts: cfg.gatewayPorts,
@@ -266,6 +267,8 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
   const nat = new Translator({
     internal: cfg.internal,
     publicIp: base.publicIp,
+    // A static pool (its first address is base.publicIp); masquerade has the one address it follows.
+    ...(cfg.publicPool.length > 1 ? { publicPool: cfg.publicPool, snat: cfg.snat } : {}),
     publicIpOwned: base.owned,
     ports: cfg.ports,
     excludedPorts: [cfg.gatewayPorts],

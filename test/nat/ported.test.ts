@@ -173,6 +173,14 @@ describe('SCTP: ports translated, CRC32c computed again', () => {
     nat.sink = sink;
     const a = sctp(HOST_A, REMOTE, 5000, 80, [SCTP_CHUNK.INIT], 0);
     expect(nat.process(a, 0, a.length, 0)).toBe(Verdict.FORWARD);
+    // An association still opening would give its port up to the new one (port-reclaim.ts): bring A's up,
+    // so that the only port is held by an assured flow.
+    for (const [pkt, t] of [
+      [sctp(REMOTE, PUB, 80, 30000, [SCTP_CHUNK.INIT_ACK]), 1],
+      [sctp(HOST_A, REMOTE, 5000, 80, [SCTP_CHUNK.COOKIE_ECHO]), 2],
+      [sctp(REMOTE, PUB, 80, 30000, [SCTP_CHUNK.COOKIE_ACK]), 3],
+    ] as const) expect(nat.process(pkt, 0, pkt.length, t)).toBe(Verdict.FORWARD);
+    expect(listFlows(nat.flows, 3)[0]!.state).toBe('ESTABLISHED');
     const b = sctp(HOST_B, REMOTE, 5001, 80, [SCTP_CHUNK.INIT], 0);
     expect(nat.process(b, 0, b.length, 0)).toBe(Verdict.DROP);
     expect(nat.lastDrop).toBe(DropReason.PORTS_EXHAUSTED);

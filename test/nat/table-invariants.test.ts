@@ -18,7 +18,7 @@ function has(problems: string[], part: string): boolean {
 }
 
 function mappingTable(): { maps: MappingTable; ids: number[] } {
-  const maps = new MappingTable(8, 7, () => new PortPool(40000, 40100), [TCP, UDP]);
+  const maps = new MappingTable(8, 7, () => new PortPool(40000, 40100), [TCP, UDP], [PUBLIC]);
   let r = 0;
   const rng = (): number => (r = (r + 0.37) % 1);
   const ids = [1, 2, 3].map((i) => maps.create(i === 2 ? TCP : UDP, LAN + i, 5000 + i, PUBLIC, rng));
@@ -40,7 +40,7 @@ describe('MappingTable.checkInvariants', () => {
 
   it('holds as many mappings as its pools have ports, however large its capacity', () => {
     // The index is sized by the ports, not the capacity: filling every port must still work.
-    const maps = new MappingTable(1000, 3, () => new PortPool(40000, 40009), [UDP]);
+    const maps = new MappingTable(1000, 3, () => new PortPool(40000, 40009), [UDP], [PUBLIC]);
     const rng = (): number => 0.5;
     const ids = Array.from({ length: 10 }, (_, i) => maps.create(UDP, LAN + i, 5000, PUBLIC, rng));
     expect(ids.every((m) => m >= 0)).toBe(true);
