@@ -8,7 +8,9 @@ import { enableFtpAlg, type FtpAlg } from '../../src/nat/alg-ftp.js';
 import { FLOW_ALG, FLOW_EXPECTED } from '../../src/conntrack/table.js';
 import { makeNat, checkAllChecksums, ip, PUB, HOST_A, HOST_B } from './helpers.js';
 
-const { SYN, ACK, PSH } = TCP_FLAGS;
+const SYN = TCP_FLAGS.SYN;
+const ACK = TCP_FLAGS.ACK;
+const PSH = TCP_FLAGS.PSH;
 const SERVER = ip('198.51.100.2');
 const CLIENT_OUT = ip('198.51.100.3');
 const NOW = 1000;
