@@ -216,11 +216,12 @@ export class FtpAlg {
       wr16(buf, ipOff + IPV4_OFF.CHECKSUM, internetChecksum(buf, ipOff, nat.ip.headerLength));
     }
     // The transport checksum over the new bytes. A partial one (virtio NEEDS_CSUM) holds only the
-    // pseudo-header sum, which the length is part of; whoever sends the packet on sums the rest.
+    // pseudo-header sum, which the length is part of (and the sequence numbers are not: they are data
+    // whoever sends the packet on sums with the rest); so it changes only with the length.
     const l4len = newTotal - nat.ip.headerLength;
     const ps = pseudoHeaderSum(rdAddr(buf, ipOff + IPV4_OFF.SOURCE), rdAddr(buf, ipOff + IPV4_OFF.DESTINATION), IPPROTO.TCP, l4len);
     if (nat.partial) {
-      wr16(buf, l4 + 16, fold16(ps));
+      if (delta !== 0) wr16(buf, l4 + 16, fold16(ps));
     } else {
       wr16(buf, l4 + 16, 0);
       wr16(buf, l4 + 16, internetChecksum(buf, l4, l4len, ps));

@@ -227,6 +227,13 @@ describe('FTP ALG: active mode (LAN client)', () => {
     openOutbound(nat);
     const out = run(nat, clientData(HOST_A, 1001, 5001, 'PORT 192,168,1,10,195,80\r\n'), true)!;
     expect(rd16(out, 36)).toBe(fold16(pseudoHeaderSum(PUB, SERVER, 6, out.length - 20)));
+    // A later segment only has its sequence number moved: data to the partial sum, so the field keeps
+    // what the address rewrite made of it.
+    const next = clientData(HOST_A, 1027, 5001, 'LIST\r\n');
+    next.writeUInt16BE(fold16(pseudoHeaderSum(HOST_A, SERVER, 6, next.length - 20)), 36);
+    const moved = run(nat, next, true)!;
+    expect(seqOf(moved)).toBe(1026);
+    expect(rd16(moved, 36)).toBe(fold16(pseudoHeaderSum(PUB, SERVER, 6, moved.length - 20)));
   });
 });
 
