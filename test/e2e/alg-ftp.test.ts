@@ -2,7 +2,9 @@
  * The FTP ALG with real programs: vsftpd in the internet namespace with active mode on, curl on a LAN
  * host asking for active mode (`--ftp-port -`, so the client names its own LAN address). With
  * `--alg ftp` a 20 MB file comes through intact over PORT and over EPRT; without it (tunnat's
- * default) the server is told to connect to 192.168.1.10 and the transfer fails.
+ * default) the server is told to connect to 192.168.1.10 and the transfer fails. And the other way
+ * round: vsftpd on a LAN host behind `--forward tcp:21`, curl outside in passive mode (PASV and EPSV),
+ * which works only when the ALG rewrites the 227/229 reply and expects the data connection.
  */
 import { writeFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,15 +15,17 @@ import { run } from '../../src/util/exec.js';
 import { metricValue, startRfcRouter } from './fixtures/rfc-lab.js';
 
 const SERVER = '203.0.113.2';
+const PUBLIC = '203.0.113.1';
+const LAN_SERVER = '192.168.1.10';
 const FILE_BYTES = 20 * 1024 * 1024;
 /** Bounds for one transfer: 20 MB through the lab takes a second or two; a failure must not hang. */
 const CURL_TIMEOUT_S = 40;
 
-/** vsftpd, anonymous read-only downloads from `dir`, active mode allowed, listening on SERVER:21. */
-async function startVsftpd(lab: Lab, dir: string, cleanup: Cleanup): Promise<void> {
-  const conf = join(dir, 'vsftpd.conf');
+/** vsftpd in `netns`, anonymous read-only downloads from `dir`, active and passive mode, on `address`:21. */
+async function startVsftpd(netns: string, address: string, dir: string, cleanup: Cleanup): Promise<void> {
+  const conf = join(dir, `vsftpd-${address}.conf`);
   writeFileSync(conf, [
-    'listen=YES', 'listen_ipv6=NO', `listen_address=${SERVER}`, 'background=NO',
+    'listen=YES', 'listen_ipv6=NO', `listen_address=${address}`, 'background=NO',
     'anonymous_enable=YES', 'local_enable=NO', 'write_enable=NO', `anon_root=${dir}`, 'no_anon_password=YES',
     'port_enable=YES', 'pasv_enable=YES', 'connect_from_port_20=NO', 'seccomp_sandbox=NO',
     'secure_chroot_dir=/var/run/vsftpd/empty', 'xferlog_enable=NO', 'use_localtime=NO',
@@ -30,9 +34,9 @@ async function startVsftpd(lab: Lab, dir: string, cleanup: Cleanup): Promise<voi
   ].join('\n'));
   // The anonymous user (ftp) must be able to read the directory and the file, and not write the root.
   chmodSync(dir, 0o755);
-  spawnIn(lab.inet.netns, ['/usr/sbin/vsftpd', conf], { label: 'vsftpd', cleanup });
+  spawnIn(netns, ['/usr/sbin/vsftpd', conf], { label: `vsftpd ${address}`, cleanup });
   await waitUntil('vsftpd listening', async () => {
-    const r = await inNs(lab.inet.netns, ['ss', '-Hltn', `src ${SERVER}:21`], { allowFail: true });
+    const r = await inNs(netns, ['ss', '-Hltn', `src ${address}:21`], { allowFail: true });
     return r.stdout.includes(':21');
   }, 10_000);
 }
@@ -44,17 +48,22 @@ interface Transfer {
 }
 
 /** curl in active mode from `netns`; the file's sha256 as received (empty if nothing came). */
-async function activeGet(netns: string, name: string, extra: string[]): Promise<Transfer> {
-  const url = `ftp://${SERVER}/${name}`;
+function activeGet(netns: string, name: string, extra: string[]): Promise<Transfer> {
+  return ftpGet(netns, SERVER, name, ['--ftp-port', '-', ...extra]);
+}
+
+/** curl fetching ftp://host/name from `netns` with `extra` flags; the sha256 of what arrived. */
+async function ftpGet(netns: string, host: string, name: string, extra: string[]): Promise<Transfer> {
+  const url = `ftp://${host}/${name}`;
   const r = await inNs(netns, [
-    'bash', '-c', 'set -o pipefail; curl -sS --ftp-port - --connect-timeout 10 --max-time "$1" "${@:3}" "$2" | sha256sum',
+    'bash', '-c', 'set -o pipefail; curl -sS --connect-timeout 10 --max-time "$1" "${@:3}" "$2" | sha256sum',
     'curl', String(CURL_TIMEOUT_S), url, ...extra,
   ], { allowFail: true });
   return { code: r.exitCode ?? -1, sha256: r.stdout.split(' ')[0] ?? '', stderr: r.stderr };
 }
 
 // Needs root: namespaces, veth pairs, a TUN device, vsftpd and tcpdump.
-describe.skipIf(!isRoot)('FTP ALG: active FTP from a LAN client', () => {
+describe.skipIf(!isRoot)('FTP ALG with vsftpd and curl', () => {
   const cleanup = new Cleanup((l) => console.error(l));
   let lab: Lab;
   let blob: { dir: string; name: string; sha256: string };
@@ -71,7 +80,8 @@ describe.skipIf(!isRoot)('FTP ALG: active FTP from a LAN client', () => {
     lab = await buildTestLab(cleanup, { prefix: 'ftp', lanHosts: 1 });
     h0 = lab.lanHosts[0]!.netns;
     blob = await randomFile(cleanup, FILE_BYTES);
-    await startVsftpd(lab, blob.dir, cleanup);
+    await startVsftpd(lab.inet.netns, SERVER, blob.dir, cleanup);
+    await startVsftpd(h0, LAN_SERVER, blob.dir, cleanup);
   }, 60_000);
 
   afterAll(async () => {
@@ -117,4 +127,37 @@ describe.skipIf(!isRoot)('FTP ALG: active FTP from a LAN client', () => {
     expect(text).toMatch(/EPRT \|1\|203\.0\.113\.1\|\d+\|/);
     expect(text).not.toMatch(/192[.,]168/);
   }, 120_000);
+
+  it('passive FTP to a LAN server behind --forward tcp:21: 227 and 229 rewritten, data connection let in', async () => {
+    router = await startRfcRouter(lab, cleanup, 'pasv', ['--forward', `tcp:21=${LAN_SERVER}:21`, '--alg', 'ftp']);
+    const capture = await captureOn(lab.inet.netns, lab.inet.dev, cleanup, ['tcp', 'port', '21']);
+    try {
+      // PASV, and the client made to use the address the reply names (curl's default ignores it).
+      const pasv = await ftpGet(lab.inet.netns, PUBLIC, blob.name, ['--disable-epsv', '--no-ftp-skip-pasv-ip']);
+      expect(pasv.stderr).toBe('');
+      expect(pasv.sha256).toBe(blob.sha256);
+      const epsv = await ftpGet(lab.inet.netns, PUBLIC, blob.name, []);
+      expect(epsv.stderr).toBe('');
+      expect(epsv.sha256).toBe(blob.sha256);
+    } finally {
+      await router.stop();
+      router = null;
+    }
+    const text = await controlText(capture);
+    expect(text).toMatch(/227 [^\n]*\(203,0,113,1,\d+,\d+\)/);
+    expect(text).toMatch(/229 [^\n]*\(\|\|\|\d+\|\)/);
+    expect(text).not.toMatch(/192[.,]168/);
+  }, 120_000);
+
+  it('passive FTP to the LAN server without --alg fails: nothing lets the data connection in', async () => {
+    router = await startRfcRouter(lab, cleanup, 'pasv-noalg', ['--forward', `tcp:21=${LAN_SERVER}:21`]);
+    try {
+      const t = await ftpGet(lab.inet.netns, PUBLIC, blob.name, ['--disable-epsv']);
+      expect(t.code).not.toBe(0);
+      expect(t.sha256).not.toBe(blob.sha256);
+    } finally {
+      await router.stop();
+      router = null;
+    }
+  }, 90_000);
 });
