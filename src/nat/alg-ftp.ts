@@ -269,17 +269,16 @@ export class FtpAlg {
     }
     if (kind === Kind.EPSV) this.addr = lanAddr;
     this.expire(nat, now);
-    // The control connection's earlier expectation is replaced by this one.
-    for (let i = this.expects.length - 1; i >= 0; i--) {
-      if (this.expects[i]!.control === flow) {
-        this.stats.expectationsRemoved++;
-        this.drop(nat, i);
-      }
-    }
-    if (this.expects.length >= this.maxExpectations) {
+    // The control connection's earlier expectation is replaced by this one (below, once this one is
+    // made): it does not count against the limit.
+    let mine = 0;
+    for (const x of this.expects) if (x.control === flow) mine++;
+    if (this.expects.length - mine >= this.maxExpectations) {
       this.stats.refusedLimit++;
       return 0;
     }
+    // Looked up while the old expectation still holds its mapping: a retransmitted command finds the
+    // same public port, so it gets the same text, the same length and the same sequence offset.
     const choice = nat.lastPortChoice;
     const m = mappingFor(nat, IPPROTO.TCP, this.addr, this.port);
     nat.lastPortChoice = choice;
@@ -305,6 +304,12 @@ export class FtpAlg {
       return 0;
     }
     maps.ref(m);
+    for (let i = this.expects.length - 1; i >= 0; i--) {
+      if (this.expects[i]!.control === flow) {
+        this.stats.expectationsRemoved++;
+        this.drop(nat, i);
+      }
+    }
     this.expects.push({ control: flow, peer: nat.peerAddress(flow), extPort, mapping: m, expires: now + this.timeoutMs });
     this.stats.expectations++;
     const oldLine = latin1(buf, pay, eol);

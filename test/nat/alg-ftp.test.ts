@@ -112,6 +112,18 @@ describe('FTP ALG: active mode (LAN client)', () => {
     checkAllChecksums(sacked);
   });
 
+  it('a retransmitted command gets the same public port (and so the same text) even when the port was not preserved', () => {
+    const { nat, alg } = setup();
+    openOutbound(nat);
+    // 20500 lies in the excluded range: the mapping gets a random port, which the retransmission must keep.
+    const cmd = 'PORT 192,168,1,10,80,20\r\n';
+    const first = payloadOf(run(nat, clientData(HOST_A, 1001, 5001, cmd))!);
+    expect(first).not.toBe('PORT 203,0,113,1,80,20\r\n');
+    for (let i = 0; i < 3; i++) expect(payloadOf(run(nat, clientData(HOST_A, 1001, 5001, cmd))!)).toBe(first);
+    expect(alg.pending).toBe(1);
+    expect(nat.mappings.size).toBe(2); // the control connection's and the data endpoint's
+  });
+
   it('the expectation admits exactly the expected data connection, once, whatever the filtering', () => {
     for (const filtering of ['address-port', 'address', 'endpoint'] as const) {
       const { nat, alg } = setup({ filtering });
