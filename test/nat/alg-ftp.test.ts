@@ -310,3 +310,31 @@ function fixChecksums(p: Buffer): void {
   for (let i = 20; i < p.length; i += 2) t += i + 1 < p.length ? p.readUInt16BE(i) : p[i]! << 8;
   p.writeUInt16BE(~fold16(t) & 0xffff, 36);
 }
+
+describe('FTP ALG: hostile payloads', () => {
+  it('never throws, always leaves valid checksums, and keeps expectations bounded', () => {
+    let x = 12345;
+    const rnd = (n: number) => {
+      x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+      return x % n;
+    };
+    const { nat, alg } = setup({}, 8);
+    openOutbound(nat);
+    const prefixes = ['PORT ', 'EPRT ', 'port ', 'eprt |1|', 'PORT 192,168,1,10,', 'EPRT |1|192.168.1.10|'];
+    const alphabet = '0123456789,.|() \r\n\x00\xff-+abc';
+    let seq = 1001;
+    for (let i = 0; i < 2000; i++) {
+      let body = prefixes[rnd(prefixes.length)]!;
+      const n = rnd(40);
+      for (let k = 0; k < n; k++) body += alphabet[rnd(alphabet.length)];
+      const pkt = clientData(HOST_A, seq, 5001, body);
+      const out = run(nat, pkt);
+      expect(out).not.toBeNull();
+      checkAllChecksums(out!);
+      seq = (seq + body.length) >>> 0;
+    }
+    expect(alg.pending).toBeLessThanOrEqual(1);
+    expect(alg.stats.rewrites + alg.stats.malformed + alg.stats.split).toBeGreaterThan(0);
+  });
+});
+
