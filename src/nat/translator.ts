@@ -283,7 +283,8 @@ export class Translator extends NatContext {
 
   /** A segment of a connection an ALG watches (FLOW_ALG): its payload and sequence numbers, out of line. */
   private algSegment(buf: Uint8Array, e: number, l4: number, total: number, now: number, fromInside: boolean, toPublic: boolean): number {
-    const delta = this.alg!.segment(this, buf, e, l4, total, now);
+    const alg = this.alg;
+    const delta = alg !== null ? alg.segment(this, buf, e, l4, total, now) : 0;
     return this.countForward(fromInside ? (toPublic ? Path.HAIRPIN : Path.OUTBOUND) : Path.INBOUND, total + delta);
   }
 

@@ -6,7 +6,11 @@ import { fold16, pseudoHeaderSum } from '../../src/wire/checksum.js';
 import { Verdict, type Translator } from '../../src/nat/translator.js';
 import { enableFtpAlg, type FtpAlg } from '../../src/nat/alg-ftp.js';
 import { FLOW_ALG, FLOW_EXPECTED } from '../../src/conntrack/table.js';
-import { makeNat, checkAllChecksums, ip, PUB, HOST_A, HOST_B } from './helpers.js';
+import { takeSnapshot, writeSnapshot, readSnapshot } from '../../src/nat/snapshot.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { makeNat, checkAllChecksums, ip, LAN, PUB, HOST_A, HOST_B } from './helpers.js';
 
 const SYN = TCP_FLAGS.SYN;
 const ACK = TCP_FLAGS.ACK;
@@ -335,6 +339,30 @@ describe('FTP ALG: hostile payloads', () => {
     }
     expect(alg.pending).toBeLessThanOrEqual(1);
     expect(alg.stats.rewrites + alg.stats.malformed + alg.stats.split).toBeGreaterThan(0);
+  });
+});
+
+describe('FTP ALG: restored flows', () => {
+  it('a control connection restored into a run without the ALG is an ordinary flow', () => {
+    const { nat: before } = setup();
+    openOutbound(before);
+    const snap = takeSnapshot(before, [LAN], NOW);
+    expect(snap.flows).toHaveLength(1);
+    const file = join(mkdtempSync(join(tmpdir(), 'tunnat-alg-')), 'flows.json');
+    writeSnapshot(file, snap);
+    const saved = readSnapshot(file).flows;
+    rmSync(dirname(file), { recursive: true, force: true });
+    expect(saved[0]!.flags & FLOW_ALG).toBe(FLOW_ALG);
+    const plain = makeNat();
+    expect(plain.restoreFlow(saved[0]!, NOW)).toBe(true);
+    expect(plain.flows.flags[plain.flows.lookup(6, HOST_A, SERVER, 40000, 21, NOW) >> 1]! & FLOW_ALG).toBe(0);
+    const out = run(plain, clientData(HOST_A, 1001, 5001, 'PORT 192,168,1,10,195,80\r\n'))!;
+    expect(payloadOf(out)).toBe('PORT 192,168,1,10,195,80\r\n');
+    // With the ALG on, it stays a control connection and later commands are rewritten.
+    const { nat: withAlg } = setup();
+    expect(withAlg.restoreFlow(saved[0]!, NOW)).toBe(true);
+    const rw = run(withAlg, clientData(HOST_A, 1001, 5001, 'PORT 192,168,1,10,195,80\r\n'))!;
+    expect(payloadOf(rw)).toBe('PORT 203,0,113,1,195,80\r\n');
   });
 });
 
