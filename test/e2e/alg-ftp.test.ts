@@ -117,6 +117,12 @@ describe.skipIf(!isRoot)('FTP ALG with vsftpd and curl', () => {
       const m = await router.metrics();
       expect(metricValue(m, 'tunnat_alg_rewrites_total', { alg: 'ftp' })).toBeGreaterThanOrEqual(2);
       expect(metricValue(m, 'tunnat_alg_expectations_total', { alg: 'ftp', event: 'used' })).toBeGreaterThanOrEqual(2);
+      // Every command was whole in its segment and fitted: nothing left alone.
+      expect(metricValue(m, 'tunnat_alg_refused_total', { alg: 'ftp' })).toBe(0);
+      // "192,168,1,10" → "203,0,113,1" is a byte shorter: the rest of each control connection was moved.
+      expect(metricValue(m, 'tunnat_alg_seq_adjusted_total', { alg: 'ftp' })).toBeGreaterThan(0);
+      const conns = await router.conntrack();
+      expect(conns.filter((f) => (f as { alg?: string }).alg === 'ftp-control').length).toBeGreaterThanOrEqual(1);
     } finally {
       await router.stop();
       router = null;
