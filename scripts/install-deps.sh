@@ -23,6 +23,8 @@ packages=(
   iproute2 iptables nftables conntrack procps kmod iputils-ping curl tcpdump
   # Only the tests and benchmarks: traffic generators, packet crafting, STUN.
   iperf3 socat traceroute hping3 python3-scapy stun-client stun-server coturn ca-certificates
+  # The FTP ALG test: an FTP server in the internet namespace (curl is the client).
+  vsftpd
   # The live page's browser test (playwright-core drives Debian's chromium; no browser download).
   chromium
 )

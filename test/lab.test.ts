@@ -172,7 +172,7 @@ describe('flows', () => {
     expect(parseFlows('[]')).toEqual([]);
     expect(() => parseFlows('{}')).toThrow(/array/);
     expect(() => parseFlows('nope')).toThrow(/not JSON/);
-    expect(() => parseFlows(JSON.stringify([{ ...tcpFlow, protocol: 'sctp' }]))).toThrow(/element 0/);
+    expect(() => parseFlows(JSON.stringify([{ ...tcpFlow, protocol: 'Not A Protocol' }]))).toThrow(/element 0/);
     expect(() => parseFlows(JSON.stringify([tcpFlow, { ...icmpFlow, packets: { original: 1 } }]))).toThrow(/element 1/);
   });
 

@@ -63,6 +63,8 @@ export interface RouterConfig {
   filtering: FilteringName;
   /** Port forwards (DNAT), `tcp:8080=192.168.1.10:80`. */
   forwards: PortForward[];
+  /** Server ports the FTP ALG watches (`--alg ftp[:PORT]`); empty: off. */
+  algFtp: number[];
   /** Allowlist for new outbound flows; null allows everything. */
   allowEgress: EgressRule[] | null;
   /** Refused outbound flows get a TCP RST / ICMP administratively prohibited instead of silence. */
@@ -105,6 +107,6 @@ export const DEFAULTS = {
 /** Every key the config file may hold, with the flag of the same meaning. */
 export const CONFIG_KEYS = [
   'internal', 'external', 'publicIp', 'snat', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows',
-  'timeouts', 'table', 'batch', 'busyPoll', 'logLevel', 'engine', 'backend', 'filtering', 'forward', 'allowEgress',
+  'timeouts', 'table', 'batch', 'busyPoll', 'logLevel', 'engine', 'backend', 'filtering', 'forward', 'alg', 'allowEgress',
   'egressReject', 'maxFlowsPerHost', 'icmpErrors', 'pcap', 'pcapSnaplen', 'pcapSize', 'pcapFiles', 'offload', 'state', 'user',
 ] as const;

@@ -151,6 +151,7 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
   if (!Array.isArray(forwardList) || forwardList.some((f) => typeof f !== 'string')) {
     throw new ConfigError('forward', 'expected a list of "PROTO:PUBLICPORT=ADDR:PORT"');
   }
+  const algFtp = parseAlg(get('alg'));
   const egressV = get('allowEgress');
   if (egressV !== undefined && egressV !== null && typeof egressV !== 'string') {
     throw new ConfigError('allowEgress', 'expected a string like "tcp:80,tcp:443,udp:53,icmp"');
@@ -215,6 +216,7 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
     backend: backend as RouterConfig['backend'],
     filtering: filtering as FilteringName,
     forwards,
+    algFtp,
     allowEgress,
     egressReject: bool('egressReject', get('egressReject'), false),
     maxFlowsPerHost: perHost !== undefined ? positiveInt('maxFlowsPerHost', perHost, 1 << 24) : 0,
@@ -252,4 +254,22 @@ export function describeConfig(c: RouterConfig): Record<string, unknown> {
     forwards: c.forwards.map((f) => `${f.protocol === 6 ? 'tcp' : 'udp'}:${f.publicPort}=${ipToString(f.address)}:${f.port}`),
     allowEgress: c.allowEgress === null ? 'everything' : c.allowEgress.length + ' rule(s)',
   };
+}
+
+/**
+ * `--alg ftp[:PORT]` (repeatable; a string or a list in the config file): the server ports the FTP ALG
+ * watches. Only FTP is known; the port defaults to 21.
+ */
+export function parseAlg(v: unknown): number[] {
+  if (v === undefined || v === null) return [];
+  const list = typeof v === 'string' ? [v] : v;
+  if (!Array.isArray(list) || list.some((a) => typeof a !== 'string')) throw new ConfigError('alg', 'expected "ftp" or "ftp:PORT", or a list of them');
+  const ports: number[] = [];
+  for (const a of list as string[]) {
+    const m = /^ftp(?::(\d{1,5}))?$/.exec(a.trim().toLowerCase());
+    const port = m ? (m[1] === undefined ? 21 : Number(m[1])) : NaN;
+    if (!(port >= 1 && port <= 65535)) throw new ConfigError('alg', `expected ftp or ftp:PORT (1-65535), got ${JSON.stringify(a)}`);
+    if (!ports.includes(port)) ports.push(port);
+  }
+  return ports;
 }

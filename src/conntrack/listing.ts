@@ -1,4 +1,4 @@
-import { FlowTable, DIR_ORIGINAL, DIR_REPLY, FLOW_SEEN_REPLY, FLOW_ASSURED } from './table.js';
+import { FlowTable, DIR_ORIGINAL, DIR_REPLY, FLOW_SEEN_REPLY, FLOW_ASSURED, FLOW_ALG, FLOW_EXPECTED } from './table.js';
 import { TCP_STATE_NAMES } from './tcp.js';
 import { SCTP_STATE_NAMES } from './sctp.js';
 import { ipToString } from '../wire/addr.js';
@@ -15,6 +15,8 @@ export interface FlowRecord {
   secondsLeft: number;
   packets: { original: number; reply: number };
   bytes: { original: number; reply: number };
+  /** Only on flows an ALG deals with: an FTP control connection it watches, or a data connection it expected. */
+  alg?: 'ftp-control' | 'ftp-data';
 }
 
 /** Every state name a flow can show (the `state` label values and the `--state` filter's choices). */
@@ -39,7 +41,9 @@ export function flowRecord(t: FlowTable, flow: number, now: number): FlowRecord 
     return { src: ipToString(t.tSrc[e]!), dst: ipToString(t.tDst[e]!), srcPort: t.tSport[e]!, dstPort: t.tDport[e]! };
   };
   const o = flow * 2;
-  return {
+  const f = t.flags[flow]!;
+  const alg = f & FLOW_ALG ? 'ftp-control' : f & FLOW_EXPECTED ? 'ftp-data' : null;
+  const rec: FlowRecord = {
     id: flow,
     protocol: protoName(t.proto[flow]!),
     original: side(DIR_ORIGINAL),
@@ -49,6 +53,8 @@ export function flowRecord(t: FlowTable, flow: number, now: number): FlowRecord 
     packets: { original: t.packets[o]!, reply: t.packets[o + 1]! },
     bytes: { original: t.bytes[o]!, reply: t.bytes[o + 1]! },
   };
+  if (alg !== null) rec.alg = alg;
+  return rec;
 }
 
 /** Every live flow (expired ones still waiting for the sweep are left out). */
@@ -70,5 +76,7 @@ export function formatFlow(r: FlowRecord): string {
     r.state.padEnd(11),
     `src=${o.src} dst=${o.dst} ${ports(o)} packets=${r.packets.original} bytes=${r.bytes.original}`,
     `src=${p.src} dst=${p.dst} ${ports(p)} packets=${r.packets.reply} bytes=${r.bytes.reply}`,
+    // conntrack -L names the helper of a control connection; an expected connection shows its master's.
+    ...(r.alg === 'ftp-control' ? ['helper=ftp'] : r.alg === 'ftp-data' ? ['expected=ftp'] : []),
   ].join(' ');
 }

@@ -38,6 +38,10 @@ export const FLOW_SEEN_REPLY = 2;
 export const FLOW_ASSURED = 4;
 /** Created by a packet from outside (a port forward or an endpoint-independent filter). */
 export const FLOW_INBOUND = 8;
+/** An ALG watches this flow's payload (an FTP control connection: src/nat/alg-ftp.ts). */
+export const FLOW_ALG = 16;
+/** Admitted by an ALG's expectation (an FTP data connection). */
+export const FLOW_EXPECTED = 32;
 
 export type RemoveReason = 'expired' | 'early-drop' | 'flush' | 'closed';
 

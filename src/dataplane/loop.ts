@@ -124,6 +124,7 @@ export class Dataplane {
     this.outLens = new Uint32Array(this.batch * 2);
     this.stats = { batches: 0, oversize: 0, badVnet: 0, superpackets: 0, segments: 0, writeShort: 0, spins: 0, spinPackets: 0, batchSizes: new Float64Array(8) };
     const hdr = this.hdrLen;
+    nat.packetRoom = this.slotSize - this.hdrLen;
     const loop = this;
     nat.sink = {
       buf: this.buf,
@@ -228,6 +229,7 @@ export class Dataplane {
           continue;
         }
         partial = vnet.needsCsum;
+        nat.gso = vnet.gsoType !== 0;
         if (vnet.gsoType !== 0) {
           this.stats.superpackets++;
           this.stats.segments += vnetSegments(vnet, len - hdrLen);
@@ -238,10 +240,12 @@ export class Dataplane {
       const tap = this.tap;
       const tapped = tap !== null && tap.before(buf, off, plen, now);
       const verdict = nat.process(buf, off, plen, now, partial);
-      if (tapped) tap.after(buf, off, plen, verdict, now);
+      // An ALG may have changed the packet's length (within its slot: the translator knows the room).
+      const grown = nat.lengthDelta;
+      if (tapped) tap.after(buf, off, plen + grown, verdict, now);
       if (verdict === Verdict.FORWARD) {
         this.outOffsets[this.outCount] = slot;
-        this.outLens[this.outCount] = len;
+        this.outLens[this.outCount] = len + grown;
         this.outCount++;
       }
     }

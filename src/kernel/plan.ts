@@ -363,6 +363,13 @@ export function planKernelNat(cfg: RouterConfig, backend: KernelBackend, env: Pl
   if (cfg.table !== DEFAULTS.table) ignored.push('--table');
   if (cfg.batch !== DEFAULTS.batch) ignored.push('--batch');
   if (cfg.gatewayPorts[0] !== DEFAULTS.gatewayPorts[0] || cfg.gatewayPorts[1] !== DEFAULTS.gatewayPorts[1]) ignored.push('--gateway-ports');
+  if (cfg.algFtp.length > 0) {
+    // Not silently dropped: a user comparing the engines must know the kernel side has no helper here.
+    notes.push(
+      `--alg ftp: the kernel engine does not assign the kernel's FTP helper (yet); active FTP through it needs a rule such as ` +
+        `\`iptables -t raw -A PREROUTING -p tcp --dport ${cfg.algFtp[0]} -j CT --helper ftp\` added by hand`,
+    );
+  }
   if (ignored.length) {
     notes.push(`${ignored.join(', ')}: userspace-engine settings with no kernel equivalent, ignored (conntrack keeps the gateway's own connections apart from translated ones)`);
   }

@@ -271,6 +271,69 @@ export function createRegistry(nat: Translator, loop: Dataplane | null, opts: Re
       this.inc({ outcome: 'suppressed' }, nat.stats.generatedSuppressed);
     },
   });
+  // The FTP ALG (--alg ftp): series only when it is on.
+  new Counter({
+    name: 'tunnat_alg_rewrites_total',
+    help: 'Commands and replies an ALG rewrote (FTP: PORT, EPRT, 227, 229)',
+    labelNames: ['alg'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      if (nat.alg) this.inc({ alg: 'ftp' }, nat.alg.stats.rewrites);
+    },
+  });
+  new Counter({
+    name: 'tunnat_alg_expectations_total',
+    help: 'ALG expectations by event: created, used by their data connection, expired unused, removed with their control connection or replaced',
+    labelNames: ['alg', 'event'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const a = nat.alg?.stats;
+      if (!a) return;
+      this.inc({ alg: 'ftp', event: 'created' }, a.expectations);
+      this.inc({ alg: 'ftp', event: 'used' }, a.expectationsUsed);
+      this.inc({ alg: 'ftp', event: 'expired' }, a.expectationsExpired);
+      this.inc({ alg: 'ftp', event: 'removed' }, a.expectationsRemoved);
+    },
+  });
+  new Gauge({
+    name: 'tunnat_alg_expectations',
+    help: 'ALG expectations waiting for their data connection (bounded)',
+    labelNames: ['alg'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      if (nat.alg) this.set({ alg: 'ftp' }, nat.alg.pending);
+    },
+  });
+  new Counter({
+    name: 'tunnat_alg_refused_total',
+    help: 'Commands an ALG left alone, by reason: limit (expectations), no-port, split (over segments), malformed (or a foreign address), no-room (slot), gso',
+    labelNames: ['alg', 'reason'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const a = nat.alg?.stats;
+      if (!a) return;
+      this.inc({ alg: 'ftp', reason: 'limit' }, a.refusedLimit);
+      this.inc({ alg: 'ftp', reason: 'no-port' }, a.refusedNoPort);
+      this.inc({ alg: 'ftp', reason: 'split' }, a.split);
+      this.inc({ alg: 'ftp', reason: 'malformed' }, a.malformed);
+      this.inc({ alg: 'ftp', reason: 'no-room' }, a.noRoom);
+      this.inc({ alg: 'ftp', reason: 'gso' }, a.gso);
+    },
+  });
+  new Counter({
+    name: 'tunnat_alg_seq_adjusted_total',
+    help: 'Segments of ALG control connections whose sequence or acknowledgement numbers were moved',
+    labelNames: ['alg'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      if (nat.alg) this.inc({ alg: 'ftp' }, nat.alg.stats.seqAdjusted);
+    },
+  });
   new Gauge({
     name: 'tunnat_fragment_datagrams',
     help: 'IP datagrams whose fragments are being tracked (bounded)',

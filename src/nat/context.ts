@@ -9,6 +9,7 @@ import { MappingTable } from './mappings.js';
 import { PortPool, type Rng } from './ports.js';
 import { PermissionTable } from './permissions.js';
 import type { EgressPolicy, PortForward } from './policy.js';
+import type { FtpAlg } from './alg-ftp.js';
 import { FragmentTracker, DEFAULT_FRAGMENT_LIMITS, type FragmentLimits } from './fragments.js';
 import {
   DropReason, Filtering, FILTERING_NAMES, Path, PortChoice, Verdict, newNatStats,
@@ -155,6 +156,17 @@ export class NatContext {
    * pseudo-header sum, and whoever sends it on completes the checksum over the data).
    */
   partial = false;
+  /** The packet is a GSO superpacket (set by the data plane; an ALG does not rewrite those). */
+  gso = false;
+  /**
+   * How much a forwarded packet grew (or shrank, if negative): an ALG rewrote its payload. Reset per
+   * packet; the data plane writes `len + lengthDelta` bytes.
+   */
+  lengthDelta = 0;
+  /** Bytes a packet may grow to in its slot, from its IP header on (0: up to the end of the buffer). */
+  packetRoom = 0;
+  /** The FTP ALG, when switched on (alg-ftp.ts enableFtpAlg). */
+  alg: FtpAlg | null = null;
 
   // ---- What a slow path leaves for the next step (valid only right after the call that set it)
   /** Setup.CREATED: the new flow's entry (its original direction). */

@@ -1,5 +1,5 @@
 import { IPPROTO } from '../wire/ipv4.js';
-import { DIR_ORIGINAL, DIR_REPLY, FLOW_INBOUND } from '../conntrack/table.js';
+import { DIR_ORIGINAL, DIR_REPLY, FLOW_EXPECTED, FLOW_INBOUND } from '../conntrack/table.js';
 import { NONE, type NatContext } from './context.js';
 import { allocateFlow, commitFlow, created, refused } from './flow-setup.js';
 import { DropReason, Filtering, PortChoice, Resolved, Setup } from './outcome.js';
@@ -66,7 +66,9 @@ export function resolveTarget(nat: NatContext, proto: number, to: number, port: 
  * packet that will become a flow may make room for one, so an unsolicited packet never evicts.
  */
 export function createInbound(nat: NatContext, proto: number, src: number, dst: number, sport: number, dport: number, now: number): Setup {
-  const r = resolveTarget(nat, proto, dst, dport, src, false);
+  // A data connection an ALG expects (alg-ftp.ts) goes where the expectation says, whatever the filtering.
+  const expected = proto === IPPROTO.TCP && nat.alg !== null && nat.alg.pending > 0 && nat.alg.claim(nat, src, dst, dport, now);
+  const r = expected ? Resolved.LAN_HOST : resolveTarget(nat, proto, dst, dport, src, false);
   if (r === Resolved.GATEWAY) return Setup.TO_GATEWAY;
   if (r === Resolved.REFUSED) return Setup.REFUSED;
   const { addr, port, mapping } = nat.target;
@@ -88,7 +90,7 @@ export function createInbound(nat: NatContext, proto: number, src: number, dst: 
     const t = nat.flows;
     t.setTuple(flow, DIR_ORIGINAL, src, dst, sport, dport);
     t.setTuple(flow, DIR_REPLY, addr, src, port, sport);
-    result = created(nat, commitFlow(nat, flow, proto, NONE, mapping, FLOW_INBOUND, addr, src, now));
+    result = created(nat, commitFlow(nat, flow, proto, NONE, mapping, expected ? FLOW_INBOUND | FLOW_EXPECTED : FLOW_INBOUND, addr, src, now));
   }
   // A held mapping that no flow took is freed now.
   if (mapping >= 0) maps.releaseIfUnused(mapping);

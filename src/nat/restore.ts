@@ -1,4 +1,4 @@
-import { DIR_ORIGINAL, DIR_REPLY, FLOW_INBOUND } from '../conntrack/table.js';
+import { DIR_ORIGINAL, DIR_REPLY, FLOW_ALG, FLOW_INBOUND } from '../conntrack/table.js';
 import { NONE, type NatContext } from './context.js';
 import { commitFlow } from './flow-setup.js';
 
@@ -56,7 +56,10 @@ export function restoreFlow(nat: NatContext, r: RestoredFlow, now: number): bool
   const inbound = (r.flags & FLOW_INBOUND) !== 0;
   const host = inbound ? r.reply[0] : r.original[0];
   const peer = inbound ? r.original[0] : r.original[1];
-  commitFlow(nat, flow, r.protocol, m, m2, r.flags, host, peer, now);
+  // An FTP control connection stays one only if this run has the ALG on (its expectations and sequence
+  // adjustment were not saved: see docs/operations.md); the flag means nothing to a run without it.
+  const flags = nat.alg !== null ? r.flags : r.flags & ~FLOW_ALG;
+  commitFlow(nat, flow, r.protocol, m, m2, flags, host, peer, now);
   t.state[flow] = r.state;
   t.detail[flow] = r.detail;
   t.expires[flow] = now + r.msLeft;

@@ -4,7 +4,7 @@ import { TcpVerdict, TCP_FLAGS } from '../wire/tcp.js';
 import { IcmpVerdict } from '../wire/icmp.js';
 import { rd16, rd32 } from '../wire/bytes.js';
 import { rewriteIcmpIdentifier, rewriteIpv4Header, rewriteTransportEndpoints } from '../wire/rewrite.js';
-import { DIR_REPLY, FLOW_ASSURED, FLOW_SEEN_REPLY } from '../conntrack/table.js';
+import { DIR_REPLY, FLOW_ALG, FLOW_ASSURED, FLOW_SEEN_REPLY } from '../conntrack/table.js';
 import { tcpStep, tcpTimeout, tcpIsAssured, tcpMayCreate, tcpPacketClass, TcpClass, TcpState } from '../conntrack/tcp.js';
 import type { Timeouts } from '../conntrack/timeouts.js';
 import type { EgressPolicy, PortForward } from './policy.js';
@@ -84,18 +84,24 @@ export class Translator extends NatContext {
     if (addr === this.publicIp) return 0;
     const old = this.publicIp;
     this.publicIp = addr;
-    this.mappings.setAddress(0, addr);
     // Fragments whose first fragment was translated to the old address must not follow with it.
     this.fragments.clear();
-    return this.flows.flush((f) => {
-      const m = this.flows.mapping[f]!;
-      return m < 0 || this.mappings.extAddr[m] === old;
+    // Flushed while the port pools still answer to the old address, so every port goes back to its pool;
+    // only then does the first pool slot take the new address. A flow without a mapping of its own
+    // (address-only, or in through a forward) is on the old address if either tuple names it.
+    const flows = this.flows;
+    const gone = flows.flush((f) => {
+      const m = flows.mapping[f]!;
+      return m < 0 ? flows.tDst[f * 2] === old || flows.tDst[f * 2 + 1] === old : this.mappings.extAddr[m] === old;
     });
+    this.mappings.setAddress(0, addr);
+    return gone;
   }
 
   /** Expire idle flows, visiting at most `budget` slots, and fragment sets that never completed. */
   sweep(now: number, budget: number): number {
     if (this.fragments.size > 0) this.fragments.expire(now);
+    if (this.alg !== null && this.alg.pending > 0) this.alg.expire(this, now);
     return this.flows.sweep(now, budget);
   }
 
@@ -121,6 +127,7 @@ export class Translator extends NatContext {
     this.lastPortChoice = PortChoice.NONE;
     this.lastDrop = NONE;
     this.lastPath = NONE;
+    this.lengthDelta = 0;
     const verdict = this.ip.wrap(buf, off, len);
     if (verdict !== Ipv4Verdict.OK) {
       // IPv6 is well-formed, just not translated (tunnat is an IPv4 NAT); everything else is garbage.
@@ -207,6 +214,7 @@ export class Translator extends NatContext {
       if (setup === Setup.TO_GATEWAY) return this.toGateway(total);
       if (setup === Setup.REFUSED) return this.drop(this.setupReason);
       e = this.setupEntry;
+      if (proto === IPPROTO.TCP && this.alg !== null) this.alg.flowCreated(this, e >> 1, dport, fromInside, toPublic);
     }
     const flow = e >> 1;
     const dir = e & 1;
@@ -267,6 +275,7 @@ export class Translator extends NatContext {
       rewriteTransportEndpoints(buf, l4, proto, this.partial, src, dst, sport, dport, newSrc, newDst, flows.tDport[o]!, flows.tSport[o]!);
     }
     rewriteIpv4Header(buf, ip.off, src, dst, newSrc, newDst, true);
+    if (flows.flags[flow]! & FLOW_ALG) return this.algSegment(buf, e, l4, total, now, fromInside, toPublic);
     return this.countForward(fromInside ? (toPublic ? Path.HAIRPIN : Path.OUTBOUND) : Path.INBOUND, total);
   }
 
@@ -288,6 +297,13 @@ export class Translator extends NatContext {
       for (const ob of this.observers) ob.updated?.(flow, before, now);
     }
     return true;
+  }
+
+  /** A segment of a connection an ALG watches (FLOW_ALG): its payload and sequence numbers, out of line. */
+  private algSegment(buf: Uint8Array, e: number, l4: number, total: number, now: number, fromInside: boolean, toPublic: boolean): number {
+    const alg = this.alg;
+    const delta = alg !== null ? alg.segment(this, buf, e, l4, total, now) : 0;
+    return this.countForward(fromInside ? (toPublic ? Path.HAIRPIN : Path.OUTBOUND) : Path.INBOUND, total + delta);
   }
 
   /** The first packet of a flow's reply direction. For UDP and ICMP that is their state change (UNREPLIED → REPLIED), as conntrack -E shows it. */

@@ -64,6 +64,7 @@ export function formatTrace(r: TraceRecord): string[] {
     lines.push(`  state ${state}; expires in ${f.secondsLeft} s unless more traffic comes; packets ${f.packets.original} out / ${f.packets.reply} back`);
   }
   if (r.port) lines.push(`  port ${r.port.publicPort} (${r.port.decision}): ${r.port.why}`);
+  if (r.alg) lines.push(`  ${r.alg.name} ALG rewrote ${JSON.stringify(r.alg.old)} → ${JSON.stringify(r.alg.new)}`);
   if (r.verdict === 'held') {
     lines.push('  held: a fragment that came before its first fragment; it is sent, translated, once the first one arrives');
     return lines;

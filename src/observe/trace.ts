@@ -1,7 +1,7 @@
 import { Verdict, PATH_NAMES, DROP_REASON_NAMES, FILTERING_NAMES, PortChoice, PORT_CHOICE_NAMES } from '../nat/translator.js';
 import { flowRecord, type FlowRecord } from '../conntrack/listing.js';
 import { TCP_STATE_NAMES } from '../conntrack/tcp.js';
-import { DIR_ORIGINAL, DIR_REPLY, FLOW_INBOUND } from '../conntrack/table.js';
+import { DIR_ORIGINAL, DIR_REPLY, FLOW_ALG, FLOW_INBOUND } from '../conntrack/table.js';
 import { IPPROTO } from '../wire/ipv4.js';
 import { ipToString } from '../wire/addr.js';
 import { packetMatches, type PacketFilter, type PacketKey } from './filter.js';
@@ -47,6 +47,8 @@ export interface TraceRecord {
       })
     | null;
   port: PortDecision | null;
+  /** An ALG rewrote the payload (FTP: the command or reply line, before and after); null otherwise. */
+  alg: { name: 'ftp'; old: string; new: string } | null;
   changes: FieldChange[];
   /** Every checksum of the packet as written, recomputed in full, matched (null: not forwarded). */
   checksumsVerified: boolean | null;
@@ -140,6 +142,7 @@ export class Tracer implements TapConsumer {
     const after = forwarded ? decodePacket(p.after, p.afterOff, p.afterLen) : null;
     let flow: TraceRecord['flow'] = null;
     let port: PortDecision | null = null;
+    let alg: TraceRecord['alg'] = null;
     const e = nat.lastEntry;
     if (e >= 0) {
       const f = e >> 1;
@@ -162,6 +165,9 @@ export class Tracer implements TapConsumer {
         stateBefore,
       };
       if (nat.lastPortChoice !== PortChoice.NONE) port = explainPort(p, f);
+      const rw = nat.alg?.lastRewrite;
+      // The ALG leaves its last rewrite until its next segment: it is this packet's only on an ALG flow.
+      if (forwarded && rw && t.flags[f]! & FLOW_ALG) alg = { name: 'ftp', old: rw.old, new: rw.new };
     }
     return {
       seq: ++this.seq,
@@ -173,6 +179,7 @@ export class Tracer implements TapConsumer {
       after,
       flow,
       port,
+      alg,
       changes: before && after ? diffPackets(before, after) : [],
       checksumsVerified: forwarded ? checksumsValid(p.after, p.afterOff, p.afterLen, p.partial) : null,
       checksumPartial: p.partial,

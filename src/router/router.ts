@@ -1,6 +1,7 @@
 import { randomInt } from 'node:crypto';
 import type { Server } from 'node:net';
 import { writeFileSync, existsSync, rmSync } from 'node:fs';
+import { enableFtpAlg } from '../nat/alg-ftp.js';
 import { enableOffloads, GSO_SLOT_SIZE, SLOT_SIZE, tunMtuFor } from './tun-setup.js';
 import { tuneJit } from '../util/jit.js';
 import { takeSnapshot, writeSnapshot, restoreSnapshot } from '../nat/snapshot.js';
@@ -283,6 +284,7 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
     maxFlowsPerHost: cfg.maxFlowsPerHost,
     icmpOnExhaustion: cfg.icmpErrors,
   });
+  if (cfg.algFtp.length > 0) enableFtpAlg(nat, cfg.algFtp);
   const loop = new Dataplane(tun, nat, {
     batch: cfg.batch,
     slotSize: vnetHdr ? GSO_SLOT_SIZE : Math.max(SLOT_SIZE, tunMtu),

@@ -24,6 +24,12 @@ describe('config', () => {
     expect(c.timeouts.udp).toBe(300);
   });
 
+  it('switches the FTP ALG on per port: off by default, ftp means port 21, repeatable, from flags or the file', () => {
+    expect(resolveConfig(base).algFtp).toEqual([]);
+    expect(resolveConfig({ ...base, alg: 'ftp' }).algFtp).toEqual([21]);
+    expect(resolveConfig({ ...base, alg: ['ftp', 'ftp:2121', 'FTP:21'] }).algFtp).toEqual([21, 2121]);
+  });
+
   it('takes the file first and flags over it, naming bad fields', () => {
     const dir = mkdtempSync(join(tmpdir(), 'tunnat-cfg-'));
     const file = join(dir, 'c.json');
@@ -54,6 +60,9 @@ describe('config', () => {
     [{ ...base, gatewayPorts: '1-65535' }, 'gatewayPorts'],
     [{ ...base, busyPoll: '-5' }, 'busyPoll'],
     [{ ...base, busyPoll: '20000' }, 'busyPoll'],
+    [{ ...base, alg: 'sip' }, 'alg'],
+    [{ ...base, alg: ['ftp:0'] }, 'alg'],
+    [{ ...base, alg: 'ftp:70000' }, 'alg'],
   ])('rejects %j naming %s', (flags, field) => {
     try {
       resolveConfig(flags);

@@ -160,6 +160,12 @@ describe('planKernelNat, sysctls', () => {
     const plan = planKernelNat(resolveConfig({ ...base, tun: 'tn9', batch: '8' }), 'nft');
     expect(plan.notes.join('\n')).toMatch(/--tun, --batch: userspace-engine settings/);
   });
+
+  it('--alg ftp is not silently ignored: the plan says the kernel helper is not assigned, and how to do it by hand', () => {
+    expect(planKernelNat(resolveConfig(base), 'nft').notes.join('\n')).not.toMatch(/--alg/);
+    const plan = planKernelNat(resolveConfig({ ...base, alg: 'ftp:2121' }), 'nft');
+    expect(plan.notes.join('\n')).toMatch(/--alg ftp: the kernel engine does not assign .*--dport 2121 -j CT --helper ftp/);
+  });
 });
 
 describe('formatPlan (the teaching view)', () => {
