@@ -4,7 +4,10 @@ import type { Translator } from '../nat/translator.js';
 import { DROP_REASON_NAMES, PATH_NAMES } from '../nat/translator.js';
 import type { Dataplane } from '../dataplane/loop.js';
 import { ipToString } from '../wire/addr.js';
-import { PROTO_NAMES, protoName } from '../wire/ipv4.js';
+import { IPPROTO, PROTO_NAMES, protoName } from '../wire/ipv4.js';
+
+/** The protocols with port pools (every other one is translated by address only). */
+const PORTED = [IPPROTO.TCP, IPPROTO.UDP, IPPROTO.ICMP, IPPROTO.SCTP, IPPROTO.UDPLITE] as const;
 import { registerHistogram } from './histogram.js';
 import type { LoopMetrics } from './loop-metrics.js';
 
@@ -228,8 +231,9 @@ export function createRegistry(nat: Translator, loop: Dataplane | null, opts: Re
       // One series per public address of the pool (a single one without a pool).
       nat.publicAddresses.forEach((a, i) => {
         const address = ipToString(a);
-        for (const [p, name] of Object.entries(PROTO_NAMES)) {
-          const pool = nat.mappings.pool(Number(p), i);
+        for (const p of PORTED) {
+          const pool = nat.mappings.pool(p, i);
+          const name = protoName(p);
           if (pool) this.set({ protocol: name, address }, pool.used);
         }
       });
@@ -245,8 +249,9 @@ export function createRegistry(nat: Translator, loop: Dataplane | null, opts: Re
       // One series per public address of the pool (a single one without a pool).
       nat.publicAddresses.forEach((a, i) => {
         const address = ipToString(a);
-        for (const [p, name] of Object.entries(PROTO_NAMES)) {
-          const pool = nat.mappings.pool(Number(p), i);
+        for (const p of PORTED) {
+          const pool = nat.mappings.pool(p, i);
+          const name = protoName(p);
           if (pool) this.set({ protocol: name, address }, pool.size);
         }
       });

@@ -205,5 +205,7 @@ describe('public address pool', () => {
     expect(sampleValue(s, 'tunnat_port_pool_used', { protocol: 'udp', address: '203.0.113.11' })).toBe(5);
     expect(sampleValue(s, 'tunnat_port_pool_used', { protocol: 'udp', address: '203.0.113.1' })).toBe(0);
     expect(sampleValue(s, 'tunnat_port_pool_size', { protocol: 'udp', address: '203.0.113.12' })).toBeGreaterThan(0);
+    // SCTP and UDP-Lite have pools of their own on every address, reported like the others.
+    for (const protocol of ['sctp', 'udplite']) expect(sampleValue(s, 'tunnat_port_pool_size', { protocol, address: '203.0.113.12' })).toBeGreaterThan(0);
   });
 });
