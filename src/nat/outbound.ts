@@ -1,9 +1,15 @@
+import { IPPROTO } from '../wire/ipv4.js';
 import { DIR_ORIGINAL, DIR_REPLY } from '../conntrack/table.js';
 import { NONE, type NatContext } from './context.js';
 import { allocateFlow, commitFlow, created, hostLimitReached, mappingFor } from './flow-setup.js';
 import { refuse } from './refusal.js';
 import { reclaimPort } from './port-reclaim.js';
 import { DropReason, type Setup } from './outcome.js';
+
+/** The protocols whose full port pool may reclaim a port (port-reclaim.ts): the datagram ones. */
+const RECLAIMS = new Uint8Array(256);
+RECLAIMS[IPPROTO.UDP] = 1;
+RECLAIMS[IPPROTO.UDPLITE] = 1;
 
 /**
  * A new connection from the LAN to the outside: the heart of source NAT. In the order the checks run:
@@ -28,10 +34,11 @@ export function createOutbound(
   if (hostLimitReached(nat, src)) return refuse(nat, buf, DropReason.HOST_LIMIT, proto, tell, now);
   const maps = nat.mappings;
   const existing = maps.lookupInternal(proto, src, sport);
-  // Paired pooling: a host whose address has no port left is refused, never moved to another address;
-  // first, a full pool gives up the port of an unassured flow on that address (port-reclaim.ts).
+  // Paired pooling: a host whose address has no port left is refused, never moved to another address.
+  // First, for datagrams, a full pool gives up the port of an unassured flow on that address
+  // (port-reclaim.ts). A TCP connection attempt keeps its port: its SYN may still be answered.
   const addr = nat.addressFor(src);
-  if (existing < 0 && maps.poolAt(proto, addr)!.available <= 0 && !reclaimPort(nat, proto, addr, now)) {
+  if (existing < 0 && maps.poolAt(proto, addr)!.available <= 0 && !(RECLAIMS[proto] === 1 && reclaimPort(nat, proto, addr, now))) {
     return refuse(nat, buf, DropReason.PORTS_EXHAUSTED, proto, tell, now);
   }
   const flow = allocateFlow(nat, now);

@@ -3,9 +3,10 @@ import type { NatContext } from './context.js';
 import { WELL_KNOWN_BELOW } from './udp-timer.js';
 
 /**
- * Netfilter's early drop, applied to public ports: when a protocol's pool has no free port, a new
- * outbound flow may take the port of an unassured flow of that protocol whose mapping no other flow uses
- * (an answered or unanswered query, a connection attempt that never got established). Assured flows, and
+ * Netfilter's early drop, applied to public ports: when a datagram protocol's pool (UDP, UDP-Lite; see
+ * outbound.ts) has no free port, a new outbound flow may take the port of an unassured flow of that
+ * protocol on the same public address whose mapping no other flow uses (an answered or unanswered
+ * query). Assured flows, and
  * mappings that several flows share, are never touched, so a reclaim only ever ends one exchange that had
  * not become a conversation.
  *

@@ -138,9 +138,13 @@ describe.skipIf(!isRoot)(`floods past --max-flows ${MAX_FLOWS} and --ports ${POR
 
   it('a table full of answered flows refuses new ones as table-full', async () => {
     const before = dropsByReason(await metrics());
-    // 12 source ports × 50 echo ports: 600 flows whose replies make them assured (never evicted).
+    // 12 source ports × 50 echo ports: 600 answered flows, sent again 2 s later so that each is a stream
+    // (Linux's rule, udp-timer.ts): assured, never evicted. A single query and its answer would not be.
     const fill = Array.from({ length: 600 }, (_, i) =>
       udpPacket({ src: LAN, dst: addr(SERVER), srcPort: 53000 + (i % 12), dstPort: ECHO_LO + Math.floor(i / 12), payload }));
+    const fillStarted = Date.now();
+    await sendRaw(lan, 'eth0', h.gwLanMac, fill, { gapUs: 1500 });
+    await sleep(Math.max(500, 2_200 - (Date.now() - fillStarted)));
     await sendRaw(lan, 'eth0', h.gwLanMac, fill, { gapUs: 1500 });
     await sleep(500);
     // Now the table holds answered flows only: one more new flow cannot get in.
