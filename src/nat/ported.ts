@@ -6,9 +6,7 @@ import { SCTP_HEADER_LENGTH, readSctpChecksum, sctpChecksum, sctpChunkMask, writ
 import { DIR_REPLY, FLOW_ASSURED, FLOW_SEEN_REPLY } from '../conntrack/table.js';
 import { SctpState, sctpFirstState, sctpMayCreate, sctpStep, sctpTimeout } from '../conntrack/sctp.js';
 import type { NatContext } from './context.js';
-import { createOutbound } from './outbound.js';
-import { createInbound } from './inbound.js';
-import { createHairpin } from './hairpin.js';
+import { setUpFlow } from './new-flow.js';
 import { DropReason, Path, Setup } from './outcome.js';
 
 /**
@@ -64,11 +62,7 @@ export function translatePorted(
       if (!fromInside && nat.gatewayOwnsPort(proto, dport, dst)) return nat.toGateway(total);
       return nat.drop(DropReason.NO_MAPPING);
     }
-    const setup = !fromInside
-      ? createInbound(nat, proto, src, dst, sport, dport, now)
-      : toPublic
-        ? createHairpin(nat, buf, proto, src, dst, sport, dport, now)
-        : createOutbound(nat, buf, proto, src, dst, sport, dport, now);
+    const setup = setUpFlow(nat, buf, proto, src, dst, sport, dport, fromInside, toPublic, now);
     if (setup === Setup.TO_GATEWAY) return nat.toGateway(total);
     if (setup === Setup.REFUSED) return nat.drop(nat.setupReason);
     e = nat.setupEntry;

@@ -9,9 +9,7 @@ import { tcpStep, tcpTimeout, tcpIsAssured, tcpMayCreate, tcpPacketClass, TcpCla
 import type { Timeouts } from '../conntrack/timeouts.js';
 import type { EgressPolicy, PortForward } from './policy.js';
 import { NatContext, NONE } from './context.js';
-import { createOutbound } from './outbound.js';
-import { createInbound } from './inbound.js';
-import { createHairpin } from './hairpin.js';
+import { setUpFlow } from './new-flow.js';
 import { gatewayIcmp, translateIcmpError } from './icmp-error.js';
 import { translateOther } from './generic.js';
 import { laterFragment, openFirstFragment, settleFirstFragment } from './fragment-path.js';
@@ -206,11 +204,7 @@ export class Translator extends NatContext {
     let e = flows.lookup(proto, src, dst, sport, dport, now);
     if (e < 0) {
       if (!this.mayOpen(proto, tcpFlags)) return this.notOpened(proto, tcpFlags, fromInside, toPublic, dport, total);
-      const setup = !fromInside
-        ? createInbound(this, proto, src, dst, sport, dport, now)
-        : toPublic
-          ? createHairpin(this, buf, proto, src, dst, sport, dport, now)
-          : createOutbound(this, buf, proto, src, dst, sport, dport, now);
+      const setup = setUpFlow(this, buf, proto, src, dst, sport, dport, fromInside, toPublic, now);
       if (setup === Setup.TO_GATEWAY) return this.toGateway(total);
       if (setup === Setup.REFUSED) return this.drop(this.setupReason);
       e = this.setupEntry;
