@@ -9,6 +9,7 @@ export const ROUTER_FLAGS = {
   internal: { type: 'string', arg: 'CIDR[,CIDR…]', required: true, about: 'LAN prefixes to translate' },
   external: { type: 'string', arg: 'IFACE', required: true, about: 'WAN interface' },
   'public-ip': { type: 'string', arg: 'ADDR[,ADDR…]|LOW-HIGH', about: "static SNAT address or pool, hosts paired with one address each (default: masquerade on IFACE's primary IPv4)" },
+  masquerade: { type: 'string', arg: 'primary|all', about: "without --public-ip: translate to IFACE's primary IPv4 (default), or pair hosts with every IPv4 address IFACE has, following them as they come and go" },
   snat: { type: 'string', multiple: true, arg: 'PREFIX=ADDR', about: 'static SNAT entry: hosts in PREFIX leave through pool address ADDR (most specific wins), repeatable' },
   tun: { type: 'string', arg: 'NAME', about: 'TUN device tunnat creates (default tunnat0)' },
   ports: { type: 'string', arg: 'LO-HI', about: 'public ports mappings may use (default 1024-65535)' },

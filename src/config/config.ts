@@ -23,6 +23,9 @@ export class ConfigError extends Error {
  * Why the per-packet views (the trace, --pcap) exist only in the userspace engine, completing "the
  * per-packet trace …" / "--pcap …"; the kernel engine's refusals and the CLI say it in these words.
  */
+/** The kernel's MASQUERADE takes the one source address routing picks; a pool that follows the WAN is tunnat's. */
+export const MASQUERADE_ALL_USERSPACE =
+  'needs the userspace engine (--engine userspace): the kernel\'s MASQUERADE uses the one address routing picks (for a fixed pool, give --public-ip A,B or a range)';
 export const USERSPACE_ONLY = 'needs the userspace engine (--engine userspace): the kernel translates packets without showing them to tunnat';
 
 export interface Endpoint {
@@ -35,6 +38,11 @@ export interface RouterConfig {
   external: string;
   /** Static SNAT address; null = masquerade (follow the external interface's primary address). */
   publicIp: number | null;
+  /**
+   * Masquerade (publicIp null) over the external interface's primary IPv4 address, or over all of them
+   * as a pool that follows the interface (`--masquerade all`).
+   */
+  masquerade: 'primary' | 'all';
   /** Every static public address, publicIp first (one long for a single address; empty for masquerade). */
   publicPool: number[];
   /** Static SNAT entries (`--snat PREFIX=ADDR`): that inside prefix leaves through that pool address. */
@@ -106,7 +114,7 @@ export const DEFAULTS = {
 
 /** Every key the config file may hold, with the flag of the same meaning. */
 export const CONFIG_KEYS = [
-  'internal', 'external', 'publicIp', 'snat', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows',
+  'internal', 'external', 'publicIp', 'masquerade', 'snat', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows',
   'timeouts', 'table', 'batch', 'busyPoll', 'logLevel', 'engine', 'backend', 'filtering', 'forward', 'alg', 'allowEgress',
   'egressReject', 'maxFlowsPerHost', 'icmpErrors', 'pcap', 'pcapSnaplen', 'pcapSize', 'pcapFiles', 'offload', 'state', 'user',
 ] as const;

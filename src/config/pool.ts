@@ -1,6 +1,7 @@
 import { parseIpv4, ipToString } from '../wire/addr.js';
 import { ConfigError } from './config.js';
 import type { SnatEntry } from '../nat/context.js';
+import { MAX_POOL } from '../nat/mappings.js';
 
 /**
  * The public address pool and the static SNAT entries, as `--public-ip` and `--snat` write them.
@@ -9,8 +10,8 @@ import type { SnatEntry } from '../nat/context.js';
  * port forwards and the gateway's own traffic use.
  */
 
-/** Each pool address costs a port pool per protocol (about 1 MB): a bound keeps a typo from eating memory. */
-export const MAX_POOL = 64;
+// A bound on the pool keeps a typo from eating memory (each address costs about 1 MB of port pools).
+export { MAX_POOL };
 
 export function parsePublicPool(v: unknown): number[] {
   const parts: unknown[] = Array.isArray(v) ? v : [v];

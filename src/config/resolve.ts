@@ -3,7 +3,7 @@ import { parseCidr, parseIpv4, ipToString, cidrToString, type Cidr } from '../wi
 import { resolveTimeouts, type Timeouts } from '../conntrack/timeouts.js';
 import { FILTERING_NAMES, type FilteringName } from '../nat/translator.js';
 import { parseForward, checkForwards, parseEgress, PolicyError, type PortForward, type EgressRule } from '../nat/policy.js';
-import { ConfigError, CONFIG_KEYS, DEFAULTS, USERSPACE_ONLY, type Endpoint, type RouterConfig } from './config.js';
+import { ConfigError, CONFIG_KEYS, DEFAULTS, MASQUERADE_ALL_USERSPACE, USERSPACE_ONLY, type Endpoint, type RouterConfig } from './config.js';
 import { parsePublicPool, parseSnatEntries } from './pool.js';
 
 /**
@@ -109,6 +109,13 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
   const publicPool = pub !== undefined && pub !== null ? parsePublicPool(pub) : [];
   if (publicPool.length > 0) publicIp = publicPool[0]!;
   const snat = parseSnatEntries(get('snat'), publicPool);
+  const masqueradeV = get('masquerade') ?? 'primary';
+  if (masqueradeV !== 'primary' && masqueradeV !== 'all') {
+    throw new ConfigError('masquerade', `expected primary or all, got ${JSON.stringify(masqueradeV)}`);
+  }
+  if (masqueradeV === 'all' && publicPool.length > 0) {
+    throw new ConfigError('masquerade', '--masquerade all follows the addresses of --external; it cannot be combined with --public-ip');
+  }
   const ports = get('ports') !== undefined ? parseRange('ports', get('ports')) : DEFAULTS.ports;
   const gatewayPorts = get('gatewayPorts') !== undefined ? parseRange('gatewayPorts', get('gatewayPorts')) : DEFAULTS.gatewayPorts;
   const httpV = get('http');
@@ -185,6 +192,7 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
   if (pcap !== undefined && pcap !== null && (typeof pcap !== 'string' || pcap === '')) {
     throw new ConfigError('pcap', `expected a file name, got ${JSON.stringify(pcap)}`);
   }
+  if (masqueradeV === 'all' && engine === 'kernel') throw new ConfigError('masquerade', `--masquerade all ${MASQUERADE_ALL_USERSPACE}`);
   if (typeof pcap === 'string' && engine === 'kernel') throw new ConfigError('pcap', `--pcap ${USERSPACE_ONLY}`);
   const snapV = get('pcapSnaplen');
   let pcapSnaplen: RouterConfig['pcapSnaplen'] = DEFAULTS.pcapSnaplen;
@@ -199,6 +207,7 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
     internal,
     external,
     publicIp,
+    masquerade: masqueradeV,
     publicPool,
     snat,
     tun,

@@ -2,8 +2,8 @@ import { Journal, type Log } from '../host/journal.js';
 import { mustRun } from '../host/commands.js';
 import { interfacePrimaryIpv4, isPlainLocalRule, listProxyNeighbours, listRules, type LinkInfo, type NeighRow } from '../host/ip-json.js';
 import { confKey, IP_FORWARD, isValidIfname, neighKey } from '../host/sysctl.js';
-import { ipToString, prefixMask } from '../wire/addr.js';
-import { cidrText, FAIL_CLOSED_METRIC, PROTO, RESERVED_TABLES, RoutingError, RULE_PREF, type RoutingConfig } from './routing-record.js';
+import { ipToString, parseIpv4, prefixMask } from '../wire/addr.js';
+import { cidrText, FAIL_CLOSED_METRIC, PROTO, RESERVED_TABLES, RoutingError, RULE_PREF, type RoutingConfig, type RoutingStep } from './routing-record.js';
 
 /**
  * The recipe (docs/operations.md, "What it changes on the system") as journalled steps, in the order that keeps every instant
@@ -73,7 +73,6 @@ export async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkIn
   const { tun, externalIface: wan } = cfg;
   const T = String(cfg.table);
   const T1 = String(cfg.table + 1);
-  const pub = ipToString(cfg.publicIp);
 
   // Translated packets arrive from the TUN with the public source address, which the strict
   // reverse-path check (and the check against local sources) would drop.
@@ -119,9 +118,9 @@ export async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkIn
   // 998) falls through to the local and main tables; only LAN traffic is refused.
   await route(['default', 'dev', tun, 'table', T1, 'proto', PROTO, ...src]);
 
-  const rule = async (args: string[], inbound = false): Promise<void> => {
+  const rule = async (args: string[]): Promise<void> => {
     const full = [...args, 'protocol', PROTO];
-    await j.step({ kind: 'rule', args: full, ...(inbound ? { inbound } : {}) }, () => io.run(['ip', 'rule', 'add', ...full]));
+    await j.step({ kind: 'rule', args: full }, () => io.run(['ip', 'rule', 'add', ...full]));
     log(`ip rule add ${full.join(' ')}`);
   };
   for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.antiSpoof), 'iif', wan, 'from', cidrText(c), 'blackhole']);
@@ -132,17 +131,10 @@ export async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkIn
   await rule(['pref', String(RULE_PREF.gatewayIcmp), 'iif', 'lo', 'ipproto', 'icmp', 'lookup', T1]);
   for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.outbound), 'from', cidrText(c), 'lookup', T]);
   // Inert until the pref-0 local rule goes, so they are safe to add first.
-  await rule(['pref', String(RULE_PREF.inbound), 'iif', wan, 'to', pub, 'lookup', T1], true);
-  for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.hairpin), 'from', cidrText(c), 'to', pub, 'lookup', T], true);
-  await addProxyNeighbour(j, pub, wan, log, io);
-  // The rest of a static pool: the same rules and ARP answers, not marked inbound because they never
-  // follow a changed WAN address (only masquerade's single address does; see updatePublicIp).
-  for (const extra of cfg.extraPublicIps ?? []) {
-    const a = ipToString(extra);
-    await rule(['pref', String(RULE_PREF.inbound), 'iif', wan, 'to', a, 'lookup', T1]);
-    for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.hairpin), 'from', cidrText(c), 'to', a, 'lookup', T]);
-    await addProxyNeighbour(j, a, wan, log, io);
-  }
+  await addAddressSteps(j, cfg, cfg.publicIp, true, log, io);
+  // The rest of a pool: the same rules and ARP answers, not marked inbound (only the primary address's
+  // rules are; see followAddresses).
+  for (const extra of cfg.extraPublicIps ?? []) await addAddressSteps(j, cfg, extra, false, log, io);
 
   if (moveLocal) {
     // Add the new local rule before deleting the old one: a crash in between must not stop local delivery.
@@ -160,6 +152,35 @@ export async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkIn
   await j.sysctl(confKey(tun, 'forwarding'), '1');
   await j.sysctl(IP_FORWARD, '1');
   log('forwarding on');
+}
+
+/**
+ * The rules that route one public address through tunnat, as `ip rule add` arguments: inbound from the
+ * WAN (lookup T+1), and hairpin from each LAN prefix (lookup T).
+ */
+export function addressRules(cfg: RoutingConfig, addr: number): string[][] {
+  const a = ipToString(addr);
+  return [
+    ['pref', String(RULE_PREF.inbound), 'iif', cfg.externalIface, 'to', a, 'lookup', String(cfg.table + 1), 'protocol', PROTO],
+    ...cfg.internal.map((c) => ['pref', String(RULE_PREF.hairpin), 'from', cidrText(c), 'to', a, 'lookup', String(cfg.table), 'protocol', PROTO]),
+  ];
+}
+
+/** The public address a journalled step is for (its inbound or hairpin rule, its proxy ARP entry), or null. */
+export function stepAddress(st: RoutingStep): number | null {
+  if (st.kind === 'proxy-neigh') return parseIpv4(st.address);
+  if (st.kind !== 'rule' || (st.args[1] !== String(RULE_PREF.inbound) && st.args[1] !== String(RULE_PREF.hairpin))) return null;
+  const to = st.args.indexOf('to');
+  return to < 0 ? null : parseIpv4(st.args[to + 1] ?? '');
+}
+
+/** Route one public address through tunnat: its rules, then the WAN's ARP answer for it. */
+export async function addAddressSteps(j: Journal, cfg: RoutingConfig, addr: number, primary: boolean, log: Log, io: RecipeIo = hostRecipeIo): Promise<void> {
+  for (const args of addressRules(cfg, addr)) {
+    await j.step({ kind: 'rule', args, ...(primary ? { inbound: true } : {}) }, () => io.run(['ip', 'rule', 'add', ...args]));
+    log(`ip rule add ${args.join(' ')}`);
+  }
+  await addProxyNeighbour(j, ipToString(addr), cfg.externalIface, log, io);
 }
 
 /**

@@ -71,6 +71,8 @@ export interface RoutingConfig {
    * hairpin from the LAN) and answered for on the WAN by proxy ARP.
    */
   extraPublicIps?: number[];
+  /** The pool follows the WAN interface's addresses (masquerade over every address): a restart may find others. */
+  dynamicPool?: boolean;
   /** True when the gateway has publicIp on an interface (masquerade or owned static). */
   publicIpOwned: boolean;
   /** Routing table T for outbound (fail closed); T+1 for inbound and the gateway's own ICMP (default 7301). */

@@ -6,7 +6,7 @@ import { netnsInode, processStartTime, readStateFile, stateFilePath, writeStateF
 import { procSysctls } from '../host/sysctl.js';
 import { ipToString } from '../wire/addr.js';
 import { refuseConflicts, type Leftover } from './leftovers.js';
-import { addProxyNeighbour, applySteps, planLocalRule, validateConfig } from './routing-recipe.js';
+import { addAddressSteps, applySteps, planLocalRule, stepAddress, validateConfig } from './routing-recipe.js';
 import { cidrText, parseAppliedRouting, RoutingError, type AppliedRouting, type RoutingConfig, type RoutingStep } from './routing-record.js';
 
 export { gatewayOwnsAddress, interfacePrimaryIpv4 } from '../host/ip-json.js';
@@ -121,12 +121,22 @@ export function removeRoutingSync(applied: AppliedRouting): void {
 // ---------------------------------------------------------------------------------------------
 // Masquerade: follow a changed WAN address
 
-/**
- * Point the inbound rule (and the proxy ARP entry) at a new public address: the new ones are
- * added before the old ones go, so no packet for either address is mis-delivered in between.
- */
+/** Masquerade's single address changed: followAddresses with the same pool (none for masquerade). */
 export async function updatePublicIp(applied: AppliedRouting, newIp: number, log: Log = quiet): Promise<AppliedRouting> {
-  if (!Number.isInteger(newIp) || newIp < 0 || newIp > 0xffffffff) throw new RoutingError('ROUTING_INVALID', `invalid public address ${newIp}`);
+  const extras = (applied.config.extraPublicIps ?? []).filter((a) => a !== newIp);
+  return followAddresses(applied, newIp, extras, log);
+}
+
+/**
+ * Route the public addresses `primary` and `extras` through tunnat, and no others: the rules and proxy
+ * ARP entries of a new address are added before those of an address that went are removed, so no packet
+ * for an address that stays is mis-delivered in between; an address that stays keeps its rules (the
+ * primary's marked as such), and the outbound route's source hint follows the primary.
+ */
+export async function followAddresses(applied: AppliedRouting, primary: number, extras: readonly number[], log: Log = quiet): Promise<AppliedRouting> {
+  for (const a of [primary, ...extras]) {
+    if (!Number.isInteger(a) || a < 0 || a > 0xffffffff) throw new RoutingError('ROUTING_INVALID', `invalid public address ${a}`);
+  }
   let state: AppliedRouting | null = null;
   try {
     state = parseAppliedRouting(readStateFile(applied.stateFile));
@@ -136,25 +146,27 @@ export async function updatePublicIp(applied: AppliedRouting, newIp: number, log
   if (state === null || state.runId !== applied.runId) {
     throw new RoutingError('ROUTING_FAILED', `no routing of this run to update (state file ${applied.stateFile} is gone or belongs to another run)`);
   }
-  if (state.config.publicIp === newIp) return structuredClone(state);
-
-  const { externalIface: wan } = state.config;
-  const pub = ipToString(newIp);
-  const oldSteps = state.steps.filter((s) => (s.kind === 'rule' && s.inbound === true) || s.kind === 'proxy-neigh');
+  const want = [primary, ...extras.filter((a) => a !== primary)];
+  const oldPrimary = state.config.publicIp;
+  const routed = new Set<number>();
+  for (const st of state.steps) {
+    const a = stepAddress(st);
+    if (a !== null) routed.add(a);
+  }
   const j = new Journal(state);
-  // Every rule that names the public address (inbound, hairpin) is re-made with the new one.
-  const newRules = oldSteps
-    .filter((st): st is Extract<RoutingStep, { kind: 'rule' }> => st.kind === 'rule')
-    .map((st) => st.args.map((a, i) => (i > 0 && st.args[i - 1] === 'to' ? pub : a)));
+  const pub = ipToString(primary);
   try {
-    for (const args of newRules) {
-      await j.step({ kind: 'rule', args, inbound: true }, () => mustRun(['ip', 'rule', 'add', ...args]));
-      log(`ip rule add ${args.join(' ')}`);
-    }
-    await addProxyNeighbour(j, pub, wan, log);
-    // The outbound route's source hint was the old address (see applySteps): it moves with it.
-    const old = ipToString(state.config.publicIp);
+    for (const a of want) if (!routed.has(a)) await addAddressSteps(j, state.config, a, a === primary, log);
+    // Which address is the primary is recorded on its rules (restarts and `tunnat down` read it).
     for (const st of state.steps) {
+      if (st.kind !== 'rule' || stepAddress(st) === null) continue;
+      if (stepAddress(st) === primary) st.inbound = true;
+      else delete st.inbound;
+    }
+    j.save();
+    // The outbound route's source hint was the old primary (see applySteps): it moves with it.
+    const old = ipToString(oldPrimary);
+    for (const st of primary === oldPrimary ? [] : state.steps) {
       if (st.kind !== 'route') continue;
       const at = st.args.indexOf('src');
       if (at < 0 || st.args[at + 1] !== old) continue;
@@ -171,17 +183,21 @@ export async function updatePublicIp(applied: AppliedRouting, newIp: number, log
       log(`ip route replace ${args.join(' ')}`);
     }
   } catch (err) {
-    throw new RoutingError('ROUTING_FAILED', `could not move the inbound rules to ${pub}: ${(err as Error).message}`, { cause: err });
+    throw new RoutingError('ROUTING_FAILED', `could not route the public addresses ${want.map(ipToString).join(', ')}: ${(err as Error).message}`, { cause: err });
   }
 
   const ctx = undoCtx(log);
-  for (const step of oldSteps) {
+  const stale = state.steps.filter((st) => {
+    const a = stepAddress(st);
+    return a !== null && !want.includes(a);
+  });
+  for (const step of stale.reverse()) {
     if (await drive(undoStep(step, ctx))) state.steps.splice(state.steps.indexOf(step), 1);
   }
-  state.config = { ...state.config, publicIp: newIp };
+  state.config = { ...state.config, publicIp: primary, ...(want.length > 1 || state.config.extraPublicIps ? { extraPublicIps: want.slice(1) } : {}) };
   j.save();
   if (ctx.errors.length > 0) {
-    throw new RoutingError('ROUTING_FAILED', `${pub} is routed, but the old address's entries remain:\n  ${ctx.errors.join('\n  ')}`);
+    throw new RoutingError('ROUTING_FAILED', `${pub} is routed, but entries of addresses that went remain:\n  ${ctx.errors.join('\n  ')}`);
   }
   return structuredClone(state);
 }
@@ -218,7 +234,9 @@ export function canAdoptRouting(cfg: RoutingConfig, l: Leftover): boolean {
     old.table === cfg.table &&
     old.externalIface === cfg.externalIface &&
     old.publicIpOwned === cfg.publicIpOwned &&
-    JSON.stringify(old.extraPublicIps ?? []) === JSON.stringify(cfg.extraPublicIps ?? []) &&
+    (old.dynamicPool === true) === (cfg.dynamicPool === true) &&
+    // A dynamic pool is whatever the WAN holds now: adoption re-routes the addresses that changed.
+    (cfg.dynamicPool === true || JSON.stringify(old.extraPublicIps ?? []) === JSON.stringify(cfg.extraPublicIps ?? [])) &&
     old.gatewayPorts[0] === cfg.gatewayPorts[0] &&
     old.gatewayPorts[1] === cfg.gatewayPorts[1] &&
     JSON.stringify(old.internal.map(cidrText)) === JSON.stringify(cfg.internal.map(cidrText))
@@ -259,7 +277,8 @@ export async function adoptRouting(cfg: RoutingConfig, l: Leftover, log: Log = q
   writeStateFile(state.stateFile, state);
   log(`adopted the routing of pid ${old.pid} for ${cfg.tun} (state file ${state.stateFile})`);
   let adopted = structuredClone(state);
-  if (old.config.publicIp !== cfg.publicIp) adopted = await updatePublicIp(adopted, cfg.publicIp, log);
+  if (cfg.dynamicPool === true) adopted = await followAddresses(adopted, cfg.publicIp, cfg.extraPublicIps ?? [], log);
+  else if (old.config.publicIp !== cfg.publicIp) adopted = await updatePublicIp(adopted, cfg.publicIp, log);
   return adopted;
 }
 

@@ -183,14 +183,15 @@ export function routeDelArgs(r: RouteRow): string[] {
 // Addresses
 
 /**
- * The interface's primary IPv4 address (the first global, non-secondary one), or null when it
- * has none or does not exist (a PPP link vanishes while it reconnects).
+ * The interface's IPv4 addresses, its primary one (the first global, non-secondary one) first, or an
+ * empty list when it has none or does not exist (a PPP link vanishes while it reconnects). With `all`
+ * false only the primary is wanted; with it, every global address that is not tentative, primary first.
  */
-export async function interfacePrimaryIpv4(iface: string): Promise<number | null> {
+export async function interfaceIpv4s(iface: string, all = true): Promise<number[]> {
   const argv = ['ip', '-j', '-4', 'addr', 'show', 'dev', iface];
   const r = await runTool(argv);
   if (r.exitCode !== 0) {
-    if (/does not exist|Cannot find device/.test(r.stderr)) return null;
+    if (/does not exist|Cannot find device/.test(r.stderr)) return [];
     throw new Error(failure(argv, r));
   }
   const infos: Record<string, unknown>[] = [];
@@ -201,7 +202,19 @@ export async function interfacePrimaryIpv4(iface: string): Promise<number | null
   const usable = infos.filter((a) => a['family'] === 'inet' && typeof a['local'] === 'string');
   const primary =
     usable.find((a) => a['scope'] === 'global' && a['secondary'] !== true && a['tentative'] !== true) ?? usable[0];
-  return primary ? parseIpv4(primary['local'] as string) : null;
+  if (!primary) return [];
+  const rest = all ? usable.filter((a) => a !== primary && a['scope'] === 'global' && a['tentative'] !== true) : [];
+  const out: number[] = [];
+  for (const a of [primary, ...rest]) {
+    const v = parseIpv4(a['local'] as string);
+    if (v !== null && !out.includes(v)) out.push(v);
+  }
+  return out;
+}
+
+/** The interface's primary IPv4 address, or null (see interfaceIpv4s). */
+export async function interfacePrimaryIpv4(iface: string): Promise<number | null> {
+  return (await interfaceIpv4s(iface, false))[0] ?? null;
 }
 
 /** Whether the kernel treats the address as one of its own (any `local` route in the local table). */

@@ -1,4 +1,4 @@
-import { ConfigError, USERSPACE_ONLY, type RouterConfig } from '../config/config.js';
+import { ConfigError, MASQUERADE_ALL_USERSPACE, USERSPACE_ONLY, type RouterConfig } from '../config/config.js';
 import { bindHttpListeners, closeListeners, startHttp } from '../observe/http.js';
 import { preflight } from '../host/preflight.js';
 import type { Logger } from '../util/log.js';
@@ -41,6 +41,7 @@ const WATCH_INTERVAL_MS = 10_000;
 export async function startKernelEngine(cfg: RouterConfig, log: Logger): Promise<RunningKernelEngine> {
   // resolveConfig refuses this for --engine kernel; here it is --engine auto falling back.
   if (cfg.pcap !== null) throw new ConfigError('pcap', `--pcap ${USERSPACE_ONLY}`);
+  if (cfg.masquerade === 'all') throw new ConfigError('masquerade', `--masquerade all ${MASQUERADE_ALL_USERSPACE}`);
   await preflight(cfg);
   const choice = await chooseBackend(cfg.backend);
   const env = await probeEnv(cfg);

@@ -229,10 +229,10 @@ export function createRegistry(nat: Translator, loop: Dataplane | null, opts: Re
     collect() {
       this.reset();
       // One series per public address of the pool (a single one without a pool).
-      nat.publicAddresses.forEach((a, i) => {
+      nat.publicAddresses.forEach((a) => {
         const address = ipToString(a);
         for (const p of PORTED) {
-          const pool = nat.mappings.pool(p, i);
+          const pool = nat.mappings.poolAt(p, a);
           const name = protoName(p);
           if (pool) this.set({ protocol: name, address }, pool.used);
         }
@@ -247,10 +247,10 @@ export function createRegistry(nat: Translator, loop: Dataplane | null, opts: Re
     collect() {
       this.reset();
       // One series per public address of the pool (a single one without a pool).
-      nat.publicAddresses.forEach((a, i) => {
+      nat.publicAddresses.forEach((a) => {
         const address = ipToString(a);
         for (const p of PORTED) {
-          const pool = nat.mappings.pool(p, i);
+          const pool = nat.mappings.poolAt(p, a);
           const name = protoName(p);
           if (pool) this.set({ protocol: name, address }, pool.size);
         }

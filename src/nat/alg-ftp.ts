@@ -140,6 +140,16 @@ export class FtpAlg {
     }
   }
 
+  /** A public address left the pool: expectations on it can never be met. */
+  forgetAddress(nat: NatContext, addr: number): void {
+    for (let i = this.expects.length - 1; i >= 0; i--) {
+      if (nat.mappings.extAddr[this.expects[i]!.mapping] === addr >>> 0) {
+        this.stats.expectationsRemoved++;
+        this.drop(nat, i);
+      }
+    }
+  }
+
   /** Remove expectations whose time ran out (from the translator's sweep, and before any use). */
   expire(nat: NatContext, now: number): void {
     for (let i = this.expects.length - 1; i >= 0; i--) {

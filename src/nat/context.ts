@@ -5,7 +5,7 @@ import { IcmpView } from '../wire/icmp.js';
 import { FlowTable, FLOW_INBOUND, type RemoveReason } from '../conntrack/table.js';
 import type { TcpStep } from '../conntrack/tcp.js';
 import type { Timeouts } from '../conntrack/timeouts.js';
-import { MappingTable } from './mappings.js';
+import { MappingTable, MAX_POOL } from './mappings.js';
 import { PortPool, type Rng } from './ports.js';
 import { PermissionTable } from './permissions.js';
 import type { EgressPolicy, PortForward } from './policy.js';
@@ -38,6 +38,11 @@ export interface NatOptions {
    * hosts are paired with one of them (pool.ts).
    */
   publicPool?: readonly number[];
+  /**
+   * The pool follows the WAN interface's addresses (masquerade over every address): it may grow to
+   * MAX_POOL addresses and shrink, through Translator.setPublicAddresses.
+   */
+  dynamicPool?: boolean;
   /** Static SNAT entries: hosts inside a prefix leave through that pool address (the most specific wins). */
   snat?: readonly SnatEntry[];
   /**
@@ -114,7 +119,15 @@ export class NatContext {
   readonly filtering: number;
   protected publicIp: number;
   /** More than one public address: the per-packet check for "addressed to us" looks further than publicIp. */
-  readonly multiAddress: boolean;
+  multiAddress: boolean;
+  /** The pool follows the WAN addresses (setPublicAddresses). */
+  readonly dynamicPool: boolean;
+  /**
+   * The addresses a new host is paired with by hash: the static pool in its given order, or the live
+   * addresses of a dynamic pool in numeric order (so a host's address does not depend on the order in
+   * which addresses came).
+   */
+  protected pairing: Uint32Array;
   /** Static SNAT entries, most specific first. */
   readonly snatEntries: readonly SnatEntry[];
   readonly publicIpOwned: boolean;
@@ -205,14 +218,16 @@ export class NatContext {
     const addresses = opts.publicPool && opts.publicPool.length > 0 ? opts.publicPool.map((a) => a >>> 0) : [this.publicIp];
     if (addresses[0] !== this.publicIp) throw new RangeError('the first address of the public pool must be publicIp');
     if (new Set(addresses).size !== addresses.length) throw new RangeError('the public pool names an address twice');
-    this.multiAddress = addresses.length > 1;
+    this.dynamicPool = opts.dynamicPool ?? false;
+    this.multiAddress = addresses.length > 1 || this.dynamicPool;
+    this.pairing = this.dynamicPool ? Uint32Array.from(addresses).sort() : Uint32Array.from(addresses);
     this.snatEntries = [...(opts.snat ?? [])].sort((a, b) => b.prefixLength - a.prefixLength);
     for (const e of this.snatEntries) {
       if (!addresses.includes(e.address >>> 0)) throw new RangeError('a static SNAT entry names an address outside the public pool');
     }
     this.mappings = new MappingTable(opts.maxFlows, opts.seed ^ 0x5bd1e995, (p) =>
       // ICMP identifiers are not ports: the whole 16-bit space is usable.
-      p === IPPROTO.ICMP ? new PortPool(0, 65535) : new PortPool(lo, hi, excluded), TRACKED, addresses);
+      p === IPPROTO.ICMP ? new PortPool(0, 65535) : new PortPool(lo, hi, excluded), TRACKED, addresses, this.dynamicPool ? MAX_POOL : 0);
     this.permissions = this.filtering === Filtering.ADDRESS ? new PermissionTable(opts.maxFlows * 2, opts.seed ^ 0x27d4eb2f) : null;
     this.setForwards(opts.forwards ?? []);
     this.egress = opts.egress ?? null;
@@ -231,7 +246,11 @@ export class NatContext {
 
   /** The public addresses, the first being publicAddress. */
   get publicAddresses(): number[] {
-    return Array.from(this.mappings.addresses);
+    const live = this.mappings.liveAddresses();
+    // The primary first, as the static pool has it.
+    const i = live.indexOf(this.publicIp);
+    if (i > 0) live.unshift(...live.splice(i, 1));
+    return live;
   }
 
   /** Whether `addr` is one of the public addresses (the per-packet test: one compare for a single address). */
@@ -252,7 +271,7 @@ export class NatContext {
     for (const e of this.snatEntries) {
       if (((host & maskOf(e.prefixLength)) >>> 0) === ((e.network & maskOf(e.prefixLength)) >>> 0)) return e.address >>> 0;
     }
-    const a = this.mappings.addresses;
+    const a = this.pairing;
     return a[poolSlot(host, a.length)]!;
   }
 

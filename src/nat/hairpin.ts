@@ -60,5 +60,7 @@ function finish(
   }
   t.setTuple(flow, DIR_ORIGINAL, src, dst, sport, dport);
   t.setTuple(flow, DIR_REPLY, addr, pub, port, pa);
-  return created(nat, commitFlow(nat, flow, proto, m, m2, 0, src, pub, now));
+  // The permissions are keyed by the address A sent to, as peerAddress (and so their removal) reads it:
+  // with a pool that need not be A's own public address.
+  return created(nat, commitFlow(nat, flow, proto, m, m2, 0, src, dst, now));
 }

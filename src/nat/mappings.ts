@@ -16,6 +16,9 @@ import { HashIndex, auditIndexedRows } from '../conntrack/hash-index.js';
  */
 const NONE = -1;
 
+/** Each pool address costs a port pool per protocol (about 1 MB): the most a pool may hold. */
+export const MAX_POOL = 64;
+
 export interface MappingInfo {
   protocol: number;
   internalAddress: number;
@@ -37,16 +40,23 @@ export class MappingTable {
   private readonly free: FreeList;
   size = 0;
 
-  /** Port pools by protocol number: one per public address, in the order of `addresses`. */
+  /** Port pools by protocol number: one per slot of `addresses`. */
   private readonly pools = new Map<number, PortPool[]>();
-  /** The public addresses (the pool); a mapping's port lives in the pool of its address. */
+  /**
+   * The public addresses (the pool), one per slot; a mapping's port lives in the pool of its slot. Only
+   * the first `slots` are in use, and of those only the live ones: a slot whose address went (masquerade
+   * over every WAN address) keeps its pools, empty, for the next address that comes.
+   */
   readonly addresses: Uint32Array;
+  private readonly live: Uint8Array;
+  slots: number;
   /**
    * Paired pooling (RFC 4787 REQ-2): the public address each inside host holds while it has any mapping,
    * and how many mappings it has. Touched only when a mapping is made or freed.
    */
   private readonly hostAddr = new Map<number, number>();
   private readonly hostMappings = new Map<number, number>();
+  private readonly poolFor: (protocol: number) => PortPool;
 
   constructor(
     readonly capacity: number,
@@ -54,8 +64,15 @@ export class MappingTable {
     poolFor: (protocol: number) => PortPool,
     protocols: readonly number[],
     addresses: readonly number[] = [0],
+    /** Slots the pool may grow to (addAddress); the static pool's own size by default. */
+    maxSlots = 0,
   ) {
-    this.addresses = Uint32Array.from(addresses.length > 0 ? addresses : [0]);
+    const initial = addresses.length > 0 ? addresses : [0];
+    this.slots = initial.length;
+    this.addresses = new Uint32Array(Math.max(maxSlots, this.slots));
+    this.addresses.set(initial.map((a) => a >>> 0));
+    this.live = new Uint8Array(this.addresses.length).fill(1, 0, this.slots);
+    this.poolFor = poolFor;
     this.proto = new Uint8Array(capacity);
     this.intAddr = new Uint32Array(capacity);
     this.intPort = new Uint16Array(capacity);
@@ -65,15 +82,16 @@ export class MappingTable {
     let ports = 0;
     for (const p of protocols) {
       const list: PortPool[] = [];
-      for (let i = 0; i < this.addresses.length; i++) {
+      for (let i = 0; i < this.slots; i++) {
         const pool = poolFor(p);
         list.push(pool);
-        ports += pool.hi - pool.lo + 1;
+        ports += (pool.hi - pool.lo + 1) * (this.addresses.length / this.slots);
       }
       this.pools.set(p, list);
     }
-    // Every mapping in use owns a port of one of these pools, so there are never more of them than ports:
-    // at a million flows that bound keeps the index to a quarter or less of what the capacity would ask.
+    // Every mapping in use owns a port of one of these pools (or of the slots the pool may grow to), so
+    // there are never more of them than ports: at a million flows that bound keeps the index to a quarter
+    // or less of what the capacity would ask.
     this.index = new HashIndex(Math.max(1, Math.min(capacity, ports)), seed, this.proto, 0);
     this.free = new FreeList(capacity);
   }
@@ -86,9 +104,49 @@ export class MappingTable {
   /** Where `addr` stands in the pool of public addresses, or -1. */
   addressIndex(addr: number): number {
     const a = this.addresses;
+    const n = this.slots;
     addr >>>= 0;
-    for (let i = 0; i < a.length; i++) if (a[i] === addr) return i;
+    for (let i = 0; i < n; i++) if (a[i] === addr && this.live[i] === 1) return i;
     return NONE;
+  }
+
+  /** The live public addresses, in slot order. */
+  liveAddresses(): number[] {
+    const out: number[] = [];
+    for (let i = 0; i < this.slots; i++) if (this.live[i] === 1) out.push(this.addresses[i]!);
+    return out;
+  }
+
+  /**
+   * A new public address joins the pool (masquerade over every WAN address): it takes a slot whose
+   * address went, or a new one, with fresh port pools. Returns the slot, or -1 when every slot is taken.
+   */
+  addAddress(addr: number): number {
+    addr >>>= 0;
+    const have = this.addressIndex(addr);
+    if (have >= 0) return have;
+    let i = 0;
+    while (i < this.slots && this.live[i] === 1) i++;
+    if (i === this.slots && this.slots === this.addresses.length) return NONE;
+    // Fresh pools, also for a slot taken over: the ports blocked for the old address were its own.
+    for (const [p, list] of this.pools) list[i] = this.poolFor(p);
+    if (i === this.slots) this.slots++;
+    this.addresses[i] = addr;
+    this.live[i] = 1;
+    return i;
+  }
+
+  /**
+   * A public address leaves the pool. Its mappings must be gone already (the caller flushed their flows):
+   * returns false, changing nothing, while any of its ports is still in use.
+   */
+  removeAddress(addr: number): boolean {
+    const i = this.addressIndex(addr);
+    if (i < 0) return true;
+    for (const list of this.pools.values()) if (list[i]!.used > 0) return false;
+    this.live[i] = 0;
+    this.addresses[i] = 0;
+    return true;
   }
 
   /** The port pool of a protocol on public address `addr` (undefined if it is not one of the pool). */

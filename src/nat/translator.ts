@@ -9,6 +9,8 @@ import { tcpStep, tcpTimeout, tcpIsAssured, tcpMayCreate, tcpPacketClass, TcpCla
 import type { Timeouts } from '../conntrack/timeouts.js';
 import type { EgressPolicy, PortForward } from './policy.js';
 import { NatContext, NONE } from './context.js';
+import { MAX_POOL } from './mappings.js';
+import { ipToString } from '../wire/addr.js';
 import { setUpFlow } from './new-flow.js';
 import { gatewayIcmp, translateIcmpError } from './icmp-error.js';
 import { translateOther } from './generic.js';
@@ -94,6 +96,43 @@ export class Translator extends NatContext {
     });
     this.mappings.setAddress(0, addr);
     return gone;
+  }
+
+  /**
+   * Masquerade over every WAN address: the interface's addresses are now `addresses`, `primary` first
+   * among them (forwards and the gateway's own traffic use it). Flows on an address that went are
+   * flushed, as a change of the single address flushes them; an address that stayed keeps its flows and
+   * its hosts; a new one takes new hosts from now on. Returns how many flows went.
+   */
+  setPublicAddresses(primary: number, addresses: readonly number[]): number {
+    if (!this.dynamicPool) throw new Error('setPublicAddresses needs a dynamic pool (use setPublicAddress)');
+    const next = [...new Set(addresses.map((a) => a >>> 0))].slice(0, MAX_POOL);
+    primary >>>= 0;
+    if (!next.includes(primary)) throw new RangeError('the primary address must be one of the addresses');
+    const gone = this.mappings.liveAddresses().filter((a) => !next.includes(a));
+    let flushed = 0;
+    if (gone.length > 0) {
+      this.fragments.clear();
+      const flows = this.flows;
+      const maps = this.mappings;
+      // A flow goes if either mapping it holds is on an address that went (a hairpin holds its target's
+      // too, which may be on another address than its own), or, holding none, if a tuple names one.
+      flushed = flows.flush((f) => {
+        const m = flows.mapping[f]!;
+        const m2 = flows.mapping2[f]!;
+        if (m2 >= 0 && gone.includes(maps.extAddr[m2]!)) return true;
+        return m < 0 ? gone.includes(flows.tDst[f * 2]!) || gone.includes(flows.tDst[f * 2 + 1]!) : gone.includes(maps.extAddr[m]!);
+      });
+      for (const a of gone) {
+        this.alg?.forgetAddress(this, a);
+        // Every port of the address went with its flows and expectations.
+        if (!maps.removeAddress(a)) throw new Error(`public address ${ipToString(a)} still has ports in use after its flows went`);
+      }
+    }
+    for (const a of next) this.mappings.addAddress(a);
+    this.publicIp = primary;
+    this.pairing = Uint32Array.from(this.mappings.liveAddresses()).sort();
+    return flushed;
   }
 
   /** Expire idle flows, visiting at most `budget` slots, and fragment sets that never completed. */

@@ -23,7 +23,8 @@ export interface LiveSnapshot {
     flowsMax: number;
     flowsCreated: number;
     flowsRemoved: Record<string, number>;
-    portPools: { protocol: string; used: number; size: number }[];
+    /** One per protocol and public address (the live page names the address only for a pool). */
+    portPools: { protocol: string; address: string; used: number; size: number }[];
   };
   hosts: HostTotals[];
   /** The busiest flows (by bytes), at most `flowLimit`. */
@@ -49,9 +50,11 @@ export function liveSnapshot(nat: Translator, hosts: HostAccounting, now: number
   if (live.length > flowLimit) live.sort((a, b) => weight(b) - weight(a));
   const flows = live.slice(0, flowLimit).map((f) => flowRecord(t, f, now));
   const portPools: LiveSnapshot['counters']['portPools'] = [];
-  for (const [p, name] of Object.entries(PROTO_NAMES)) {
-    const pool = nat.mappings.pool(Number(p));
-    if (pool) portPools.push({ protocol: name, used: pool.used, size: pool.size });
+  for (const addr of nat.publicAddresses) {
+    for (const [p, name] of Object.entries(PROTO_NAMES)) {
+      const pool = nat.mappings.poolAt(Number(p), addr);
+      if (pool) portPools.push({ protocol: name, address: ipToString(addr), used: pool.used, size: pool.size });
+    }
   }
   return {
     time: new Date().toISOString(),

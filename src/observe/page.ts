@@ -141,7 +141,8 @@ ${CHART_AXES_JS}
       if (c.drops[r] > 0) card(box, 'dropped: ' + r, fmt(c.drops[r]), true);
     });
     if (totalDrops === 0) card(box, 'dropped', '0');
-    c.portPools.forEach(function (p) { card(box, p.protocol + ' ports used', fmt(p.used) + ' / ' + fmt(p.size)); });
+    var pooled = c.portPools.some(function (p) { return p.address !== c.portPools[0].address; });
+    c.portPools.forEach(function (p) { card(box, p.protocol + ' ports used' + (pooled ? ' on ' + p.address : ''), fmt(p.used) + ' / ' + fmt(p.size)); });
   }
 
   function renderHosts(s, t, dt) {

@@ -39,7 +39,7 @@ process.on('message', (m: ParentMessage, handle?: Socket) => {
         return;
       }
       case 'publicIp':
-        dp?.setPublicAddress(m.addr);
+        dp?.setPublicAddresses(m.addr, m.all);
         return;
       case 'reload':
         dp?.reload(m.cfg);

@@ -82,9 +82,9 @@ export function unreadableFor(file: string, user: PrivsepUser): string | null {
 
 /** Messages between the two halves (JSON over the fork IPC channel). */
 export type ParentMessage =
-  | { type: 'start'; cfg: RouterConfig; base: { vnetHdr: boolean; tunMtu: number; publicIp: number; owned: boolean } }
+  | { type: 'start'; cfg: RouterConfig; base: { vnetHdr: boolean; tunMtu: number; publicIp: number; owned: boolean; dynamicPool: boolean; publicPool: number[] } }
   | { type: 'conn' }
-  | { type: 'publicIp'; addr: number }
+  | { type: 'publicIp'; addr: number; all: number[] }
   | { type: 'reload'; cfg: RouterConfig }
   | { type: 'stop'; save: boolean };
 export type ChildMessage = { type: 'ready' } | { type: 'error'; message: string } | { type: 'stopped'; saved: boolean };
@@ -154,7 +154,7 @@ export async function startPrivsep(cfg: RouterConfig, log: Logger, user: Privsep
   send({
     type: 'start',
     cfg,
-    base: { vnetHdr: sys.vnetHdr, tunMtu: sys.tunMtu, publicIp: sys.publicIp, owned: sys.owned },
+    base: { vnetHdr: sys.vnetHdr, tunMtu: sys.tunMtu, publicIp: sys.publicIp, owned: sys.owned, dynamicPool: sys.dynamicPool, publicPool: sys.publicPool },
   });
   try {
     await ready;
@@ -172,7 +172,7 @@ export async function startPrivsep(cfg: RouterConfig, log: Logger, user: Privsep
       else sock.destroy();
     });
   }
-  const stopFollowing = sys.masquerade ? sys.followAddress((addr) => send({ type: 'publicIp', addr })) : () => {};
+  const stopFollowing = sys.masquerade ? sys.followAddress((addr, all) => send({ type: 'publicIp', addr, all })) : () => {};
   logRunning(cfg, log, sys, { dataplaneUser: user.name, dataplanePid: kid.pid });
 
   let resolveDone!: () => void;

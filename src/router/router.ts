@@ -11,13 +11,15 @@ import type { TunDevice } from '../tun/device.js';
 import { NativeTun } from '../tun/native.js';
 import { Translator } from '../nat/translator.js';
 import { EgressPolicy } from '../nat/policy.js';
-import { readLocalPorts } from '../nat/local-ports.js';
+import { readLocalPorts, type LocalPorts } from '../nat/local-ports.js';
 import { Dataplane } from '../dataplane/loop.js';
 import {
-  applyRouting, removeRouting, removeRoutingSync, updatePublicIp, detectLeftovers, cleanLeftovers,
+  applyRouting, removeRouting, removeRoutingSync, followAddresses, detectLeftovers, cleanLeftovers,
   adoptRouting, canAdoptRouting, keepForRestart, type RoutingConfig,
-  interfacePrimaryIpv4, gatewayOwnsAddress, type AppliedRouting,
+  gatewayOwnsAddress, type AppliedRouting,
 } from '../dataplane/routing.js';
+import { interfaceIpv4s } from '../host/ip-json.js';
+import { MAX_POOL } from '../nat/mappings.js';
 import { createRegistry } from '../metrics/registry.js';
 import { bindHttpListeners, closeListeners, startHttp } from '../observe/http.js';
 import { preflight } from '../host/preflight.js';
@@ -67,29 +69,51 @@ export interface SystemSetup {
   readonly publicIp: number;
   readonly owned: boolean;
   readonly masquerade: boolean;
-  /** Poll the WAN address (masquerade); on a change, move the routing first, then tell `onChange`. */
-  followAddress(onChange: (addr: number, old: number) => void): () => void;
+  /** Masquerade over every WAN address: the pool (publicIp first) follows the interface. */
+  readonly dynamicPool: boolean;
+  /** The dynamic pool's addresses at start, publicIp first (empty otherwise). */
+  readonly publicPool: number[];
+  /**
+   * Poll the WAN addresses (masquerade); on a change, route the new addresses first, then tell
+   * `onChange` (which flushes the flows of addresses that went), then stop routing the old ones.
+   */
+  followAddress(onChange: (primary: number, all: number[]) => void): () => void;
   /** Make the TUN outlive this process and leave the rules for the next run (false if impossible). */
   keepForRestart(): boolean;
   /** Remove the routing (unless kept) and close the TUN. */
   teardown(): Promise<void>;
 }
 
+/**
+ * The WAN addresses `--masquerade all` pairs hosts with: the interface's, primary first, without any
+ * inside --internal (REQ-7: they cannot be told from a LAN host) and at most MAX_POOL of them.
+ */
+function wanPool(addrs: readonly number[], inside: (a: number) => boolean, log: Logger | null): number[] {
+  const usable = addrs.filter((a) => !inside(a));
+  if (log && usable.length < addrs.length) log.warn('WAN addresses inside --internal are not used', { skipped: addrs.filter(inside).map(ipToString).join(',') });
+  if (log && usable.length > MAX_POOL) log.warn(`the WAN has more than ${MAX_POOL} addresses; the first ${MAX_POOL} are used`, { addresses: usable.length });
+  return usable.slice(0, MAX_POOL);
+}
+
 export async function setupSystem(cfg: RouterConfig, log: Logger, opts: { tun?: TunDevice } = {}): Promise<SystemSetup> {
   const masquerade = cfg.publicIp === null;
+  const dynamicPool = masquerade && cfg.masquerade === 'all';
+  const inside = (a: number) => cfg.internal.some((c) => ((a & c.mask) >>> 0) === c.network);
   let publicIp: number;
+  let publicPool: number[] = [];
   if (cfg.publicIp !== null) {
     publicIp = cfg.publicIp;
   } else {
-    const addr = await interfacePrimaryIpv4(cfg.external).catch((err: Error) => {
+    const addrs = await interfaceIpv4s(cfg.external, dynamicPool).catch((err: Error) => {
       throw new StartupError('NO_EXTERNAL', `cannot read the address of --external ${cfg.external}: ${err.message}`);
     });
-    if (addr === null) {
+    if (addrs.length === 0) {
       throw new StartupError('NO_EXTERNAL', `--external ${cfg.external} has no IPv4 address to masquerade behind (give one, or use --public-ip)`);
     }
-    publicIp = addr;
+    if (dynamicPool) publicPool = wanPool(addrs, inside, log);
+    publicIp = publicPool[0] ?? addrs[0]!;
   }
-  if (cfg.publicPool.some((a) => cfg.internal.some((c) => ((a & c.mask) >>> 0) === c.network)) || cfg.internal.some((c) => ((publicIp & c.mask) >>> 0) === c.network)) {
+  if (cfg.publicPool.some(inside) || inside(publicIp)) {
     // RFC 4787 REQ-7: an external address inside the internal network cannot be told apart from a LAN host.
     throw new StartupError('ADDRESS_CONFLICT', `the public address ${ipToString(publicIp)} lies inside --internal; choose prefixes that do not overlap the WAN`);
   }
@@ -102,6 +126,7 @@ export async function setupSystem(cfg: RouterConfig, log: Logger, opts: { tun?: 
     externalIface: cfg.external,
     publicIp,
     ...(cfg.publicPool.length > 1 ? { extraPublicIps: cfg.publicPool.slice(1) } : {}),
+    ...(dynamicPool ? { extraPublicIps: publicPool.slice(1), dynamicPool: true } : {}),
     publicIpOwned: owned,
     table: cfg.table,
     gatewayPorts: cfg.gatewayPorts,
@@ -170,7 +195,7 @@ export async function setupSystem(cfg: RouterConfig, log: Logger, opts: { tun?: 
     throw err;
   }
 
-  let currentIp = publicIp;
+  let current = dynamicPool ? publicPool : [publicIp];
   return {
     tun,
     vnetHdr,
@@ -178,6 +203,8 @@ export async function setupSystem(cfg: RouterConfig, log: Logger, opts: { tun?: 
     publicIp,
     owned,
     masquerade,
+    dynamicPool,
+    publicPool,
     followAddress(onChange) {
       let checking = false;
       const timer = setInterval(() => {
@@ -185,12 +212,17 @@ export async function setupSystem(cfg: RouterConfig, log: Logger, opts: { tun?: 
         checking = true;
         void (async () => {
           try {
-            const addr = await interfacePrimaryIpv4(cfg.external);
-            if (addr !== null && addr !== currentIp && applied) {
-              applied = await updatePublicIp(applied, addr);
-              const old = currentIp;
-              currentIp = addr;
-              onChange(addr, old);
+            // No address at all (a PPP link reconnecting): keep the last ones until the link is back.
+            const found = await interfaceIpv4s(cfg.external, dynamicPool);
+            const next = dynamicPool ? wanPool(found, inside, null) : found.slice(0, 1);
+            const same = next.length === current.length && next.every((a, i) => a === current[i]);
+            if (next.length > 0 && !same && applied) {
+              // New addresses are routed before the data plane uses them; the old ones stay routed until
+              // the data plane has dropped their flows, then go.
+              applied = await followAddresses(applied, next[0]!, [...new Set([...next.slice(1), ...current])].filter((a) => a !== next[0]));
+              current = next;
+              onChange(next[0]!, next);
+              applied = await followAddresses(applied, next[0]!, next.slice(1));
             }
           } catch (err) {
             log.warn('could not read the external address', { error: (err as Error).message });
@@ -246,6 +278,9 @@ export interface DataplaneBase {
   tunMtu: number;
   publicIp: number;
   owned: boolean;
+  /** Masquerade over every WAN address: the pool at start (publicIp first), which then follows the WAN. */
+  dynamicPool?: boolean;
+  publicPool?: number[];
   clock?: () => number;
   /** The listeners of cfg.http/httpSocket, bound before the host was changed (see bindHttpListeners). */
   httpHandles: Server[];
@@ -254,7 +289,8 @@ export interface DataplaneBase {
 export interface RunningDataplane {
   readonly nat: Translator;
   readonly loop: Dataplane;
-  setPublicAddress(addr: number): void;
+  /** Masquerade: the WAN's addresses changed (`all` is the pool, or [primary] without one). */
+  setPublicAddresses(primary: number, all: readonly number[]): void;
   reload(next: RouterConfig): string[];
   /** Stop the loop; with `saveTo`, write the flow table there first. Closes HTTP and taps, not the TUN. */
   close(saveTo: string | null): Promise<void>;
@@ -268,8 +304,10 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
   const nat = new Translator({
     internal: cfg.internal,
     publicIp: base.publicIp,
-    // A static pool (its first address is base.publicIp); masquerade has the one address it follows.
+    // A static pool (its first address is base.publicIp); masquerade has the one address it follows,
+    // or with --masquerade all every address of the WAN.
     ...(cfg.publicPool.length > 1 ? { publicPool: cfg.publicPool, snat: cfg.snat } : {}),
+    ...(base.dynamicPool ? { publicPool: base.publicPool ?? [base.publicIp], dynamicPool: true } : {}),
     publicIpOwned: base.owned,
     ports: cfg.ports,
     excludedPorts: [cfg.gatewayPorts],
@@ -314,16 +352,21 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
     rmSync(cfg.stateFile, { force: true });
   }
 
-  // The gateway's own listening sockets are never handed out as mappings.
-  let localBlocked: { tcp: Set<number>; udp: Set<number> } = { tcp: new Set(), udp: new Set() };
+  // The gateway's own listening sockets are never handed out as mappings, on any public address.
+  let localBlocked = new Map<number, LocalPorts>();
   const refreshLocalPorts = () => {
-    const now = readLocalPorts(nat.publicAddress);
-    for (const [proto, name] of [[IPPROTO.TCP, 'tcp'], [IPPROTO.UDP, 'udp']] as const) {
-      const pool = nat.mappings.pool(proto)!;
-      for (const p of localBlocked[name]) if (!now[name].has(p)) pool.setAllowed(p, true);
-      for (const p of now[name]) pool.setAllowed(p, false);
+    const next = new Map<number, LocalPorts>();
+    for (const addr of nat.publicAddresses) {
+      const now = readLocalPorts(addr);
+      const before = localBlocked.get(addr);
+      for (const [proto, name] of [[IPPROTO.TCP, 'tcp'], [IPPROTO.UDP, 'udp']] as const) {
+        const pool = nat.mappings.poolAt(proto, addr)!;
+        if (before) for (const p of before[name]) if (!now[name].has(p)) pool.setAllowed(p, true);
+        for (const p of now[name]) pool.setAllowed(p, false);
+      }
+      next.set(addr, now);
     }
-    localBlocked = now;
+    localBlocked = next;
   };
   refreshLocalPorts();
 
@@ -344,10 +387,10 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
   return {
     nat,
     loop,
-    setPublicAddress(addr: number) {
-      const old = nat.publicAddress;
-      const flushed = nat.setPublicAddress(addr);
-      log.info('external address changed; new flows use the new address', { from: ipToString(old), to: ipToString(addr), flushed });
+    setPublicAddresses(primary: number, all: readonly number[]) {
+      const old = nat.publicAddresses;
+      const flushed = nat.dynamicPool ? nat.setPublicAddresses(primary, all) : nat.setPublicAddress(primary);
+      log.info('external address changed; new flows use the new address', { from: old.map(ipToString).join(','), to: nat.publicAddresses.map(ipToString).join(','), flushed });
     },
     reload(next: RouterConfig): string[] {
       const restartNeeded = RESTART_FIELDS.filter((k) => JSON.stringify(next[k]) !== JSON.stringify(cfg[k]));
@@ -400,7 +443,7 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
     await sys.teardown();
     throw err;
   }
-  const stopFollowing = sys.masquerade ? sys.followAddress((addr) => dp.setPublicAddress(addr)) : () => {};
+  const stopFollowing = sys.masquerade ? sys.followAddress((primary, all) => dp.setPublicAddresses(primary, all)) : () => {};
   logRunning(cfg, log, sys);
 
   let resolveDone!: () => void;
@@ -450,6 +493,6 @@ export function logRunning(cfg: RouterConfig, log: Logger, sys: SystemSetup, ext
 const LIVE_FIELDS = ['timeouts', 'allowEgress', 'egressReject', 'maxFlowsPerHost', 'icmpErrors', 'forwards', 'logLevel'] as const;
 /** Settings that only a restart can change (the routing, the TUN, the table sizes, the listeners). */
 const RESTART_FIELDS = [
-  'internal', 'external', 'publicIp', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows', 'table', 'batch', 'busyPoll',
+  'internal', 'external', 'publicIp', 'masquerade', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows', 'table', 'batch', 'busyPoll',
   'engine', 'backend', 'filtering', 'offload', 'pcap', 'pcapSnaplen', 'pcapSize', 'pcapFiles', 'stateFile',
 ] as const satisfies readonly (keyof RouterConfig)[];

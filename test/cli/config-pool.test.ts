@@ -48,4 +48,12 @@ describe('config: public address pool and static SNAT entries', () => {
     ];
     for (const [over, why] of bad) expect(() => resolveConfig({ ...base, ...over }), JSON.stringify(over)).toThrow(why);
   });
+
+  it('--masquerade: the primary WAN address by default, every one with all (userspace only, never with --public-ip)', () => {
+    expect(resolveConfig(base).masquerade).toBe('primary');
+    expect(resolveConfig({ ...base, masquerade: 'all' })).toMatchObject({ masquerade: 'all', publicIp: null, publicPool: [] });
+    expect(() => resolveConfig({ ...base, masquerade: 'every' })).toThrow(/primary or all/);
+    expect(() => resolveConfig({ ...base, masquerade: 'all', publicIp: '203.0.113.1' })).toThrow(/cannot be combined with --public-ip/);
+    expect(() => resolveConfig({ ...base, masquerade: 'all', engine: 'kernel' })).toThrow(/userspace engine/);
+  });
 });

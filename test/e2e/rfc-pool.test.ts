@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { poolSlot } from '../../src/nat/context.js';
 import { parseIpv4 } from '../../src/wire/addr.js';
 import { Cleanup, buildTestLab, captureOn, inNs, isRoot, type Capture, type Lab } from './harness.js';
-import { echoLog, startRfcRouter, startUdpEcho, wanLeaks } from './fixtures/rfc-lab.js';
+import { UDP_FLOWS_CLIENT, echoLog, startRfcRouter, startUdpEcho, wanLeaks } from './fixtures/rfc-lab.js';
 import type { NsProcess } from '../../src/lab/process.js';
 
 const POOL = ['203.0.113.10', '203.0.113.11', '203.0.113.12'];
@@ -18,27 +18,6 @@ const ECHO = '203.0.113.2';
 const ECHO_PORT = 7007;
 const FLOWS = 100;
 
-/** 100 UDP flows from one LAN host (source ports base..base+99), each waiting for its echo; prints the count. */
-const CLIENT = `
-import socket, sys
-host, port, base, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-socks = []
-for i in range(n):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(('0.0.0.0', base + i))
-    s.settimeout(3)
-    s.sendto(b'pool %d' % i, (host, port))
-    socks.append(s)
-got = 0
-for s in socks:
-    try:
-        s.recvfrom(2048)
-        got += 1
-    except socket.timeout:
-        pass
-    s.close()
-print(got)
-`;
 
 // Needs root: namespaces, a TUN, tcpdump.
 describe.skipIf(!isRoot)('a pool of three public addresses pairs each LAN host with one of them', () => {
@@ -62,7 +41,7 @@ describe.skipIf(!isRoot)('a pool of three public addresses pairs each LAN host w
     try {
       const hosts = lab.lanHosts;
       const replies = await Promise.all(
-        hosts.map((h, i) => inNs(h.netns, ['python3', '-c', CLIENT, ECHO, String(ECHO_PORT), String(41000 + i * 200), String(FLOWS)], { timeoutMs: 60_000 })),
+        hosts.map((h, i) => inNs(h.netns, ['python3', '-c', UDP_FLOWS_CLIENT, ECHO, String(ECHO_PORT), String(41000 + i * 200), String(FLOWS)], { timeoutMs: 60_000 })),
       );
       // Every flow got its reply back through the NAT.
       expect(replies.map((r) => Number(r.stdout.trim()))).toEqual(hosts.map(() => FLOWS));

@@ -75,12 +75,12 @@ export function checkState(nat: Translator): string[] {
     if (maps.refs[m] !== refs[m]) v.push(`${where} has refs ${maps.refs[m]} but ${refs[m]} flow reference(s)`);
     if (refs[m] === 0) v.push(`${where} is live with no flow: leaked`);
     if (maps.lookupInternal(proto, maps.intAddr[m]!, maps.intPort[m]!) !== m) v.push(`${where} is not found by its internal endpoint`);
-    if (maps.extAddr[m] !== nat.publicAddress) v.push(`${where} is on an address that is no longer public`);
+    if (!nat.isPublic(maps.extAddr[m]!)) v.push(`${where} is on an address that is no longer public`);
   }
 
   // Pools: `used` is exactly the ports owned by live mappings of that protocol.
-  for (const proto of PROTOS) {
-    const pool = maps.pool(proto);
+  for (const proto of PROTOS) for (const address of nat.publicAddresses) {
+    const pool = maps.poolAt(proto, address);
     if (!pool) continue;
     let owned = 0;
     for (let port = 0; port < 65536; port++) {
@@ -88,7 +88,7 @@ export function checkState(nat: Translator): string[] {
       if (m === NONE) continue;
       owned++;
       if (m < 0 || m >= mcap || !live[m]) v.push(`${protoName(proto)} port ${port} owned by dead mapping ${m}`);
-      else if (maps.extPort[m] !== port || maps.proto[m] !== proto) v.push(`${protoName(proto)} port ${port} owned by mapping ${m} of another port/protocol`);
+      else if (maps.extPort[m] !== port || maps.proto[m] !== proto || maps.extAddr[m] !== address) v.push(`${protoName(proto)} port ${port} owned by mapping ${m} of another port/protocol/address`);
     }
     if (owned !== pool.used) v.push(`${protoName(proto)} pool: used ${pool.used} but ${owned} ports owned`);
     if (pool.used > pool.size + 65536) v.push(`${protoName(proto)} pool: used ${pool.used} is impossible`);
@@ -183,7 +183,12 @@ export interface PacketCheckInput {
   /** The transport checksum is partial (virtio NEEDS_CSUM): compare after completing it. */
   partial: boolean;
   isInternal: IsInternal;
-  publicIp: number;
+  /** The public address, or for a pool a test for any of its addresses. */
+  publicIp: number | ((a: number) => boolean);
+}
+
+function publicTest(p: number | ((a: number) => boolean)): (a: number) => boolean {
+  return typeof p === 'number' ? (a) => a === p : p;
 }
 
 /** Per forwarded packet: checksums kept valid, TTL given back, nothing leaves with an inside address. */
@@ -205,9 +210,10 @@ export function checkForwarded(c: PacketCheckInput): string[] {
     if (qb && qa && quotedIpChecksumValid(before, qb) && !quotedIpChecksumValid(after, qa)) v.push('quoted IP header checksum broken');
   }
   v.push(...leaks(after, c.isInternal, c.publicIp));
+  const isPublic = publicTest(c.publicIp);
   const fromInside = c.isInternal(srcOf(before));
   const outDst = dstOf(after);
-  if (fromInside && !c.isInternal(outDst) && outDst !== c.publicIp && srcOf(after) !== c.publicIp) {
+  if (fromInside && !c.isInternal(outDst) && !isPublic(outDst) && !isPublic(srcOf(after))) {
     v.push(`a LAN packet left for ${q(outDst)} with source ${q(srcOf(after))}, not the public address`);
   }
   return v;
@@ -217,10 +223,10 @@ export function checkForwarded(c: PacketCheckInput): string[] {
  * The leak rule, for any packet written back to the TUN: if it is headed out (its destination is neither
  * inside nor the public address), neither its source nor any address quoted in an ICMP error is inside.
  */
-export function leaks(p: Uint8Array, isInternal: IsInternal, publicIp: number): string[] {
+export function leaks(p: Uint8Array, isInternal: IsInternal, publicIp: number | ((a: number) => boolean)): string[] {
   if (!looksLikeIpv4(p)) return [];
   const dst = dstOf(p);
-  if (isInternal(dst) || dst === publicIp) return [];
+  if (isInternal(dst) || publicTest(publicIp)(dst)) return [];
   const v: string[] = [];
   if (isInternal(srcOf(p))) v.push(`LEAK: packet to ${q(dst)} leaves with inside source ${q(srcOf(p))}`);
   const qh = quotedHeader(p);

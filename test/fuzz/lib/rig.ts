@@ -48,6 +48,8 @@ export interface FuzzConfig {
   vnetHdr: boolean;
   batch: number;
   timeouts?: Partial<Timeouts>;
+  /** Masquerade over every WAN address: a pool that grows, shrinks and changes its primary while packets flow. */
+  dynamicPool?: boolean;
 }
 
 /** Configurations chosen to reach every limit quickly: small tables, small pools, every filtering mode. */
@@ -121,6 +123,24 @@ export const FUZZ_CONFIGS: readonly FuzzConfig[] = [
     batch: 8,
     timeouts: { udp: 5, icmp: 5, tcpSynSent: 5, tcpClose: 2 },
   },
+  {
+    name: 'wan-pool-address',
+    internal: ['192.168.1.0/24', '192.168.2.0/24'],
+    maxFlows: 128,
+    ports: [30000, 30031],
+    excludedPorts: [],
+    filtering: 'address',
+    publicIpOwned: true,
+    forwards: ['tcp:30005=192.168.1.10:80'],
+    maxFlowsPerHost: 0,
+    allowEgress: null,
+    egressReject: false,
+    icmpOnExhaustion: true,
+    fragments: { maxDatagrams: 16, maxHeldBytes: 8192, timeoutMs: 30_000, maxFragments: 8 },
+    vnetHdr: false,
+    batch: 32,
+    dynamicPool: true,
+  },
 ];
 
 export function fuzzConfig(name: string): FuzzConfig {
@@ -184,6 +204,8 @@ export interface RunOptions {
 
 const PUBLIC = addr('203.0.113.1');
 const ALT_PUBLIC = addr('203.0.113.9');
+/** What the WAN of a dynamic pool may hold: PUBLIC and ALT_PUBLIC come and go beside these. */
+const WAN_POOL = [PUBLIC, ALT_PUBLIC, addr('203.0.113.21'), addr('203.0.113.22')];
 const SENTINEL_HOST = addr('192.168.1.250');
 const SENTINEL_PORT = 45678;
 const SENTINEL_REMOTE = addr('198.51.100.200');
@@ -209,6 +231,11 @@ function makeWorld(cfg: FuzzConfig, internal: { network: number; mask: number }[
   };
 }
 
+/** The test for "one of the public addresses": a static address, or any address of a pool. */
+function publicOf(nat: Translator): number | ((a: number) => boolean) {
+  return nat.dynamicPool ? (a) => nat.isPublic(a) : nat.publicAddress;
+}
+
 export function makeTranslator(cfg: FuzzConfig, seed: number): Translator {
   const internal = cfg.internal.map((s) => {
     const c = parseCidr(s);
@@ -220,6 +247,7 @@ export function makeTranslator(cfg: FuzzConfig, seed: number): Translator {
   return new Translator({
     internal,
     publicIp: PUBLIC,
+    ...(cfg.dynamicPool ? { publicPool: WAN_POOL.slice(0, 3), dynamicPool: true } : {}),
     publicIpOwned: cfg.publicIpOwned,
     ports: cfg.ports,
     excludedPorts: cfg.excludedPorts,
@@ -336,6 +364,8 @@ export function runFuzz(o: RunOptions): RunResult {
   let pending: Buffer[] = [];
   let injected: Buffer[] = [];
   let sentinelPublicPort = -1;
+  /** The public address the sentinel's host is paired with (one of a pool's). */
+  let sentinelPublicAddr = 0;
 
   /** Put one packet on the fake TUN, with a vnet header when the config uses them. */
   const inject = (p: Buffer, clean = false): void => {
@@ -400,7 +430,7 @@ export function runFuzz(o: RunOptions): RunResult {
           completePartial(before);
           completePartial(after);
         }
-        problems.push(...checkForwarded({ before, after, verdict: r.verdict, partial: false, isInternal, publicIp: nat.publicAddress }));
+        problems.push(...checkForwarded({ before, after, verdict: r.verdict, partial: false, isInternal, publicIp: publicOf(nat) }));
         if (sum(nat.stats.packets) <= r.forwardedBefore && !isFragment(r.before)) problems.push('forwarded without being counted');
         if (learn) model.observe(r.after);
       } else if (r.verdict === Verdict.DROP) {
@@ -437,7 +467,7 @@ export function runFuzz(o: RunOptions): RunResult {
     for (const w of tun.takeWritten()) {
       result.written++;
       const p = w.subarray(hdr);
-      const l = leaks(p, isInternal, nat.publicAddress);
+      const l = leaks(p, isInternal, publicOf(nat));
       if (l.length) {
         fail([...l, `written: ${hex(p)}`], -1);
         return false;
@@ -466,6 +496,7 @@ export function runFuzz(o: RunOptions): RunResult {
         return true;
       }
       sentinelPublicPort = rd16(syn.after, ihl(syn.after));
+      sentinelPublicAddr = srcOf(syn.after);
       injected = [];
       inject(mk(SENTINEL_REMOTE, PUBLIC_NOW(), SENTINEL_RPORT, sentinelPublicPort, TCP_FLAGS.SYN | TCP_FLAGS.ACK), true);
       inject(mk(SENTINEL_HOST, SENTINEL_REMOTE, SENTINEL_PORT, SENTINEL_RPORT, TCP_FLAGS.ACK), true);
@@ -483,7 +514,7 @@ export function runFuzz(o: RunOptions): RunResult {
     const backDrop = DROP_REASON_NAMES[nat.lastDrop] ?? String(nat.lastDrop);
     const problems: string[] = [];
     if (!out || out.verdict !== Verdict.FORWARD || !out.after) problems.push(`sentinel outbound not forwarded (drop reason ${DROP_REASON_NAMES[nat.lastDrop] ?? nat.lastDrop})`);
-    else if (srcOf(out.after) !== nat.publicAddress || rd16(out.after, ihl(out.after)) !== sentinelPublicPort) {
+    else if (srcOf(out.after) !== sentinelPublicAddr || rd16(out.after, ihl(out.after)) !== sentinelPublicPort) {
       problems.push(`sentinel left as ${ipToString(srcOf(out.after))}:${rd16(out.after, ihl(out.after))}, was :${sentinelPublicPort}`);
     }
     if (!back || back.verdict !== Verdict.FORWARD || !back.after) problems.push(`sentinel reply not forwarded (verdict ${back?.verdict}, drop reason ${backDrop})`);
@@ -495,7 +526,7 @@ export function runFuzz(o: RunOptions): RunResult {
     result.sentinelExchanges++;
     return true;
   };
-  const PUBLIC_NOW = (): number => nat.publicAddress;
+  const PUBLIC_NOW = (): number => sentinelPublicAddr;
 
   while (result.packets < o.packets && Date.now() - started < budget) {
     // One batch: up to `batch` packets, often fewer (the loop also runs partial batches).
@@ -520,11 +551,17 @@ export function runFuzz(o: RunOptions): RunResult {
       [1, 1_000_000 + rng.int(6_000_000)],
     ]);
     if (rng.chance(0.3)) nat.sweep(now, rng.pick([1, 16, 256, nat.flows.capacity]));
-    if (rng.chance(0.003)) {
+    if (rng.chance(cfg.dynamicPool ? 0.02 : 0.003)) {
       // The WAN address changes (masquerade): every flow on the old one goes; later the old one returns.
-      nat.setPublicAddress(nat.publicAddress === PUBLIC ? ALT_PUBLIC : PUBLIC);
+      // A dynamic pool gets some subset of WAN_POOL, with any of it as the primary.
+      if (cfg.dynamicPool) {
+        const next = WAN_POOL.filter(() => rng.chance(0.5));
+        if (next.length === 0) next.push(rng.pick(WAN_POOL));
+        nat.setPublicAddresses(rng.pick(next), next);
+      } else nat.setPublicAddress(nat.publicAddress === PUBLIC ? ALT_PUBLIC : PUBLIC);
       world.publicIp = nat.publicAddress;
-      sentinelPublicPort = -1;
+      // The sentinel's connection went with its address; on an address that stayed it goes on.
+      if (!nat.isPublic(sentinelPublicAddr)) sentinelPublicPort = -1;
       const st = checkState(nat);
       if (st.length) {
         fail(['after a public address change:', ...st], -1);
