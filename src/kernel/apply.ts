@@ -90,7 +90,7 @@ export async function applyKernelNat(plan: KernelPlan, log: Logger, opts: ApplyO
     const iptablesNftBefore = variant === 'nf_tables' ? await iptablesNftSnapshot() : null;
     if (variant === 'legacy') {
       const have = legacyTableNames();
-      const missing = IPT_CHAINS.map((c) => c.table).filter((t) => !have.includes(t));
+      const missing = plan.iptablesRules.map((c) => c.table).filter((t) => !have.includes(t));
       if (missing.length) {
         applied.warnings.push(
           `iptables-legacy tables ${missing.join(', ')} are created in this namespace now and cannot be unloaded again: after removal, iptables-save will list them empty`,
@@ -114,7 +114,13 @@ export async function applyKernelNat(plan: KernelPlan, log: Logger, opts: ApplyO
           if (ar.exitCode !== 0) throw new KernelNatError('APPLY_FAILED', `ip addr add ${a.address}/32 dev ${a.dev} failed: ${output(ar)}`);
         });
       } else if (a.kind === 'sysctl') {
-        for (const s of a.settings) await applySysctl(j, applied, s.key, s.value, log);
+        for (const s of a.settings) {
+          if (s.optional && !sysctlExists(s.key)) {
+            applied.warnings.push(`sysctl ${sysctlName(s.key)} does not exist (its protocol tracker is not in this kernel): not set`);
+            continue;
+          }
+          await applySysctl(j, applied, s.key, s.value, log);
+        }
       }
     }
     applied.phase = 'applied';

@@ -13,7 +13,7 @@ import {
   parseNftJson,
   type Conflict,
 } from './inspect.js';
-import { IPT_CHAINS, NFT_FAMILY, NFT_TABLE, type KernelBackend, type KernelPlan, type PlanEnv } from './plan.js';
+import { IPT_OWN_CHAINS, NFT_FAMILY, NFT_TABLE, type KernelBackend, type KernelPlan, type PlanEnv } from './plan.js';
 
 /**
  * What the kernel engine needs to know of the host before it changes anything: which tools are
@@ -189,10 +189,10 @@ export async function findConflicts(plan: KernelPlan): Promise<Conflict[]> {
 export async function iptablesNftSnapshot(): Promise<{ tables: string[]; chains: string[] } | null> {
   const rs = await nftRuleset();
   if (!rs) return null;
-  const names = IPT_CHAINS.map((c) => c.table);
+  const names: string[] = IPT_OWN_CHAINS.map((c) => c.table);
   return {
-    tables: rs.tables.filter((t) => t.family === 'ip' && names.includes(t.name as 'nat' | 'filter')).map((t) => t.name),
-    chains: rs.chains.filter((c) => c.family === 'ip' && names.includes(c.table as 'nat' | 'filter')).map((c) => `${c.table} ${c.name}`),
+    tables: rs.tables.filter((t) => t.family === 'ip' && names.includes(t.name)).map((t) => t.name),
+    chains: rs.chains.filter((c) => c.family === 'ip' && names.includes(c.table)).map((c) => `${c.table} ${c.name}`),
   };
 }
 

@@ -1,5 +1,5 @@
 import { parseCidr, parseIpv4, type Cidr } from '../wire/addr.js';
-import { IPT_CHAINS, NFT_FAMILY, NFT_FILTER_CHAIN, NFT_NAT_CHAIN, NFT_TABLE, type KernelPlan } from './plan.js';
+import { IPT_CHAINS, IPT_OWN_CHAINS, NFT_FAMILY, NFT_FILTER_CHAIN, NFT_HELPER_CHAIN, NFT_NAT_CHAIN, NFT_TABLE, type KernelPlan } from './plan.js';
 
 /**
  * Reading the firewall as it is: `nft -j list ruleset` and `iptables-save` turned into plain data,
@@ -147,7 +147,7 @@ export function iptablesCounters(text: string, chain: string): { rule: string; p
 
 /** What of tunnat's iptables objects exists: per table, the chain and how many jumps to it. */
 export function iptablesOwnObjects(tables: Map<string, IptTable>): { table: string; chain: string; from: string; exists: boolean; jumps: number }[] {
-  return IPT_CHAINS.map((c) => {
+  return IPT_OWN_CHAINS.map((c) => {
     const t = tables.get(c.table);
     const jumpLine = `-A ${c.from} -j ${c.chain}`;
     return {
@@ -186,6 +186,11 @@ export function verifyNftTable(plan: KernelPlan, rs: NftRuleset): string[] {
   const fwdRules = rulesOf(NFT_FILTER_CHAIN);
   if (fwdRules.length !== 1 || !fwdRules[0]!.expr.some((e) => isRecord(e) && 'drop' in e)) {
     problems.push(`chain ${NFT_FILTER_CHAIN} should hold one drop rule, holds ${fwdRules.length} rules`);
+  }
+  if ((plan.algFtp ?? []).length > 0) {
+    const helper = chain(NFT_HELPER_CHAIN);
+    if (!helper || helper.type !== 'filter' || helper.hook !== 'prerouting') problems.push(`chain ${NFT_HELPER_CHAIN} (the FTP helper) is missing or not a filter prerouting chain`);
+    else if (rulesOf(NFT_HELPER_CHAIN).length !== 1) problems.push(`chain ${NFT_HELPER_CHAIN} should hold one helper rule, holds ${rulesOf(NFT_HELPER_CHAIN).length}`);
   }
   return problems;
 }
@@ -330,7 +335,7 @@ export function nftConflicts(rs: NftRuleset, internal: Cidr[], external: string)
     rs.chains.filter((c) => c.type === 'nat' && c.hook === 'postrouting' && (c.family === 'ip' || c.family === 'inet')).map((c) => `${c.family} ${c.table}`),
   );
   const ours = (r: NftRule) =>
-    (r.family === NFT_FAMILY && r.table === NFT_TABLE) || IPT_CHAINS.some((c) => r.family === 'ip' && r.table === c.table && r.chain === c.chain);
+    (r.family === NFT_FAMILY && r.table === NFT_TABLE) || IPT_OWN_CHAINS.some((c) => r.family === 'ip' && r.table === c.table && r.chain === c.chain);
   const out: Conflict[] = [];
   for (const r of rs.rules) {
     if (ours(r) || !natTables.has(`${r.family} ${r.table}`)) continue;

@@ -22,12 +22,19 @@ export const NFT_FAMILY = 'ip';
 export const NFT_TABLE = 'tunnat';
 export const NFT_NAT_CHAIN = 'postrouting';
 export const NFT_FILTER_CHAIN = 'forward';
+/** With --alg ftp: the chain that assigns the kernel's FTP helper, and the helper object it names. */
+export const NFT_HELPER_CHAIN = 'prerouting';
+export const NFT_FTP_HELPER = 'ftp';
 
 /** iptables: one chain per table, reached by a jump rule from the built-in chain. */
 export const IPT_CHAINS = [
   { table: 'nat', chain: 'TUNNAT-POSTROUTING', from: 'POSTROUTING' },
   { table: 'filter', chain: 'TUNNAT-FORWARD', from: 'FORWARD' },
 ] as const;
+/** With --alg ftp: where the kernel's FTP helper is assigned (CT --helper must run before conntrack confirms). */
+export const IPT_HELPER_CHAIN = { table: 'raw', chain: 'TUNNAT-PREROUTING', from: 'PREROUTING' } as const;
+/** Every chain tunnat may own, for finding and removing them whatever the plan was. */
+export const IPT_OWN_CHAINS = [...IPT_CHAINS, IPT_HELPER_CHAIN] as const;
 
 /** Wait up to this many seconds for the xtables lock (another iptables run) instead of failing. */
 const XTABLES_WAIT_S = '5';
@@ -44,8 +51,11 @@ export interface PlanEnv {
 export type KernelAction =
   /** Load `plan.ruleset` with the backend's tool (nft -f / iptables-restore --noflush). */
   | { kind: 'ruleset' }
-  /** Keys are paths under /proc/sys ("net/ipv4/ip_forward"); the old values are saved first. */
-  | { kind: 'sysctl'; settings: { key: string; value: string }[] }
+  /**
+   * Keys are paths under /proc/sys ("net/ipv4/ip_forward"); the old values are saved first. An optional
+   * setting whose key the kernel lacks (a protocol tracker not built in or loaded) is skipped with a warning.
+   */
+  | { kind: 'sysctl'; settings: { key: string; value: string; optional?: boolean }[] }
   /** `ip addr add <address>/32 dev <dev>`: the gateway takes the SNAT address so it answers ARP for it. */
   | { kind: 'address'; address: string; dev: string };
 
@@ -82,6 +92,8 @@ export interface KernelPlan {
   removalCmd: string[];
   /** The rules as `iptables-save` prints them, per table (iptables only; used to verify). */
   iptablesRules: { table: string; chain: string; from: string; rules: string[]; jump: string }[];
+  /** Ports whose TCP connections from the LAN get the kernel's FTP helper (--alg ftp). */
+  algFtp: number[];
   /** In order. */
   steps: KernelStep[];
   /** Settings without a kernel equivalent, rounding, and what the kernel does differently. */
@@ -174,7 +186,7 @@ function natStatementNft(nat: KernelNatSpec, withPorts: boolean): string {
   return `snat to ${nat.address}${ports}${nat.persistent ? ' persistent' : ''}`;
 }
 
-function nftRuleset(internal: Cidr[], external: string, nat: KernelNatSpec): string {
+function nftRuleset(internal: Cidr[], external: string, nat: KernelNatSpec, algFtp: readonly number[]): string {
   const match = `ip saddr ${nftSaddr(internal)} oifname ${nftString(external)}`;
   // A port range needs a transport protocol to apply to, so TCP and UDP get their own rule and
   // everything else (ICMP: the kernel rewrites its identifier only on a clash) the plain one.
@@ -195,13 +207,34 @@ function nftRuleset(internal: Cidr[], external: string, nat: KernelNatSpec): str
     '\t\ttype filter hook forward priority filter; policy accept;',
     `\t\t${match} ct state invalid counter drop`,
     '\t}',
+    ...(algFtp.length > 0 ? nftHelper(internal, algFtp) : []),
     '}',
     '',
   ].join('\n');
 }
 
+/**
+ * The kernel's FTP helper for control connections from the LAN to `ports` (Linux 4.7 and later assign
+ * helpers only explicitly): a ct helper object, assigned in prerouting, after conntrack has looked the
+ * packet up and before it confirms the new connection.
+ */
+function nftHelper(internal: Cidr[], ports: readonly number[]): string[] {
+  const dports = ports.length === 1 ? String(ports[0]) : `{ ${ports.join(', ')} }`;
+  return [
+    '',
+    `\tct helper ${NFT_FTP_HELPER} {`,
+    '\t\ttype "ftp" protocol tcp;',
+    '\t}',
+    '',
+    `\tchain ${NFT_HELPER_CHAIN} {`,
+    '\t\ttype filter hook prerouting priority filter; policy accept;',
+    `\t\tip saddr ${nftSaddr(internal)} tcp dport ${dports} counter ct helper set "${NFT_FTP_HELPER}"`,
+    '\t}',
+  ];
+}
+
 /** Rules in the form `iptables-save` prints them back, so verification can compare lines. */
-function iptablesRules(internal: Cidr[], external: string, nat: KernelNatSpec): KernelPlan['iptablesRules'] {
+function iptablesRules(internal: Cidr[], external: string, nat: KernelNatSpec, algFtp: readonly number[]): KernelPlan['iptablesRules'] {
   const [natChain, filterChain] = IPT_CHAINS;
   const target = (withPorts: boolean): string => {
     const ports = withPorts && nat.ports ? `${nat.ports[0]}-${nat.ports[1]}` : null;
@@ -218,9 +251,13 @@ function iptablesRules(internal: Cidr[], external: string, nat: KernelNatSpec): 
     natRules.push(`-A ${natChain.chain} ${m} ${target(false)}`);
     dropRules.push(`-A ${filterChain.chain} ${m} -m conntrack --ctstate INVALID -j DROP`);
   }
+  const helper = IPT_HELPER_CHAIN;
+  const helperRules = internal.flatMap((c) =>
+    algFtp.map((p) => `-A ${helper.chain} -s ${cidrToString(c)} -p tcp -m tcp --dport ${p} -j CT --helper ftp`));
   return [
     { ...natChain, rules: natRules, jump: `-A ${natChain.from} -j ${natChain.chain}` },
     { ...filterChain, rules: dropRules, jump: `-A ${filterChain.from} -j ${filterChain.chain}` },
+    ...(helperRules.length > 0 ? [{ ...helper, rules: helperRules, jump: `-A ${helper.from} -j ${helper.chain}` }] : []),
   ];
 }
 
@@ -231,7 +268,7 @@ function iptablesRuleset(rules: KernelPlan['iptablesRules']): string {
     // NAT: appended, so the administrator's own earlier rules keep precedence (a competing one is
     // refused before this runs). Filter: inserted first, so an ACCEPT elsewhere cannot let an
     // untranslatable packet out.
-    lines.push(t.table === 'nat' ? t.jump : `-I ${t.from} 1 -j ${t.chain}`, 'COMMIT');
+    lines.push(t.table === 'filter' ? `-I ${t.from} 1 -j ${t.chain}` : t.jump, 'COMMIT');
   }
   return lines.join('\n') + '\n';
 }
@@ -262,13 +299,14 @@ export function planKernelNat(cfg: RouterConfig, backend: KernelBackend, env: Pl
   const notes: string[] = [];
   const steps: KernelStep[] = [];
 
-  const ipt = iptablesRules(cfg.internal, ext, nat);
+  const ipt = iptablesRules(cfg.internal, ext, nat, cfg.algFtp);
+  const helperWhy = cfg.algFtp.length > 0 ? `; and the kernel's FTP helper for control connections from the LAN to TCP ${cfg.algFtp.join(', ')} (--alg ftp)` : '';
   let ruleset: string;
   let rulesetCmd: string[];
   let removal: string;
   let removalCmd: string[];
   if (backend === 'nft') {
-    ruleset = nftRuleset(cfg.internal, ext, nat);
+    ruleset = nftRuleset(cfg.internal, ext, nat, cfg.algFtp);
     rulesetCmd = ['nft', '-f', '-'];
     removal = '';
     removalCmd = ['nft', 'delete', 'table', NFT_FAMILY, NFT_TABLE];
@@ -277,7 +315,7 @@ export function planKernelNat(cfg: RouterConfig, backend: KernelBackend, env: Pl
       input: ruleset,
       why:
         `NAT rules in a table of tunnat's own, loaded as one transaction: ${describeNat(nat, ext)} for ${lan}; ` +
-        `and drop what conntrack calls INVALID (NAT skips it, so it would leave with a private source address)`,
+        `and drop what conntrack calls INVALID (NAT skips it, so it would leave with a private source address)${helperWhy}`,
       action: { kind: 'ruleset' },
     });
   } else {
@@ -291,7 +329,7 @@ export function planKernelNat(cfg: RouterConfig, backend: KernelBackend, env: Pl
       why:
         `NAT rules in chains of tunnat's own, jumped to from POSTROUTING and FORWARD: ${describeNat(nat, ext)} for ${lan}; ` +
         `and drop what conntrack calls INVALID (NAT skips it, so it would leave with a private source address). ` +
-        `--noflush keeps every other rule; each table commits atomically`,
+        `--noflush keeps every other rule; each table commits atomically${helperWhy}`,
       action: { kind: 'ruleset' },
     });
   }
@@ -320,12 +358,12 @@ export function planKernelNat(cfg: RouterConfig, backend: KernelBackend, env: Pl
   });
 
   const t = cfg.timeouts;
-  const timeoutSettings = (names: (keyof Timeouts)[]) =>
-    names.flatMap((n) => TIMEOUT_SYSCTLS[n].map((key) => ({ key, value: String(seconds(t[n])) })));
+  const timeoutSettings = (names: (keyof Timeouts)[], optional = false) =>
+    names.flatMap((n) => TIMEOUT_SYSCTLS[n].map((key) => ({ key, value: String(seconds(t[n])), ...(optional ? { optional } : {}) })));
   const tcpNames: (keyof Timeouts)[] = [
     'tcpSynSent', 'tcpSynRecv', 'tcpEstablished', 'tcpFinWait', 'tcpCloseWait', 'tcpLastAck', 'tcpTimeWait', 'tcpClose',
   ];
-  const groups: { names: (keyof Timeouts)[]; why: string }[] = [
+  const groups: { names: (keyof Timeouts)[]; why: string; optional?: boolean }[] = [
     {
       names: tcpNames,
       why:
@@ -340,9 +378,20 @@ export function planKernelNat(cfg: RouterConfig, backend: KernelBackend, env: Pl
       names: ['icmp'],
       why: `ICMP query (echo) timeout ${seconds(t.icmp)} s (RFC 5508 REQ-2: at least 60 s; Linux's default is 30 s)`,
     },
+    {
+      names: ['generic'],
+      why: `timeout ${seconds(t.generic)} s for protocols tracked by address only (ESP, IPIP, unknown numbers; Linux's default is 600 s)`,
+    },
+    {
+      names: ['sctpOpening', 'sctpEstablished', 'sctpShutdown', 'sctpClosed'],
+      why:
+        `SCTP association timeouts: opening ${seconds(t.sctpOpening)} s, established ${seconds(t.sctpEstablished)} s, ` +
+        `shutting down ${seconds(t.sctpShutdown)} s, closed ${seconds(t.sctpClosed)} s (Linux: 3 s, 210 s, 3 s, 10 s); skipped where the SCTP tracker is absent`,
+      optional: true,
+    },
   ];
   for (const g of groups) {
-    const settings = timeoutSettings(g.names);
+    const settings = timeoutSettings(g.names, g.optional);
     steps.push({
       cmd: ['sysctl', '-w', ...settings.map((s) => `${sysctlName(s.key)}=${s.value}`)],
       why: g.why,
@@ -363,11 +412,17 @@ export function planKernelNat(cfg: RouterConfig, backend: KernelBackend, env: Pl
   if (cfg.table !== DEFAULTS.table) ignored.push('--table');
   if (cfg.batch !== DEFAULTS.batch) ignored.push('--batch');
   if (cfg.gatewayPorts[0] !== DEFAULTS.gatewayPorts[0] || cfg.gatewayPorts[1] !== DEFAULTS.gatewayPorts[1]) ignored.push('--gateway-ports');
+  notes.push(
+    'GRE keeps the kernel\'s own GRE timers (nf_conntrack_gre_timeout 30 s, _stream 180 s), where tunnat gives it the generic timeout',
+  );
+  if (cfg.forwards.length > 0) {
+    // Not silently dropped: a user comparing the engines must know the kernel side has no DNAT here.
+    notes.push('--forward: the kernel engine writes no DNAT rules (yet); forwards work with the userspace engine, or add `dnat` rules by hand');
+  }
   if (cfg.algFtp.length > 0) {
-    // Not silently dropped: a user comparing the engines must know the kernel side has no helper here.
     notes.push(
-      `--alg ftp: the kernel engine does not assign the kernel's FTP helper (yet); active FTP through it needs a rule such as ` +
-        `\`iptables -t raw -A PREROUTING -p tcp --dport ${cfg.algFtp[0]} -j CT --helper ftp\` added by hand`,
+      `--alg ftp: control connections from the LAN to TCP ${cfg.algFtp.join(', ')} get the kernel's FTP helper (nf_conntrack_ftp with nf_nat_ftp), ` +
+        'which rewrites PORT/EPRT and 227/229 and expects the data connection for 300 s (tunnat: 120 s)',
     );
   }
   if (ignored.length) {
@@ -392,6 +447,7 @@ export function planKernelNat(cfg: RouterConfig, backend: KernelBackend, env: Pl
     removal,
     removalCmd,
     iptablesRules: ipt,
+    algFtp: [...cfg.algFtp],
     steps,
     notes,
   };

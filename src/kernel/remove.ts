@@ -3,7 +3,7 @@ import { drive, driveSync, saveRecord, undoCtx, undoJournal, type HostStep, type
 import type { Logger } from '../util/log.js';
 import { KernelNatError } from './errors.js';
 import { hasNftTable, iptablesOwnObjects, nftChainsOf, parseIptablesSave, parseNftJson } from './inspect.js';
-import { IPT_CHAINS, NFT_FAMILY, NFT_TABLE, iptablesRemoval } from './plan.js';
+import { IPT_OWN_CHAINS, NFT_FAMILY, NFT_TABLE, iptablesRemoval } from './plan.js';
 import type { AppliedKernel } from './record.js';
 
 /**
@@ -54,7 +54,7 @@ function* removeOwnObjectsG(errors: string[], say: (m: string) => void): Undo<vo
 function* removeIptablesNftResidueG(before: { tables: string[]; chains: string[] }, errors: string[], say: (m: string) => void): Undo<void> {
   const rs = yield* nftRulesetG();
   if (!rs) return;
-  for (const c of IPT_CHAINS) {
+  for (const c of IPT_OWN_CHAINS) {
     if (!hasNftTable(rs, 'ip', c.table)) continue;
     const chains = nftChainsOf(rs, 'ip', c.table);
     const idle = (x: { rules: number; policy: string | undefined; base: boolean }) => x.rules === 0 && x.base && (x.policy ?? 'accept') === 'accept';

@@ -10,7 +10,7 @@ import { writeFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnIn } from '../../src/lab/process.js';
-import { buildTestLab, captureOn, Cleanup, inNs, isRoot, randomFile, waitUntil, type Capture, type Lab, type TestRouter } from './harness.js';
+import { buildTestLab, captureOn, Cleanup, inNs, isRoot, randomFile, startTestRouter, waitUntil, type Capture, type Lab, type TestRouter } from './harness.js';
 import { run } from '../../src/util/exec.js';
 import { metricValue, startRfcRouter } from './fixtures/rfc-lab.js';
 
@@ -166,4 +166,38 @@ describe.skipIf(!isRoot)('FTP ALG with vsftpd and curl', () => {
       router = null;
     }
   }, 90_000);
+
+  // The same flags with --engine kernel: the kernel's own FTP helper, assigned by tunnat's rules.
+  const kernelRouter = (tag: string, args: string[]) =>
+    startTestRouter({ gwNetns: lab.gw.netns, id: `ftp-${lab.id}-${tag}`, cleanup, engine: 'kernel', args });
+
+  it('the kernel engine without --alg: active FTP fails there too', async () => {
+    router = await kernelRouter('knoalg', ['--backend', 'nft']);
+    try {
+      const t = await activeGet(h0, blob.name, ['--disable-eprt']);
+      expect(t.code).not.toBe(0);
+    } finally {
+      await router.stop();
+      router = null;
+    }
+  }, 90_000);
+
+  for (const backend of ['nft', 'iptables'] as const) {
+    it(`the kernel engine with --alg ftp (--backend ${backend}) assigns the kernel's FTP helper: PORT and EPRT work`, async () => {
+      router = await kernelRouter(`k${backend}`, ['--backend', backend, '--alg', 'ftp']);
+      try {
+        for (const extra of [['--disable-eprt'], []]) {
+          const t = await activeGet(h0, blob.name, extra);
+          expect(t.stderr).toBe('');
+          expect(t.sha256).toBe(blob.sha256);
+        }
+      } finally {
+        await router.stop();
+        router = null;
+      }
+      // Nothing of the helper's rules is left behind.
+      const nft = await inNs(lab.gw.netns, ['nft', 'list', 'ruleset']);
+      expect(nft.stdout).not.toMatch(/tunnat|TUNNAT|helper/);
+    }, 120_000);
+  }
 });

@@ -130,10 +130,12 @@ describe('iptables-save', () => {
     expect(iptablesOwnObjects(tables)).toEqual([
       { table: 'nat', chain: 'TUNNAT-POSTROUTING', from: 'POSTROUTING', exists: true, jumps: 1 },
       { table: 'filter', chain: 'TUNNAT-FORWARD', from: 'FORWARD', exists: true, jumps: 1 },
+      { table: 'raw', chain: 'TUNNAT-PREROUTING', from: 'PREROUTING', exists: false, jumps: 0 },
     ]);
     expect(iptablesOwnObjects(new Map())).toEqual([
       { table: 'nat', chain: 'TUNNAT-POSTROUTING', from: 'POSTROUTING', exists: false, jumps: 0 },
       { table: 'filter', chain: 'TUNNAT-FORWARD', from: 'FORWARD', exists: false, jumps: 0 },
+      { table: 'raw', chain: 'TUNNAT-PREROUTING', from: 'PREROUTING', exists: false, jumps: 0 },
     ]);
   });
   it('verifies the rules line by line against the plan', () => {

@@ -28,7 +28,9 @@ describe('tunnat kernel plan', () => {
     expect(r.out).toContain('# 1. NAT rules in chains of tunnat\'s own');
     expect(r.out).toContain('-A TUNNAT-POSTROUTING -s 192.168.1.0/24 -o wan0 -j MASQUERADE');
     expect(r.out).toContain('sysctl -w net.netfilter.nf_conntrack_max=5000');
-    expect(r.out).toMatch(/# 7\. make the host a router[^\n]*\nsysctl -w net\.ipv4\.ip_forward=1/);
+    expect(r.out).toContain('sysctl -w net.netfilter.nf_conntrack_generic_timeout=600');
+    expect(r.out).toContain('net.netfilter.nf_conntrack_sctp_timeout_established=7440');
+    expect(r.out).toMatch(/# 9\. make the host a router[^\n]*\nsysctl -w net\.ipv4\.ip_forward=1/);
     expect(r.out).toContain('-X TUNNAT-FORWARD');
   });
 

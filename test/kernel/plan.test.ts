@@ -156,15 +156,35 @@ describe('planKernelNat, sysctls', () => {
     expect(plan.notes.join('\n')).toMatch(/whole seconds: udp, icmp rounded up/);
   });
 
+  it('--forward is not silently ignored by the kernel engine', () => {
+    const plan = planKernelNat(resolveConfig({ ...base, forward: 'tcp:8080=192.168.1.10:80' }), 'nft');
+    expect(plan.notes.join('\n')).toMatch(/--forward: the kernel engine writes no DNAT rules/);
+  });
+
   it('userspace-only flags are named as ignored', () => {
     const plan = planKernelNat(resolveConfig({ ...base, tun: 'tn9', batch: '8' }), 'nft');
     expect(plan.notes.join('\n')).toMatch(/--tun, --batch: userspace-engine settings/);
   });
 
-  it('--alg ftp is not silently ignored: the plan says the kernel helper is not assigned, and how to do it by hand', () => {
-    expect(planKernelNat(resolveConfig(base), 'nft').notes.join('\n')).not.toMatch(/--alg/);
-    const plan = planKernelNat(resolveConfig({ ...base, alg: 'ftp:2121' }), 'nft');
-    expect(plan.notes.join('\n')).toMatch(/--alg ftp: the kernel engine does not assign .*--dport 2121 -j CT --helper ftp/);
+  it('--alg ftp assigns the kernel\'s FTP helper to LAN control connections on those ports, in both backends', () => {
+    const none = planKernelNat(resolveConfig(base), 'nft');
+    expect(none.notes.join('\n')).not.toMatch(/--alg/);
+    expect(none.ruleset).not.toMatch(/helper/);
+    expect(planKernelNat(resolveConfig(base), 'iptables').iptablesRules.map((t) => t.table)).toEqual(['nat', 'filter']);
+    const cfg = resolveConfig({ ...base, alg: ['ftp', 'ftp:2121'] });
+    const nft = planKernelNat(cfg, 'nft');
+    expect(nft.ruleset).toContain('ct helper ftp {\n\t\ttype "ftp" protocol tcp;');
+    expect(nft.ruleset).toMatch(/type filter hook prerouting priority filter;[^}]*ip saddr 192\.168\.1\.0\/24 tcp dport \{ 21, 2121 \} counter ct helper set "ftp"/);
+    expect(nft.notes.join('\n')).toMatch(/--alg ftp: control connections from the LAN to TCP 21, 2121 get the kernel's FTP helper/);
+    const ipt = planKernelNat(cfg, 'iptables');
+    const raw = ipt.iptablesRules.find((t) => t.table === 'raw')!;
+    expect(raw.rules).toEqual([
+      '-A TUNNAT-PREROUTING -s 192.168.1.0/24 -p tcp -m tcp --dport 21 -j CT --helper ftp',
+      '-A TUNNAT-PREROUTING -s 192.168.1.0/24 -p tcp -m tcp --dport 2121 -j CT --helper ftp',
+    ]);
+    expect(ipt.ruleset).toContain('*raw\n:TUNNAT-PREROUTING - [0:0]');
+    expect(ipt.ruleset).toContain('-A PREROUTING -j TUNNAT-PREROUTING');
+    expect(ipt.removal).toContain('-X TUNNAT-PREROUTING');
   });
 });
 
