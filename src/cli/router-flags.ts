@@ -25,7 +25,7 @@ export const ROUTER_FLAGS = {
   engine: { type: 'string', arg: 'userspace|kernel|auto', about: 'who translates: tunnat, the kernel, or tunnat falling back to the kernel' },
   backend: { type: 'string', arg: 'auto|nft|iptables', about: "kernel engine: the tool that writes the kernel's NAT rules (default auto)" },
   filtering: { type: 'string', arg: 'endpoint|address|address-port', about: 'who may send to a mapping, RFC 4787 REQ-8 (default address)' },
-  forward: { type: 'string', multiple: true, arg: 'tcp|udp:PORT=ADDR[:PORT]', about: 'port forward (DNAT), repeatable' },
+  forward: { type: 'string', multiple: true, arg: 'PROTO:[PUBADDR:]PORT=ADDR[:PORT]', about: 'port forward (DNAT) for tcp, udp, sctp or udplite, on the first public address or PUBADDR of the pool; repeatable' },
   alg: { type: 'string', multiple: true, arg: 'ftp[:PORT]', about: 'FTP ALG for control connections to PORT (default 21), repeatable; off by default' },
   'allow-egress': { type: 'string', arg: 'LIST', about: 'allowlist for new outbound flows, e.g. tcp:80,tcp:443,udp:53,icmp,gre,tcp:443@CIDR' },
   'egress-reject': { type: 'boolean', about: 'refuse disallowed flows with TCP RST / ICMP 3/13 instead of dropping them' },

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { parseCidr, parseIpv4, ipToString, cidrToString, type Cidr } from '../wire/addr.js';
 import { resolveTimeouts, type Timeouts } from '../conntrack/timeouts.js';
 import { FILTERING_NAMES, type FilteringName } from '../nat/translator.js';
-import { parseForward, checkForwards, parseEgress, PolicyError, type PortForward, type EgressRule } from '../nat/policy.js';
+import { parseForward, forwardText, checkForwards, parseEgress, PolicyError, type PortForward, type EgressRule } from '../nat/policy.js';
 import { ConfigError, CONFIG_KEYS, DEFAULTS, MASQUERADE_ALL_USERSPACE, USERSPACE_ONLY, type Endpoint, type RouterConfig } from './config.js';
 import { parsePublicPool, parseSnatEntries } from './pool.js';
 
@@ -156,7 +156,7 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
   const forwardV = get('forward') ?? [];
   const forwardList = typeof forwardV === 'string' ? [forwardV] : forwardV;
   if (!Array.isArray(forwardList) || forwardList.some((f) => typeof f !== 'string')) {
-    throw new ConfigError('forward', 'expected a list of "PROTO:PUBLICPORT=ADDR:PORT"');
+    throw new ConfigError('forward', 'expected a list of "PROTO:[PUBLICADDR:]PUBLICPORT=ADDR[:PORT]"');
   }
   const algFtp = parseAlg(get('alg'));
   const egressV = get('allowEgress');
@@ -167,6 +167,18 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
   let allowEgress: EgressRule[] | null;
   try {
     forwards = (forwardList as string[]).map((f) => parseForward(f, isInternal));
+    // With a static pool a forward may name only one of its addresses; the first is the default, so naming
+    // it is the same forward as naming none. Masquerade's addresses are the WAN's: a named one takes
+    // effect while the WAN has it.
+    if (publicPool.length > 0) {
+      forwards = forwards.map((f, i) => {
+        if (!f.publicAddress) return f;
+        if (!publicPool.includes(f.publicAddress)) {
+          throw new PolicyError('forward', `${String((forwardList as string[])[i])}: ${ipToString(f.publicAddress)} is not one of --public-ip (${publicPool.map(ipToString).join(', ')})`);
+        }
+        return f.publicAddress === publicPool[0] ? { ...f, publicAddress: 0 } : f;
+      });
+    }
     checkForwards(forwards);
     allowEgress = typeof egressV === 'string' ? parseEgress(egressV) : null;
   } catch (err) {
@@ -260,7 +272,7 @@ export function describeConfig(c: RouterConfig): Record<string, unknown> {
     ports: c.ports.join('-'),
     gatewayPorts: c.gatewayPorts.join('-'),
     http: c.http ? `${c.http.host}:${c.http.port}` : 'off',
-    forwards: c.forwards.map((f) => `${f.protocol === 6 ? 'tcp' : 'udp'}:${f.publicPort}=${ipToString(f.address)}:${f.port}`),
+    forwards: c.forwards.map(forwardText),
     allowEgress: c.allowEgress === null ? 'everything' : c.allowEgress.length + ' rule(s)',
   };
 }

@@ -125,7 +125,7 @@ export class FtpAlg {
     if (this.ports[dport] !== 1) return;
     const t = nat.flows;
     // Outbound: the destination port is the server's. Inbound: only through a port forward (a LAN server).
-    if (fromInside ? toPublic : !(t.flags[flow]! & FLOW_INBOUND) || nat.forwardAt(IPPROTO.TCP, dport) < 0) return;
+    if (fromInside ? toPublic : !(t.flags[flow]! & FLOW_INBOUND) || nat.forwardAt(IPPROTO.TCP, dport, t.tDst[flow * 2]!) < 0) return;
     t.flags[flow] = t.flags[flow]! | FLOW_ALG;
   }
 

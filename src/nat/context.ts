@@ -6,7 +6,7 @@ import { FlowTable, FLOW_INBOUND, type RemoveReason } from '../conntrack/table.j
 import type { TcpStep } from '../conntrack/tcp.js';
 import type { Timeouts } from '../conntrack/timeouts.js';
 import { MappingTable, MAX_POOL } from './mappings.js';
-import { PortPool, type Rng } from './ports.js';
+import { BLOCK, PortPool, type Rng } from './ports.js';
 import { PermissionTable } from './permissions.js';
 import type { EgressPolicy, PortForward } from './policy.js';
 import type { FtpAlg } from './alg-ftp.js';
@@ -134,8 +134,12 @@ export class NatContext {
   readonly rng: Rng;
   private readonly internalNet: Uint32Array;
   private readonly internalMask: Uint32Array;
-  /** Port forwards by protocol: public port → index into forwardList, or NONE. */
+  /** Port forwards on the primary address, by protocol: public port → index into forwardList, or NONE. */
   private readonly forwardIndex = new Map<number, Int32Array>();
+  /** Forwards that name their public address: address → protocol → port index. */
+  private readonly forwardAddrIndex = new Map<number, Map<number, Int32Array>>();
+  /** The ports forwards hold in port pools (kept from new mappings), to let go when forwards or addresses change. */
+  private forwardBlocks: { pool: PortPool; port: number }[] = [];
   forwardList: readonly PortForward[] = [];
   egress: EgressPolicy | null;
   egressReject: boolean;
@@ -284,20 +288,47 @@ export class NatContext {
   /** Install the port forwards (replacing earlier ones); a forwarded port is never handed out as a mapping. */
   protected setForwards(list: readonly PortForward[]): void {
     for (const f of this.forwardList) {
-      this.forwardIndex.get(f.protocol)?.fill(NONE, f.publicPort, f.publicPort + 1);
-      this.mappings.pool(f.protocol)?.setAllowed(f.publicPort, true);
+      const idx = !f.publicAddress ? this.forwardIndex.get(f.protocol) : this.forwardAddrIndex.get(f.publicAddress >>> 0)?.get(f.protocol);
+      idx?.fill(NONE, f.publicPort, f.publicPort + 1);
     }
     this.forwardList = list;
     list.forEach((f, i) => {
-      let idx = this.forwardIndex.get(f.protocol);
-      if (!idx) this.forwardIndex.set(f.protocol, (idx = new Int32Array(65536).fill(NONE)));
+      let byProto = this.forwardIndex;
+      if (f.publicAddress) {
+        const a = f.publicAddress >>> 0;
+        if (!this.forwardAddrIndex.has(a)) this.forwardAddrIndex.set(a, new Map());
+        byProto = this.forwardAddrIndex.get(a)!;
+      }
+      let idx = byProto.get(f.protocol);
+      if (!idx) byProto.set(f.protocol, (idx = new Int32Array(65536).fill(NONE)));
       idx[f.publicPort] = i;
-      this.mappings.pool(f.protocol)?.setAllowed(f.publicPort, false);
     });
+    this.reserveForwardPorts();
   }
 
-  /** The port forward on a public port (index into forwardList), or NONE. */
-  forwardAt(proto: number, port: number): number {
+  /**
+   * Keep every forwarded port from new mappings in the port pool of the address it is on now (again
+   * after the public addresses changed: the primary may be another address, a named one may have come).
+   */
+  protected reserveForwardPorts(): void {
+    for (const b of this.forwardBlocks) b.pool.setBlocked(b.port, BLOCK.FORWARD, false);
+    this.forwardBlocks = [];
+    for (const f of this.forwardList) {
+      const pool = this.mappings.poolAt(f.protocol, f.publicAddress || this.publicIp);
+      if (!pool) continue;
+      pool.setBlocked(f.publicPort, BLOCK.FORWARD, true);
+      this.forwardBlocks.push({ pool, port: f.publicPort });
+    }
+  }
+
+  /** The port forward on public address `to`, port `port` (index into forwardList), or NONE. */
+  forwardAt(proto: number, port: number, to: number = this.publicIp): number {
+    to >>>= 0;
+    if (this.forwardAddrIndex.size > 0) {
+      const f = this.forwardAddrIndex.get(to)?.get(proto)?.[port] ?? NONE;
+      if (f >= 0) return f;
+    }
+    if (to !== this.publicIp) return NONE;
     const idx = this.forwardIndex.get(proto);
     return idx ? idx[port]! : NONE;
   }

@@ -19,8 +19,8 @@ import { DropReason, Filtering, PortChoice, Resolved, Setup } from './outcome.js
  */
 export function resolveTarget(nat: NatContext, proto: number, to: number, port: number, from: number, hairpin: boolean): Resolved {
   const target = nat.target;
-  // Port forwards live on the first public address.
-  const f = to === nat.publicAddress ? nat.forwardAt(proto, port) : NONE;
+  // Port forwards live on the address they name, or on the first (primary) public address.
+  const f = nat.forwardAt(proto, port, to);
   if (f >= 0) {
     const fw = nat.forwardList[f]!;
     target.addr = fw.address;

@@ -25,29 +25,52 @@ const PORTED = new Set<number>([IPPROTO.TCP, IPPROTO.UDP, IPPROTO.SCTP, IPPROTO.
 
 export interface PortForward {
   protocol: number;
+  /** The public address it lives on; absent or 0 for the first (primary) one, whatever that is at the time. */
+  publicAddress?: number;
   publicPort: number;
   address: number;
   port: number;
 }
 
-/** `tcp:8080=192.168.1.10:80` (the LAN port defaults to the public one: `udp:5060=192.168.1.20`). */
+/** The protocols a forward may name: those with ports. */
+const FORWARD_PROTOS: Record<string, number> = { tcp: IPPROTO.TCP, udp: IPPROTO.UDP, sctp: IPPROTO.SCTP, udplite: IPPROTO.UDPLITE };
+const FORWARD_NAME: Record<number, string> = Object.fromEntries(Object.entries(FORWARD_PROTOS).map(([k, v]) => [v, k]));
+
+/**
+ * `tcp:8080=192.168.1.10:80` (the LAN port defaults to the public one: `udp:5060=192.168.1.20`); a
+ * public address before the port puts the forward on that pool address (`tcp:203.0.113.11:443=…`).
+ */
 export function parseForward(spec: string, isInternal: (a: number) => boolean): PortForward {
-  const m = /^(tcp|udp):(\d{1,5})=([0-9.]+)(?::(\d{1,5}))?$/.exec(spec.trim());
-  if (!m) throw new PolicyError('forward', `expected PROTO:PUBLICPORT=ADDR[:PORT] with PROTO tcp or udp, got ${JSON.stringify(spec)}`);
-  const publicPort = Number(m[2]);
-  const port = m[4] !== undefined ? Number(m[4]) : publicPort;
-  const address = parseIpv4(m[3]!);
-  if (address === null) throw new PolicyError('forward', `${spec}: ${m[3]} is not an IPv4 address`);
+  const m = /^(tcp|udp|sctp|udplite):(?:([0-9.]+):)?(\d{1,5})=([0-9.]+)(?::(\d{1,5}))?$/.exec(spec.trim());
+  if (!m) {
+    throw new PolicyError('forward', `expected PROTO:[PUBLICADDR:]PUBLICPORT=ADDR[:PORT] with PROTO tcp, udp, sctp or udplite, got ${JSON.stringify(spec)}`);
+  }
+  const publicPort = Number(m[3]);
+  const port = m[5] !== undefined ? Number(m[5]) : publicPort;
+  const address = parseIpv4(m[4]!);
+  if (address === null) throw new PolicyError('forward', `${spec}: ${m[4]} is not an IPv4 address`);
+  const publicAddress = m[2] !== undefined ? parseIpv4(m[2]) : 0;
+  if (publicAddress === null || publicAddress === 0 && m[2] !== undefined) throw new PolicyError('forward', `${spec}: ${m[2]} is not a public IPv4 address`);
   if (publicPort < 1 || publicPort > 65535 || port < 1 || port > 65535) throw new PolicyError('forward', `${spec}: ports must be 1-65535`);
   if (!isInternal(address)) throw new PolicyError('forward', `${spec}: ${ipToString(address)} is not inside --internal`);
-  return { protocol: PROTOS[m[1]!]!, publicPort, address, port };
+  if (isInternal(publicAddress)) throw new PolicyError('forward', `${spec}: the public address ${ipToString(publicAddress)} is inside --internal`);
+  return { protocol: FORWARD_PROTOS[m[1]!]!, publicAddress, publicPort, address, port };
+}
+
+/** A forward as `--forward` writes it. */
+export function forwardText(f: PortForward): string {
+  const at = f.publicAddress ? `${ipToString(f.publicAddress)}:` : '';
+  return `${FORWARD_NAME[f.protocol] ?? f.protocol}:${at}${f.publicPort}=${ipToString(f.address)}:${f.port}`;
 }
 
 export function checkForwards(list: readonly PortForward[]): void {
   const seen = new Set<string>();
   for (const f of list) {
-    const key = `${f.protocol}:${f.publicPort}`;
-    if (seen.has(key)) throw new PolicyError('forward', `two forwards for ${PROTO_NAME[f.protocol]}:${f.publicPort}`);
+    const key = `${f.protocol}:${f.publicAddress ?? 0}:${f.publicPort}`;
+    if (seen.has(key)) {
+      const at = f.publicAddress ? `${ipToString(f.publicAddress)}:` : '';
+      throw new PolicyError('forward', `two forwards for ${FORWARD_NAME[f.protocol]}:${at}${f.publicPort}`);
+    }
     seen.add(key);
   }
 }

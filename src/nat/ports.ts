@@ -10,6 +10,16 @@
 export type Rng = () => number;
 
 const NO_OWNER = -1;
+
+/** Why a port in the range may not be mapped: a port is mappable only while no reason holds. */
+export const BLOCK = {
+  /** The gateway's own ephemeral range (--gateway-ports): fixed at construction. */
+  EXCLUDED: 1,
+  /** A socket of the gateway's own listens on it. */
+  LOCAL: 2,
+  /** A port forward owns it. */
+  FORWARD: 4,
+} as const;
 const RANDOM_PROBES = 32;
 
 export class PortPool {
@@ -17,6 +27,8 @@ export class PortPool {
   readonly owner = new Int32Array(65536).fill(NO_OWNER);
   /** 1 where the port may be mapped: inside the configured range, not the gateway's own. */
   readonly allowed = new Uint8Array(65536);
+  /** The BLOCK reasons that hold for each port; `allowed` is 1 exactly where none does (within lo..hi). */
+  private readonly blocked = new Uint8Array(65536);
   private allowedCount = 0;
   used = 0;
 
@@ -29,7 +41,10 @@ export class PortPool {
       throw new RangeError(`port range ${lo}-${hi} is not within 0-65535`);
     }
     this.allowed.fill(1, lo, hi + 1);
-    for (const [a, b] of excluded) this.allowed.fill(0, Math.max(a, lo), Math.min(b, hi) + 1);
+    for (const [a, b] of excluded) {
+      this.allowed.fill(0, Math.max(a, lo), Math.min(b, hi) + 1);
+      this.blocked.fill(BLOCK.EXCLUDED, Math.max(a, lo), Math.min(b, hi) + 1);
+    }
     for (let p = lo; p <= hi; p++) this.allowedCount += this.allowed[p]!;
   }
 
@@ -96,13 +111,19 @@ export class PortPool {
     }
   }
 
-  /** Forbid or allow a port for new mappings (the gateway's own listening sockets); existing owners keep it. */
-  setAllowed(port: number, allowed: boolean): void {
+  /**
+   * Set or clear one reason to keep a port from new mappings (existing owners keep it). The port is
+   * mappable again only when no reason is left: a forward removed on a port the gateway also listens on
+   * stays blocked, and so does one in the excluded range.
+   */
+  setBlocked(port: number, reason: number, on: boolean): void {
     if (port < this.lo || port > this.hi) return;
-    const v = allowed ? 1 : 0;
+    const b = on ? this.blocked[port]! | reason : this.blocked[port]! & ~reason;
+    this.blocked[port] = b;
+    const v = b === 0 ? 1 : 0;
     if (this.allowed[port] === v) return;
     this.allowed[port] = v;
-    this.allowedCount += allowed ? 1 : -1;
+    this.allowedCount += v === 1 ? 1 : -1;
   }
 }
 

@@ -95,6 +95,7 @@ export class Translator extends NatContext {
       return m < 0 ? flows.tDst[f * 2] === old || flows.tDst[f * 2 + 1] === old : this.mappings.extAddr[m] === old;
     });
     this.mappings.setAddress(0, addr);
+    this.reserveForwardPorts();
     return gone;
   }
 
@@ -132,6 +133,7 @@ export class Translator extends NatContext {
     for (const a of next) this.mappings.addAddress(a);
     this.publicIp = primary;
     this.pairing = Uint32Array.from(this.mappings.liveAddresses()).sort();
+    this.reserveForwardPorts();
     return flushed;
   }
 
@@ -359,7 +361,7 @@ export class Translator extends NatContext {
       // Segments of the gateway's own connections; on NAT ports, stray segments of nobody's.
       const dst = this.ip.destinationAddress;
       if (!fromInside) return this.gatewayOwnsPort(proto, dport, dst) ? this.toGateway(total) : this.drop(DropReason.NO_MAPPING);
-      if (toPublic && this.gatewayOwnsPort(proto, dport, dst) && this.forwardAt(proto, dport) < 0) return this.toGateway(total);
+      if (toPublic && this.gatewayOwnsPort(proto, dport, dst) && this.forwardAt(proto, dport, dst) < 0) return this.toGateway(total);
       return this.drop(DropReason.NO_MAPPING);
     }
     // An ICMP query reply: the gateway's own, from outside.

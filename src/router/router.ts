@@ -12,6 +12,7 @@ import { NativeTun } from '../tun/native.js';
 import { Translator } from '../nat/translator.js';
 import { EgressPolicy } from '../nat/policy.js';
 import { readLocalPorts, type LocalPorts } from '../nat/local-ports.js';
+import { BLOCK } from '../nat/ports.js';
 import { Dataplane } from '../dataplane/loop.js';
 import {
   applyRouting, removeRouting, removeRoutingSync, followAddresses, detectLeftovers, cleanLeftovers,
@@ -361,8 +362,8 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
       const before = localBlocked.get(addr);
       for (const [proto, name] of [[IPPROTO.TCP, 'tcp'], [IPPROTO.UDP, 'udp']] as const) {
         const pool = nat.mappings.poolAt(proto, addr)!;
-        if (before) for (const p of before[name]) if (!now[name].has(p)) pool.setAllowed(p, true);
-        for (const p of now[name]) pool.setAllowed(p, false);
+        if (before) for (const p of before[name]) if (!now[name].has(p)) pool.setBlocked(p, BLOCK.LOCAL, false);
+        for (const p of now[name]) pool.setBlocked(p, BLOCK.LOCAL, true);
       }
       next.set(addr, now);
     }

@@ -45,8 +45,15 @@ describe('config: public address pool and static SNAT entries', () => {
       [{ publicIp: '203.0.113.1', snat: ['192.168.2.1/24=203.0.113.1'] }, /host bits/],
       [{ publicIp: '203.0.113.1', snat: ['192.168.2.0/24'] }, /PREFIX=ADDR/],
       [{ publicIp: '203.0.113.1', snat: ['192.168.2.0/24=203.0.113.1', '192.168.2.0/24=203.0.113.1'] }, /given twice/],
+      [{ publicIp: '203.0.113.1,203.0.113.2', forward: 'tcp:203.0.113.9:80=192.168.1.2' }, /203\.0\.113\.9 is not one of --public-ip/],
+      [{ publicIp: '203.0.113.1,203.0.113.2', forward: ['tcp:80=192.168.1.2', 'tcp:203.0.113.1:80=192.168.1.3'] }, /two forwards for tcp:80/],
     ];
     for (const [over, why] of bad) expect(() => resolveConfig({ ...base, ...over }), JSON.stringify(over)).toThrow(why);
+  });
+
+  it('a forward may name a pool address; naming the first is the same as naming none', () => {
+    const c = resolveConfig({ ...base, publicIp: '203.0.113.1,203.0.113.2', forward: ['tcp:203.0.113.2:80=192.168.1.2', 'udp:203.0.113.1:53=192.168.1.3'] });
+    expect(c.forwards.map((f) => f.publicAddress)).toEqual([ip('203.0.113.2'), 0]);
   });
 
   it('--masquerade: the primary WAN address by default, every one with all (userspace only, never with --public-ip)', () => {

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { poolSlot } from '../../src/nat/context.js';
 import { parseIpv4 } from '../../src/wire/addr.js';
 import { Cleanup, buildTestLab, captureOn, inNs, isRoot, type Capture, type Lab } from './harness.js';
-import { UDP_FLOWS_CLIENT, echoLog, startRfcRouter, startUdpEcho, wanLeaks } from './fixtures/rfc-lab.js';
+import { UDP_FLOWS_CLIENT, echoLog, startRfcRouter, startUdpEcho, udpProbe, wanLeaks } from './fixtures/rfc-lab.js';
 import type { NsProcess } from '../../src/lab/process.js';
 
 const POOL = ['203.0.113.10', '203.0.113.11', '203.0.113.12'];
@@ -68,4 +68,23 @@ describe.skipIf(!isRoot)('a pool of three public addresses pairs each LAN host w
     const { leaks } = await wanLeaks(capture);
     expect(leaks).toEqual([]);
   }, 180_000);
+
+  it('a forward on a pool address (--forward udp:203.0.113.11:7100=…) answers there and nowhere else', async () => {
+    const server = lab.lanHosts[0]!;
+    const lanEcho = await startUdpEcho(server.netns, server.address, 7100, cleanup);
+    const router = await startRfcRouter(lab, cleanup, 'poolfwd', ['--public-ip', '203.0.113.10-203.0.113.12', '--forward', `udp:203.0.113.11:7100=${server.address}`]);
+    try {
+      const hit = await udpProbe(lab.inet.netns, '203.0.113.11', 7100, { text: 'to the forward' });
+      expect(hit.outcome).toBe('reply');
+      expect(hit.endsWithPayload).toBe(true);
+      // The LAN server saw the internet host itself (DNAT keeps the source).
+      expect(echoLog(lanEcho).map((e) => e.from.split(':')[0])).toEqual(['203.0.113.2']);
+      for (const other of ['203.0.113.10', '203.0.113.12']) {
+        const miss = await udpProbe(lab.inet.netns, other, 7100, { text: 'not here', timeoutMs: 1000 });
+        expect(miss.outcome, other).not.toBe('reply');
+      }
+    } finally {
+      await router.stop();
+    }
+  }, 60_000);
 });

@@ -208,4 +208,56 @@ describe('public address pool', () => {
     // SCTP and UDP-Lite have pools of their own on every address, reported like the others.
     for (const protocol of ['sctp', 'udplite']) expect(sampleValue(s, 'tunnat_port_pool_size', { protocol, address: '203.0.113.12' })).toBeGreaterThan(0);
   });
+
+  it('a forward may name a pool address: each address routes its own port, the others do not have it', () => {
+    const nat = makeNat({
+      publicPool: POOL,
+      forwards: [
+        { protocol: 6, publicAddress: P2, publicPort: 8080, address: ip('192.168.1.20'), port: 80 },
+        { protocol: 6, publicPort: 8080, address: ip('192.168.1.21'), port: 80 },
+      ],
+    });
+    const syn = (dst: number) => tcpPacket({ src: REMOTE, dst, srcPort: 50000, dstPort: 8080, seq: 1, ack: 0, flags: TCP_FLAGS.SYN });
+    const onP2 = syn(P2);
+    expect(nat.process(onP2, 0, onP2.length, 0)).toBe(Verdict.FORWARD);
+    expect(parse(onP2)).toMatchObject({ dst: ip('192.168.1.20'), dport: 80 });
+    const onFirst = syn(PUB);
+    expect(nat.process(onFirst, 0, onFirst.length, 0)).toBe(Verdict.FORWARD);
+    expect(parse(onFirst)).toMatchObject({ dst: ip('192.168.1.21'), dport: 80 });
+    // P3 has no forward on 8080: nothing there, and its pool may hand 8080 out.
+    const onP3 = syn(P3);
+    expect(nat.process(onP3, 0, onP3.length, 0)).toBe(Verdict.DROP);
+    expect(nat.mappings.poolAt(6, P3)!.isFree(8080)).toBe(true);
+    expect(nat.mappings.poolAt(6, P2)!.isFree(8080)).toBe(false);
+    expect(nat.mappings.poolAt(6, PUB)!.isFree(8080)).toBe(false);
+    // The server's answer leaves from the address and port it was reached on.
+    const synack = tcpPacket({ src: ip('192.168.1.20'), dst: REMOTE, srcPort: 80, dstPort: 50000, seq: 9, ack: 2, flags: TCP_FLAGS.SYN | TCP_FLAGS.ACK });
+    expect(nat.process(synack, 0, synack.length, 1)).toBe(Verdict.FORWARD);
+    expect(parse(synack)).toMatchObject({ src: P2, sport: 8080 });
+  });
+
+  it('forwards follow a dynamic pool: a named address works while the WAN has it, the primary\'s move with it', () => {
+    const C = ip('203.0.113.30');
+    const nat = makeNat({
+      publicPool: [PUB, P2],
+      dynamicPool: true,
+      forwards: [
+        { protocol: 17, publicAddress: C, publicPort: 5060, address: ip('192.168.1.20'), port: 5060 },
+        { protocol: 17, publicPort: 6000, address: ip('192.168.1.21'), port: 6000 },
+      ],
+    });
+    const dgram = (dst: number, dport: number) => udpPacket({ src: REMOTE, dst, srcPort: 53, dstPort: dport, payload });
+    const early = dgram(C, 5060);
+    expect(nat.process(early, 0, early.length, 0)).toBe(Verdict.DROP); // C is not (yet) ours
+    nat.setPublicAddresses(P2, [P2, C]);
+    const late = dgram(C, 5060);
+    expect(nat.process(late, 0, late.length, 1)).toBe(Verdict.FORWARD);
+    expect(parse(late).dst).toBe(ip('192.168.1.20'));
+    expect(nat.mappings.poolAt(17, C)!.isFree(5060)).toBe(false);
+    // The unnamed forward is on the primary, now P2, and holds its port there.
+    const prim = dgram(P2, 6000);
+    expect(nat.process(prim, 0, prim.length, 2)).toBe(Verdict.FORWARD);
+    expect(parse(prim).dst).toBe(ip('192.168.1.21'));
+    expect(nat.mappings.poolAt(17, P2)!.isFree(6000)).toBe(false);
+  });
 });

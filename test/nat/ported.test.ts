@@ -271,6 +271,31 @@ describe('UDP-Lite: ports translated, partial-coverage checksum kept exact', () 
   });
 });
 
+describe('port forwards for SCTP and UDP-Lite', () => {
+  it('an SCTP INIT from outside reaches the LAN server behind sctp:2905, CRC valid both ways; its reply leaves from the forwarded port', () => {
+    const nat = makeNat({ forwards: [{ protocol: SCTP, publicPort: 2905, address: HOST_B, port: 2906 }] });
+    const init = sctp(REMOTE, PUB, 40001, 2905, [SCTP_CHUNK.INIT]);
+    expect(nat.process(init, 0, init.length, 0)).toBe(Verdict.FORWARD);
+    expect(parse(init).dst).toBe(HOST_B);
+    expect(ports(init)).toEqual([40001, 2906]);
+    expect(sctpCrcOk(init)).toBe(true);
+    const ack = sctp(HOST_B, REMOTE, 2906, 40001, [SCTP_CHUNK.INIT_ACK]);
+    expect(nat.process(ack, 0, ack.length, 1)).toBe(Verdict.FORWARD);
+    expect(parse(ack).src).toBe(PUB);
+    expect(ports(ack)).toEqual([2905, 40001]);
+    expect(sctpCrcOk(ack)).toBe(true);
+    expect(nat.mappings.pool(SCTP)!.isFree(2905)).toBe(false);
+  });
+
+  it('a UDP-Lite datagram to udplite:9000 reaches its LAN host with the checksum exact', () => {
+    const nat = makeNat({ forwards: [{ protocol: UDPLITE, publicPort: 9000, address: HOST_A, port: 9000 }] });
+    const d = udplite(REMOTE, PUB, 7000, 9000, Buffer.from('forwarded'), 8);
+    expect(nat.process(d, 0, d.length, 0)).toBe(Verdict.FORWARD);
+    expect(parse(d).dst).toBe(HOST_A);
+    expect(d.readUInt16BE(26)).toBe(udpliteChecksum(d));
+  });
+});
+
 describe('the trace sees SCTP and UDP-Lite', () => {
   it('decodes their ports and checks their checksums from scratch (CRC32c, UDP-Lite coverage)', () => {
     const nat = makeNat();

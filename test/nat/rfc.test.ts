@@ -173,9 +173,13 @@ describe('port forwards (DNAT)', () => {
 
   it('rejects bad forward specs with the item named', () => {
     expect(() => parseForward('tcp:80=203.0.113.5:80', internal)).toThrow(/not inside --internal/);
-    expect(() => parseForward('sctp:80=192.168.1.2:80', internal)).toThrow(PolicyError);
+    expect(() => parseForward('icmp:80=192.168.1.2:80', internal)).toThrow(PolicyError);
     expect(() => parseForward('udp:0=192.168.1.2:80', internal)).toThrow(/ports must be/);
-    expect(parseForward('udp:5060=192.168.1.20', internal)).toMatchObject({ publicPort: 5060, port: 5060 });
+    expect(() => parseForward('tcp:192.168.1.9:80=192.168.1.2', internal)).toThrow(/public address 192\.168\.1\.9 is inside --internal/);
+    expect(() => parseForward('tcp:203.0.113:80=192.168.1.2', internal)).toThrow(/203\.0\.113 is not a public IPv4 address/);
+    expect(parseForward('udp:5060=192.168.1.20', internal)).toMatchObject({ publicAddress: 0, publicPort: 5060, port: 5060 });
+    expect(parseForward('sctp:2905=192.168.1.20', internal)).toMatchObject({ protocol: 132, publicPort: 2905 });
+    expect(parseForward('udplite:203.0.113.11:9000=192.168.1.20:9001', internal)).toMatchObject({ protocol: 136, publicAddress: ip('203.0.113.11'), publicPort: 9000, port: 9001 });
   });
 });
 

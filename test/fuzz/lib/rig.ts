@@ -131,7 +131,7 @@ export const FUZZ_CONFIGS: readonly FuzzConfig[] = [
     excludedPorts: [],
     filtering: 'address',
     publicIpOwned: true,
-    forwards: ['tcp:30005=192.168.1.10:80'],
+    forwards: ['tcp:30005=192.168.1.10:80', 'udp:203.0.113.21:30007=192.168.1.11', 'sctp:30009=192.168.2.10'],
     maxFlowsPerHost: 0,
     allowEgress: null,
     egressReject: false,
