@@ -46,7 +46,7 @@ const HEADLINE: Record<MeasurementName, [string, string, number]> = {
   'tcp-bulk-4': ['gbps', 'Gbit/s', 1],
   'udp-64': ['pps', 'kpps delivered', 1e-3],
   'conn-rate': ['connPerSec', 'conn/s', 1],
-  'flows': ['delivered', 'flows held', 1],
+  'flows': ['held', 'flows held', 1],
   'latency': ['p50Us', 'µs p50', 1],
 };
 
@@ -89,7 +89,11 @@ async function oneRun(r: Runner, m: MeasurementName, runner: RunnerName, round: 
   process.stderr.write(`[${seq}/${r.total}] ${m} · round ${round} · ${runner} … `);
   let session: EngineSession | null = null;
   try {
-    session = await startRunner(r.bl, runner, { kernelVariant: r.kernel?.variant ?? 'kernel-manual', tunnatArgs: r.plan.tunnatArgs });
+    session = await startRunner(r.bl, runner, {
+      kernelVariant: r.kernel?.variant ?? 'kernel-manual',
+      tunnatArgs: r.plan.tunnatArgs,
+      ...(m === 'flows' ? { flows: r.plan.measure.flows } : {}),
+    });
     await probeTranslation(r.bl, session);
     const values: RunValues = await runMeasurement(m, r.bl, session, r.plan.measure, seq);
     if (runner === 'userspace') {

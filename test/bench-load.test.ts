@@ -7,7 +7,7 @@
 import { Script } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { parseLoadArgs, planFromArgs, resultsFileName, UsageError, DEFAULT_MEASURE, QUICK_MEASURE } from '../bench/load/args.js';
-import { clientAddresses } from '../bench/load/engines.js';
+import { clientAddresses, maxFlowsArgs } from '../bench/load/engines.js';
 import {
   parseConntrackCount,
   parseIperfTcp,
@@ -23,7 +23,7 @@ import {
 } from '../bench/load/parse.js';
 import { connClientArgv, connServerArgv, flowOpenerArgv, flowSinkArgv, planFlows, FLOW_PORT_CEILING } from '../bench/load/programs.js';
 import { columnsOf, DOCS_HEADING, formatText, markdownSection, markdownTable, renderSvg, spliceSection, chartPanels } from '../bench/load/render.js';
-import { bytesPerFlow, goalMet, goalText, median, percentile, ratio } from '../bench/load/stats.js';
+import { busyCpuSeconds, bytesPerFlow, goalMet, goalText, median, parseProcStatCpu, percentile, ratio } from '../bench/load/stats.js';
 import { autoNotes, formatValue, isAutoNote, summarize, type LoadReport, type RunRecord } from '../bench/load/summary.js';
 import type { RunnerName } from '../bench/load/engines.js';
 import type { MeasurementName, RunValues } from '../bench/load/measure.js';
@@ -166,6 +166,14 @@ describe('arithmetic', () => {
     expect(goalMet({ kind: 'at-most', target: 30, unit: 'µs' }, 30, null)).toBe(true);
     expect(goalMet({ kind: 'at-most', target: 256, unit: 'B' }, 300, 2)).toBe(false);
     expect(goalText({ kind: 'ratio-at-least', target: 0.5 })).toBe('≥ 0.5× kernel');
+    expect(goalText({ kind: 'ratio-at-most', target: 1.5 })).toBe('≤ 1.5× kernel');
+    expect(goalMet({ kind: 'ratio-at-most', target: 1.5 }, 9, 1.5)).toBe(true);
+    expect(goalMet({ kind: 'ratio-at-most', target: 1.5 }, 9, 1.6)).toBe(false);
+    // /proc/stat: user nice system idle iowait irq softirq steal; idle and iowait are not busy.
+    const a = parseProcStatCpu('cpu  100 0 50 1000 7 5 20 0 0 0\ncpu0 1 2 3\n');
+    const b = parseProcStatCpu('cpu  300 10 90 1500 9 5 60 0 0 0\n');
+    expect(busyCpuSeconds(a, b)).toBeCloseTo((200 + 10 + 40 + 40) / 100);
+    expect(() => parseProcStatCpu('intr 1 2')).toThrow(/cpu line/);
     expect(bytesPerFlow(1000, 5000, 10)).toBe(400);
     expect(bytesPerFlow(1000, 5000, 0)).toBeNull();
     expect(bytesPerFlow(null, 5000, 10)).toBeNull();
@@ -198,7 +206,7 @@ describe('traffic programs and plans', () => {
     const argvs = [
       connServerArgv('203.0.113.2', 8080, '203.0.113.1'),
       connClientArgv('203.0.113.2', 8080, 2000, 32, ['192.168.1.10']),
-      flowSinkArgv('203.0.113.2', [9000, 9001], null),
+      flowSinkArgv('203.0.113.2', [9000, 9001], null, 500),
       flowOpenerArgv('203.0.113.2', plan, 25_000, 2),
     ];
     for (const argv of argvs) {
@@ -208,10 +216,17 @@ describe('traffic programs and plans', () => {
       expect(() => new Script(argv[2]!)).not.toThrow();
     }
     expect(argvs[0]!.slice(3)).toEqual(['203.0.113.2', '8080', '203.0.113.1']);
-    expect(argvs[2]!.slice(3)).toEqual(['203.0.113.2', '9000,9001', '-']);
+    expect(argvs[2]!.slice(3)).toEqual(['203.0.113.2', '9000,9001', '-', '500']);
     expect(argvs[3]!.slice(3)).toEqual(['203.0.113.2', '9000,9001', '192.168.1.10,192.168.1.121', '30000', '250', '25000', '2']);
     expect(() => connClientArgv('h', 1, 1000, 0, ['a'])).toThrow(RangeError);
     expect(() => connClientArgv('h', 1, 1000, 1, [])).toThrow(RangeError);
+  });
+
+  it('a --flows run sizes tunnat\'s table for its flows, unless the default holds them or --tunnat-args chose', () => {
+    expect(maxFlowsArgs(undefined, [])).toEqual([]);
+    expect(maxFlowsArgs(100_000, [])).toEqual([]);
+    expect(maxFlowsArgs(1_000_000, [])).toEqual(['--max-flows', '1100000']);
+    expect(maxFlowsArgs(1_000_000, ['--max-flows', '2000000'])).toEqual([]);
   });
 
   it('client addresses: the host\'s own first, then .121, .122, …', () => {
@@ -288,8 +303,8 @@ function madeUpRuns(): RunRecord[] {
   runs.push(runOf('udp-64', 'userspace', 1, { pps: 100_000, sentPps: 200_000, lossPct: 50, appPps: 90_000 }));
   runs.push(runOf('udp-64', 'kernel', 1, { pps: 150_000, sentPps: 150_010, lossPct: 0.005, appPps: 140_000 }));
   runs.push(runOf('udp-64', 'slirp4netns', 1, null, 'iperf3: boom'));
-  runs.push(runOf('flows', 'userspace', 1, { attempted: 1000, delivered: 1000, bytesPerFlow: 200, gatewayKernelFlows: 0 }));
-  runs.push(runOf('flows', 'kernel', 1, { attempted: 1000, delivered: 1000, bytesPerFlow: 256 }));
+  runs.push(runOf('flows', 'userspace', 1, { attempted: 1000, delivered: 1000, held: 1000, bytesPerFlow: 200, gatewayKernelFlows: 0 }));
+  runs.push(runOf('flows', 'kernel', 1, { attempted: 1000, delivered: 1000, held: 700, bytesPerFlow: 256 }));
   runs.push(runOf('flows', 'slirp4netns', 1, { attempted: 1000, delivered: 400, bytesPerFlow: 2000 }));
   for (const [n, p50] of [['userspace', 40], ['kernel', 9], ['slirp4netns', 45], ['route', 8]] as const) {
     runs.push(runOf('latency', n, 1, { b2bP50Us: p50 / 2, b2bP99Us: p50, p50Us: p50, p99Us: p50 * 3, meanUs: p50, answered: 400 }));
@@ -346,6 +361,12 @@ describe('summary', () => {
     expect(row('udp64-loss').ratio).toBeNull();
   });
 
+  it('flows held is the engine\'s own count; what reached the internet host is a row of its own', () => {
+    expect(row('flows').medians).toEqual({ userspace: 1000, kernel: 700, slirp4netns: null });
+    expect(row('flows-delivered').medians).toEqual({ userspace: 1000, kernel: 1000, slirp4netns: 400 });
+    expect(row('flows-delivered').ratio).toBeNull();
+  });
+
   it('memory per flow is held to ≤ 256 B on the userspace value', () => {
     expect(row('flow-bytes').goal?.met).toBe(true);
     expect(row('flow-bytes').ratio).toBeCloseTo(200 / 256);
@@ -365,7 +386,10 @@ describe('summary', () => {
   it('notes a sender-bound kernel UDP column and flows an engine did not hold', () => {
     const notes = autoNotes(runs);
     expect(notes.some((n) => /joint limit/.test(n))).toBe(true);
-    expect(notes.some((n) => /slirp4netns held a median 400 of the 1,000/.test(n))).toBe(true);
+    // Held is the engine's own count: the kernel passed all 1,000 but held 700 at once.
+    expect(notes.some((n) => /kernel held a median 700 of the 1,000 flows offered at once by its own count \(1,000 reached the internet host\)/.test(n))).toBe(true);
+    // An engine that keeps no count is not said to hold what merely passed through it.
+    expect(notes.some((n) => /slirp4netns held/.test(n))).toBe(false);
     expect(notes.some((n) => /tracked connections/.test(n))).toBe(false);
     // A re-render recognises them, and nothing else, as its own.
     expect(notes.every(isAutoNote)).toBe(true);

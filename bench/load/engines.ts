@@ -135,6 +135,10 @@ export interface EngineSession {
   pid: number | null;
   /** The engine's own count of flows (tunnat_flows, `conntrack -C`); null when it has none. */
   flowCount(): Promise<number | null>;
+  /** How many flows its table can hold at once (tunnat_flows_max, nf_conntrack_max); null when unbounded or unknown. */
+  flowCapacity(): Promise<number | null>;
+  /** What to do when the capacity is too small for a --flows run (said in the refusal). */
+  capacityHint?: string;
   memory(): Promise<MemoryReading>;
   stop(): Promise<void>;
 }
@@ -170,14 +174,27 @@ export interface StartOptions {
   kernelVariant: KernelVariant;
   /** Extra \`tunnat run\` flags for the userspace engine. */
   tunnatArgs?: readonly string[];
+  /** The flows measurement's size: tunnat's table is made big enough for it (unless --tunnat-args sets --max-flows). */
+  flows?: number;
+}
+
+/** tunnat's default --max-flows, and the headroom a --flows run gets above its own flows (probes, warm-up). */
+const TUNNAT_DEFAULT_MAX_FLOWS = 262_144;
+const FLOW_HEADROOM = 1.1;
+
+/** `--max-flows` for a run that opens `flows` flows, or nothing when the default holds them or the user chose. */
+export function maxFlowsArgs(flows: number | undefined, userArgs: readonly string[]): string[] {
+  if (flows === undefined || userArgs.includes('--max-flows')) return [];
+  const want = Math.ceil(flows * FLOW_HEADROOM);
+  return want > TUNNAT_DEFAULT_MAX_FLOWS ? ['--max-flows', String(want)] : [];
 }
 
 export async function startRunner(bl: BenchLab, runner: RunnerName, opts: StartOptions): Promise<EngineSession> {
   switch (runner) {
     case 'userspace':
-      return startTunnat(bl, 'userspace', opts.tunnatArgs ?? []);
+      return startTunnat(bl, 'userspace', [...(opts.tunnatArgs ?? []), ...maxFlowsArgs(opts.flows, opts.tunnatArgs ?? [])]);
     case 'kernel':
-      return opts.kernelVariant === 'tunnat-kernel' ? startTunnat(bl, 'kernel') : startKernelManual(bl);
+      return opts.kernelVariant === 'tunnat-kernel' ? startTunnat(bl, 'kernel', maxFlowsArgs(opts.flows, [])) : startKernelManual(bl);
     case 'slirp4netns':
       return startSlirp(bl);
     case 'route':
@@ -194,7 +211,7 @@ async function routerFor(bl: BenchLab, engine: 'userspace' | 'kernel' | 'kernel-
     id: bl.lab.id,
     cleanup: bl.cleanup,
     cliPath: bl.cliPath,
-    ...(engine === 'kernel' ? { extraArgs: ['--engine', 'kernel'] } : extra.length > 0 ? { extraArgs: extra } : {}),
+    ...(engine === 'kernel' ? { extraArgs: ['--engine', 'kernel', ...extra] } : extra.length > 0 ? { extraArgs: extra } : {}),
   });
 }
 
@@ -214,6 +231,7 @@ async function startTunnat(bl: BenchLab, engine: 'userspace' | 'kernel', extra: 
     expectedSource: bl.publicAddress,
     pid,
     flowCount: async () => sumMetric(await router.metrics(), 'tunnat_flows'),
+    flowCapacity: async () => sumMetric(await router.metrics(), 'tunnat_flows_max'),
     memory: async () => ({ rss: pid === null ? null : readRss(pid), slab: null }),
     stop: async () => {
       const code = await router.stop();
@@ -238,6 +256,9 @@ function kernelSession(bl: BenchLab, stop: () => Promise<void>): EngineSession {
     expectedSource: bl.publicAddress,
     pid: null,
     flowCount: () => conntrackCount(bl.lab.gw.netns),
+    flowCapacity: async () => Number((await run(['cat', '/proc/sys/net/netfilter/nf_conntrack_max'], { netns: bl.lab.gw.netns })).stdout.trim()),
+    // The benchmark changes nothing outside its namespaces, and only the host's first namespace may set it.
+    capacityHint: 'nf_conntrack_max is machine-wide and read-only inside a namespace; raise it on the host (sysctl -w net.netfilter.nf_conntrack_max=N) to measure the kernel at this size',
     memory: async () => ({ rss: null, slab: readConntrackSlab() }),
     stop,
   };
@@ -281,6 +302,7 @@ async function startSlirp(bl: BenchLab): Promise<EngineSession> {
     expectedSource: bl.publicAddress,
     pid: proc.pid,
     flowCount: async () => null,
+    flowCapacity: async () => null,
     memory: async () => ({ rss: readRss(proc.pid), slab: null }),
     // The TAP device goes with the process (slirp4netns does not make it persistent).
     stop: async () => {
@@ -319,6 +341,7 @@ async function startRoute(bl: BenchLab): Promise<EngineSession> {
     expectedSource: bl.lan.addresses[0]!,
     pid: null,
     flowCount: async () => null,
+    flowCapacity: async () => null,
     memory: async () => ({ rss: null, slab: null }),
     stop: undo,
   };

@@ -3,6 +3,7 @@
  * each checks its own answer (the far side saw the translated address, the traffic really went
  * through, counts add up) and throws when it does not, so a wrong number never reaches a median.
  */
+import { readFileSync } from 'node:fs';
 import { run } from '../../src/util/exec.js';
 import { spawnIn, type NsProcess } from '../../src/lab/process.js';
 import type { BenchLab, EngineSession } from './engines.js';
@@ -17,7 +18,7 @@ import {
   type UdpMib,
 } from './parse.js';
 import { connClientArgv, connServerArgv, flowOpenerArgv, flowSinkArgv, planFlows } from './programs.js';
-import { bytesPerFlow, percentile } from './stats.js';
+import { busyCpuSeconds, bytesPerFlow, parseProcStatCpu, percentile } from './stats.js';
 
 export const MEASUREMENTS = ['tcp-bulk-1', 'tcp-bulk-4', 'udp-64', 'conn-rate', 'flows', 'latency'] as const;
 export type MeasurementName = (typeof MEASUREMENTS)[number];
@@ -83,10 +84,14 @@ async function iperfClient(s: EngineSession, bl: BenchLab, args: string[], secon
 
 export async function tcpBulk(bl: BenchLab, s: EngineSession, cfg: MeasureConfig, streams: number): Promise<RunValues> {
   return withIperfServer(bl, async () => {
+    // The whole machine's CPU time over the transfer: the kernel's softirq work for either engine counts too.
+    const cpuBefore = parseProcStatCpu(readFileSync('/proc/stat', 'utf8'));
     const out = parseIperfTcp(await iperfClient(s, bl, ['-P', String(streams)], cfg.tcpSeconds));
+    const cpu = busyCpuSeconds(cpuBefore, parseProcStatCpu(readFileSync('/proc/stat', 'utf8')));
     if (out.streams !== streams) throw new Error(`iperf3 reported ${out.streams} streams, asked for ${streams}`);
     if (!(out.receivedBitsPerSecond > 0)) throw new Error('iperf3: nothing was received');
-    return { gbps: out.receivedBitsPerSecond / 1e9, retransmits: out.retransmits };
+    const gigabytes = (out.receivedBitsPerSecond * out.seconds) / 8 / 1e9;
+    return { gbps: out.receivedBitsPerSecond / 1e9, retransmits: out.retransmits, cpuSeconds: cpu, cpuSecPerGB: cpu / gigabytes };
   });
 }
 
@@ -159,7 +164,14 @@ export async function connRate(bl: BenchLab, s: EngineSession, cfg: MeasureConfi
 export async function flows(bl: BenchLab, s: EngineSession, cfg: MeasureConfig): Promise<RunValues> {
   const destPorts = Array.from({ length: cfg.flowDestPorts }, (_, i) => FLOW_PORT0 + i);
   const plan = planFlows(cfg.flows, s.client.addresses, destPorts);
-  const sink = await startServer(bl, flowSinkArgv(bl.inetAddress, destPorts, s.expectedSource), 'flow sink');
+  const sink = await startServer(bl, flowSinkArgv(bl.inetAddress, destPorts, s.expectedSource, plan.addresses.length * plan.portsPerAddress), 'flow sink');
+  // An engine whose table cannot hold the flows asked for is refused, not measured at its limit and
+  // reported as if that were the offer (tunnat is started with --max-flows sized for them; see engines.ts).
+  const capacity = await s.flowCapacity();
+  if (capacity !== null && capacity < plan.flows) {
+    await sink.stop('SIGKILL');
+    throw new Error(`${s.runner}'s flow table holds ${capacity} entries, fewer than the ${plan.flows} flows asked for${s.capacityHint ? ` (${s.capacityHint})` : ''}`);
+  }
   let opener: Record<string, unknown>;
   const countBefore = await s.flowCount();
   const memBefore = await s.memory();
@@ -185,19 +197,26 @@ export async function flows(bl: BenchLab, s: EngineSession, cfg: MeasureConfig):
   if (wrong > 0) throw new Error(`the sink saw ${wrong} datagrams from ${String(sinkResult.lastWrong)}, not ${s.expectedSource}`);
   const delivered = resultNumber(sinkResult, 'distinct', 'flow sink');
   const datagrams = resultNumber(opener, 'datagrams', 'flow opener');
+  // Flows are counted by the number each datagram carries, so this cannot exceed what was opened.
   if (delivered > plan.flows) throw new Error(`the sink counted ${delivered} flows, more than the ${plan.flows} opened`);
   if (delivered === 0) throw new Error(`no flow reached the sink (opener: ${JSON.stringify(opener)})`);
+  // Held: the engine's own count of the concurrent flows this run added (an engine that evicts to make
+  // room holds fewer than passed through it). Null for an engine that keeps no count.
   const engineFlows = countBefore !== null && countAfter !== null ? countAfter - countBefore : null;
+  const held = engineFlows === null ? null : Math.min(engineFlows, plan.flows);
 
-  const rssPerFlow = bytesPerFlow(memBefore.rss, memAfter.rss, delivered);
+  // Memory per flow over the flows held, never over flows that merely passed.
+  const rssPerFlow = bytesPerFlow(memBefore.rss, memAfter.rss, held);
   // The slab holds every namespace's entries; count whole objects allocated (num_objs), which is
   // memory taken from the system, and divide by the flows this run added.
   const slabBefore = memBefore.slab ? memBefore.slab.numObjs * memBefore.slab.objSize : null;
   const slabAfter = memAfter.slab ? memAfter.slab.numObjs * memAfter.slab.objSize : null;
-  const slabPerFlow = bytesPerFlow(slabBefore, slabAfter, engineFlows ?? delivered);
+  const slabPerFlow = bytesPerFlow(slabBefore, slabAfter, held);
   return {
     attempted: plan.flows,
     delivered,
+    held,
+    tuples: resultNumber(sinkResult, 'tuples', 'flow sink'),
     engineFlows,
     datagramsSent: datagrams,
     openerErrors: resultNumber(opener, 'bindErrors', 'flow opener') + resultNumber(opener, 'sendErrors', 'flow opener'),

@@ -6,8 +6,10 @@
  *   side never holds TIME_WAIT and the run is not limited by the client's ephemeral ports.
  * - conn client (LAN): connect, one request, read the answer, close; a fixed number of these in
  *   flight for a fixed time, spread over several source addresses.
- * - flow sink (internet host): counts distinct (source address, source port, destination port)
- *   triples, i.e. flows as they left the NAT, and any source that is not the expected one.
+ * - flow sink (internet host): counts the distinct flows that arrived, by the flow number each datagram
+ *   carries (so a flow the NAT gave a second public port, after losing its first entry, still counts
+ *   once), the distinct (source address, source port, destination port) triples as they left the NAT,
+ *   and any source that is not the expected one.
  * - flow opener (LAN): one datagram per flow from many (address, port) endpoints, paced; a second
  *   pass sends every flow's datagram again, so a datagram lost while the engine was busy setting
  *   up flows does not count as a flow it cannot hold.
@@ -69,10 +71,12 @@ for (let i = 0; i < active; i++) one();
 const FLOW_SINK = String.raw`
 'use strict';
 const dgram = require('node:dgram');
-const [host, portList, expect] = process.argv.slice(1);
+const [host, portList, expect, endpointCount] = process.argv.slice(1);
 const ports = portList.split(',').map(Number);
+const endpoints = Number(endpointCount);
 const seen = new Map();
-let datagrams = 0, distinct = 0, wrongSource = 0, lastWrong = null, pending = ports.length;
+const flowSeen = new Uint8Array(endpoints * ports.length);
+let datagrams = 0, distinct = 0, tuples = 0, wrongSource = 0, lastWrong = null, pending = ports.length;
 ports.forEach((p, idx) => {
   const s = dgram.createSocket({ type: 'udp4', recvBufferSize: 8 << 20 });
   s.on('error', (e) => { console.error('sink: ' + e.message); process.exit(1); });
@@ -82,12 +86,14 @@ ports.forEach((p, idx) => {
     let bits = seen.get(r.address);
     if (bits === undefined) { bits = new Uint8Array(65536 * ports.length); seen.set(r.address, bits); }
     const k = idx * 65536 + r.port;
-    if (bits[k] === 0) { bits[k] = 1; distinct++; }
+    if (bits[k] === 0) { bits[k] = 1; tuples++; }
+    const id = m.length >= 4 ? m.readUInt32BE(0) * ports.length + idx : -1;
+    if (id >= 0 && id < flowSeen.length && flowSeen[id] === 0) { flowSeen[id] = 1; distinct++; }
   });
   s.bind(p, host, () => { if (--pending === 0) console.log('ready'); });
 });
 process.on('SIGTERM', () => {
-  console.log('RESULT ' + JSON.stringify({ datagrams, distinct, sources: seen.size, wrongSource, lastWrong }));
+  console.log('RESULT ' + JSON.stringify({ datagrams, distinct, tuples, sources: seen.size, wrongSource, lastWrong }));
   process.exit(0);
 });
 `;
@@ -100,7 +106,6 @@ const dports = portList.split(',').map(Number);
 const locals = addrs.split(',');
 const endpoints = locals.length * Number(perAddress);
 const total = endpoints * Number(passes);
-const payload = Buffer.alloc(16, 0x61);
 // Never more in flight than half a pass, so pass 2 cannot meet an endpoint pass 1 still holds.
 const WINDOW = Math.max(1, Math.min(64, Math.floor(endpoints / 2)));
 const start = Date.now();
@@ -121,6 +126,9 @@ const one = () => {
   const address = locals[i % locals.length];
   const port = Number(firstPort) + Math.floor(i / locals.length);
   const s = dgram.createSocket('udp4');
+  // The flow number (endpoint, and the sink adds the destination port) leads the payload.
+  const payload = Buffer.alloc(16, 0x61);
+  payload.writeUInt32BE(i, 0);
   let left = dports.length;
   const closeOne = () => { s.close(); done++; one(); };
   s.on('error', (e) => { bindErrors++; note(e); try { s.close(); } catch {} done++; one(); });
@@ -148,9 +156,11 @@ export function connClientArgv(host: string, port: number, durationMs: number, c
   return [process.execPath, '-e', CONN_CLIENT, host, String(port), String(Math.round(durationMs)), String(concurrency), localAddresses.join(',')];
 }
 
-export function flowSinkArgv(host: string, ports: readonly number[], expectSource: string | null): string[] {
+/** The sink for a plan's flows: `endpoints` is the opener's source endpoints (flows / destination ports). */
+export function flowSinkArgv(host: string, ports: readonly number[], expectSource: string | null, endpoints: number): string[] {
   if (ports.length === 0) throw new RangeError('the flow sink needs at least one port');
-  return [process.execPath, '-e', FLOW_SINK, host, ports.join(','), expectSource ?? '-'];
+  if (!(Number.isInteger(endpoints) && endpoints >= 1)) throw new RangeError(`endpoints must be a positive integer, got ${endpoints}`);
+  return [process.execPath, '-e', FLOW_SINK, host, ports.join(','), expectSource ?? '-', String(endpoints)];
 }
 
 export interface FlowPlan {

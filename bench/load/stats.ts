@@ -38,16 +38,37 @@ export function ratio(a: number | null | undefined, b: number | null | undefined
  */
 export type Goal =
   | { kind: 'ratio-at-least'; target: number }
+  /** userspace/kernel ≤ target (a cost, such as CPU per GB). */
+  | { kind: 'ratio-at-most'; target: number }
   | { kind: 'at-most'; target: number; unit: string };
 
 export function goalText(g: Goal): string {
-  return g.kind === 'ratio-at-least' ? `≥ ${g.target}× kernel` : `≤ ${g.target} ${g.unit}`;
+  if (g.kind === 'ratio-at-least') return `≥ ${g.target}× kernel`;
+  if (g.kind === 'ratio-at-most') return `≤ ${g.target}× kernel`;
+  return `≤ ${g.target} ${g.unit}`;
 }
 
 /** Whether a goal is met by the ratio (ratio goals) or the value (at-most goals); null when unknown. */
 export function goalMet(g: Goal, value: number | null, ratioToKernel: number | null): boolean | null {
   if (g.kind === 'ratio-at-least') return ratioToKernel === null ? null : ratioToKernel >= g.target;
+  if (g.kind === 'ratio-at-most') return ratioToKernel === null ? null : ratioToKernel <= g.target;
   return value === null ? null : value <= g.target;
+}
+
+/**
+ * Whole-machine CPU time from two /proc/stat "cpu" lines: seconds spent not idle (user, nice,
+ * system, irq, softirq, steal; guest time is inside user), at USER_HZ = 100 (fixed for /proc/stat).
+ */
+export function busyCpuSeconds(before: readonly number[], after: readonly number[]): number {
+  const busy = (f: readonly number[]) => (f[0] ?? 0) + (f[1] ?? 0) + (f[2] ?? 0) + (f[5] ?? 0) + (f[6] ?? 0) + (f[7] ?? 0);
+  return (busy(after) - busy(before)) / 100;
+}
+
+/** The numbers of /proc/stat's aggregate "cpu" line (user nice system idle iowait irq softirq steal …). */
+export function parseProcStatCpu(text: string): number[] {
+  const line = text.split('\n').find((l) => /^cpu\s/.test(l));
+  if (!line) throw new Error('/proc/stat has no aggregate cpu line');
+  return line.trim().split(/\s+/).slice(1).map(Number);
 }
 
 /** Bytes per flow from two memory readings; null when nothing was added (no division by ~0). */
