@@ -125,7 +125,9 @@ async function oneRun(r: Runner, m: MeasurementName, runner: RunnerName, round: 
 
 function runnersFor(m: MeasurementName, engines: readonly EngineName[]): RunnerName[] {
   // Plain routing is the floor under every engine's RTT; it means nothing for the other measurements.
-  return m === 'latency' ? [...engines, 'route'] : [...engines];
+  // The TUN floor is the limit of any TUN reader, for everything but flows (it keeps no state).
+  const floor: RunnerName[] = engines.includes('userspace') && m !== 'flows' ? ['tun-floor'] : [];
+  return m === 'latency' ? [...engines, 'route', ...floor] : [...engines, ...floor];
 }
 
 function engineInfo(name: EngineName, kernel: KernelDecision | null): EngineInfo {

@@ -15,11 +15,17 @@
  *   sockets, so the translated packets leave through the same wan0 as the others'.
  * - route: plain forwarding with no NAT (the internet host gets a route back to the LAN); only
  *   the latency measurement uses it, as the floor under every engine's RTT.
+ * - tun-floor: the same route back, but every packet both ways passes through a TUN device whose
+ *   reader (bench/floor/tun-floor.c) writes it back unchanged, with tunnat's offloads: the limit of
+ *   any design that reads a TUN, measured for throughput and latency (not flows: it keeps none).
  *
  * Every run gets a freshly started engine; after a kernel run the gateway's ruleset is flushed and
  * its conntrack table emptied, so no engine inherits state (or netfilter hooks) from another.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { run, runSync } from '../../src/util/exec.js';
 import { addAddress, createNetns, netnsName } from '../../src/lab/netns.js';
 import { Cleanup } from '../../src/lab/cleanup.js';
@@ -32,8 +38,8 @@ import { parseConntrackCount, parseSlabinfo, parseVmRss, sumMetric, type SlabLin
 
 export const ENGINES = ['userspace', 'kernel', 'slirp4netns'] as const;
 export type EngineName = (typeof ENGINES)[number];
-/** Engines plus the no-NAT baseline. */
-export type RunnerName = EngineName | 'route';
+/** Engines plus the no-NAT baselines: plain routing, and routing through a TUN that translates nothing. */
+export type RunnerName = EngineName | 'route' | 'tun-floor';
 
 export type KernelChoice = 'auto' | 'tunnat' | 'manual';
 export type KernelVariant = 'tunnat-kernel' | 'kernel-manual';
@@ -199,6 +205,8 @@ export async function startRunner(bl: BenchLab, runner: RunnerName, opts: StartO
       return startSlirp(bl);
     case 'route':
       return startRoute(bl);
+    case 'tun-floor':
+      return startTunFloor(bl);
   }
 }
 
@@ -340,6 +348,78 @@ async function startRoute(bl: BenchLab): Promise<EngineSession> {
     client: bl.lan,
     expectedSource: bl.lan.addresses[0]!,
     pid: null,
+    flowCount: async () => null,
+    flowCapacity: async () => null,
+    memory: async () => ({ rss: null, slab: null }),
+    stop: undo,
+  };
+}
+
+/** The TUN floor's device, routing table and rule priorities in the gateway (its own, apart from tunnat's). */
+const FLOOR_TUN = 'tnfloor0';
+const FLOOR_TABLE = '7400';
+const FLOOR_PREF = ['100', '101'];
+let floorBinary: Promise<string> | null = null;
+
+/** Compile bench/floor/tun-floor.c once per benchmark, into a temporary directory. */
+function buildTunFloor(cleanup: Cleanup): Promise<string> {
+  floorBinary ??= (async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tunnat-floor-'));
+    cleanup.defer({ label: `remove ${dir}`, sync: () => rmSync(dir, { recursive: true, force: true }) });
+    const src = fileURLToPath(new URL('../../../bench/floor/tun-floor.c', import.meta.url));
+    const out = join(dir, 'tun-floor');
+    const r = await run(['cc', '-O2', '-pthread', '-o', out, src], { allowFail: true });
+    if (r.exitCode !== 0) throw new Error(`cannot build the TUN floor (cc): ${r.stderr.trim()}`);
+    return out;
+  })();
+  return floorBinary;
+}
+
+async function startTunFloor(bl: BenchLab): Promise<EngineSession> {
+  const gw = bl.lab.gw.netns;
+  const inet = bl.lab.inet.netns;
+  const bin = await buildTunFloor(bl.cleanup);
+  const proc: NsProcess = spawnIn(gw, [bin, FLOOR_TUN, '1'], { label: 'tun-floor', cleanup: bl.cleanup });
+  await proc.waitForLine(/^ready$/, 10_000);
+  const oldForward = (await run(['sysctl', '-n', 'net.ipv4.ip_forward'], { netns: gw })).stdout.trim();
+  const rules = [
+    // LAN traffic into the TUN, and the internet's replies to the LAN too; what the floor writes back
+    // comes in on the TUN, matches neither rule, and is routed by the main table.
+    ['pref', FLOOR_PREF[0]!, 'iif', bl.lab.gw.lanBridge, 'from', LAN_SUBNET, 'lookup', FLOOR_TABLE],
+    ['pref', FLOOR_PREF[1]!, 'iif', bl.lab.gw.wanDev, 'to', LAN_SUBNET, 'lookup', FLOOR_TABLE],
+  ];
+  let active = true;
+  const undoSync = (): void => {
+    active = false;
+    for (const r of rules) runSync(['ip', 'rule', 'del', ...r], { netns: gw, allowFail: true });
+    runSync(['ip', 'route', 'del', LAN_SUBNET, 'via', bl.publicAddress], { netns: inet, allowFail: true });
+    runSync(['sysctl', '-q', '-w', `net.ipv4.ip_forward=${oldForward}`], { netns: gw, allowFail: true });
+  };
+  const forget = bl.cleanup.defer({ label: "remove the TUN floor's routing", sync: undoSync });
+  const undo = async (): Promise<void> => {
+    if (!active) return;
+    forget();
+    // Forwarding off first, then the reader (the device and its route go with it), then the rules.
+    await run(['sysctl', '-q', '-w', `net.ipv4.ip_forward=${oldForward}`], { netns: gw, allowFail: true });
+    await proc.stop();
+    undoSync();
+  };
+  try {
+    for (const key of ['all', FLOOR_TUN]) await run(['sysctl', '-q', '-w', `net.ipv4.conf.${key}.rp_filter=0`], { netns: gw });
+    await run(['ip', 'link', 'set', 'dev', FLOOR_TUN, 'up'], { netns: gw });
+    await run(['ip', 'route', 'add', 'default', 'dev', FLOOR_TUN, 'table', FLOOR_TABLE], { netns: gw });
+    for (const r of rules) await run(['ip', 'rule', 'add', ...r], { netns: gw });
+    await run(['ip', 'route', 'add', LAN_SUBNET, 'via', bl.publicAddress], { netns: inet });
+    await run(['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1'], { netns: gw });
+  } catch (err) {
+    await undo();
+    throw err;
+  }
+  return {
+    runner: 'tun-floor',
+    client: bl.lan,
+    expectedSource: bl.lan.addresses[0]!,
+    pid: proc.pid,
     flowCount: async () => null,
     flowCapacity: async () => null,
     memory: async () => ({ rss: null, slab: null }),

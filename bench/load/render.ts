@@ -13,6 +13,7 @@ export const RUNNER_TITLE: Record<RunnerName, string> = {
   kernel: 'kernel NAT',
   slirp4netns: 'slirp4netns',
   route: 'no NAT (routing)',
+  'tun-floor': 'TUN floor (C, no NAT)',
 };
 
 const RUNNER_COLOR: Record<RunnerName, string> = {
@@ -20,6 +21,7 @@ const RUNNER_COLOR: Record<RunnerName, string> = {
   kernel: '#718096',
   slirp4netns: '#dd6b20',
   route: '#38a169',
+  'tun-floor': '#805ad5',
 };
 
 /** Runner columns that any row has a value (or a failed run) for, in a fixed order. */
@@ -53,11 +55,13 @@ function kernelLine(r: LoadReport): string {
 /** The stdout report: header lines, the table with ratio and goal columns, failures. */
 export function formatText(r: LoadReport): string {
   const cols = columnsOf(r.summary);
-  const header = ['metric', ...cols.map((n) => RUNNER_TITLE[n]), 'user/kernel', 'goal'];
+  const floor = cols.includes('tun-floor');
+  const header = ['metric', ...cols.map((n) => RUNNER_TITLE[n]), 'user/kernel', ...(floor ? ['user/floor'] : []), 'goal'];
   const rows = r.summary.map((row) => [
     `${row.label} (${row.unit})`,
     ...cols.map((n) => cell(row, n)),
     formatRatio(row.ratio),
+    ...(floor ? [formatRatio(row.floorRatio ?? null)] : []),
     goalCell(row),
   ]);
   const out: string[] = [];
@@ -85,13 +89,17 @@ function mdEscape(s: string): string {
 
 export function markdownTable(r: LoadReport): string {
   const cols = columnsOf(r.summary);
-  const header = ['Measurement', ...cols.map((n) => RUNNER_TITLE[n]), 'userspace / kernel', 'Goal'];
+  const floor = cols.includes('tun-floor');
+  const header = ['Measurement', ...cols.map((n) => RUNNER_TITLE[n]), 'userspace / kernel', ...(floor ? ['userspace / TUN floor'] : []), 'Goal'];
   const lines = [
     `| ${header.join(' | ')} |`,
     `|${header.map((_, i) => (i === 0 || i === header.length - 1 ? ' --- ' : ' ---: ')).join('|')}|`,
   ];
   for (const row of r.summary) {
-    const cells = [`${row.label} (${row.unit})`, ...cols.map((n) => cell(row, n) || '—'), formatRatio(row.ratio), goalCell(row)];
+    const cells = [
+      `${row.label} (${row.unit})`, ...cols.map((n) => cell(row, n) || '—'), formatRatio(row.ratio),
+      ...(floor ? [formatRatio(row.floorRatio ?? null)] : []), goalCell(row),
+    ];
     lines.push(`| ${cells.map(mdEscape).join(' | ')} |`);
   }
   return lines.join('\n');
@@ -219,7 +227,7 @@ export function chartPanels(r: LoadReport): Panel[] {
     const row = r.summary.find((x) => x.metric === id);
     if (!row) continue;
     const bars: Bar[] = [];
-    for (const n of ['route', 'kernel', 'userspace', 'slirp4netns'] as const) {
+    for (const n of ['route', 'tun-floor', 'kernel', 'userspace', 'slirp4netns'] as const) {
       if (!(n in row.medians)) continue;
       const v = row.medians[n];
       bars.push(v === null || v === undefined ? { series: n, value: null, text: 'failed' } : { series: n, value: v, text: `${formatValue(v)} µs` });
@@ -302,6 +310,7 @@ export function markdownSection(r: LoadReport, resultsFile: string): string {
     bullet(`Interleaving: for each measurement, round 1 runs every engine once in the order ${c.engines.join(', ')}, then round 2, and so on; the table shows medians over rounds. ` +
       `${c.restartPolicy.charAt(0).toUpperCase()}${c.restartPolicy.slice(1)}.`),
     bullet(`Before each run a UDP probe must come back from the internet host showing the translated source address (203.0.113.1); servers on the internet host also check every connection and flow came from that address. A run that fails a check is reported and left out of the medians.`),
+    bullet('TUN floor: the same path as tunnat\'s, LAN traffic and its replies routed into a TUN device with the same offloads (virtio-net header, checksum, TSO/USO), but read by a minimal C program (bench/floor/tun-floor.c) that writes every packet back unchanged, one queue and one thread like tunnat today; no translation, the internet host has a route back to the LAN. It is the limit of any design that reads a TUN on this machine; "user/floor" is tunnat\'s share of it. It runs for every measurement but flows (it keeps no state).'),
     bullet(`TCP bulk: \`iperf3 -t ${c.tcpSeconds}\` from the LAN host to the internet host, 1 stream and \`-P 4\`; the receiver's goodput. ` +
       'CPU per GB forwarded: the whole machine\'s busy CPU time over the transfer (user, nice, system, irq, softirq and steal of /proc/stat, so the kernel\'s softirq work for either engine counts, and so do the iperf3 ends and anything else running) divided by the gigabytes received.'),
     bullet(`UDP 64 B: \`iperf3 -u -l 64 -b 0 -t ${c.udpSeconds}\` (the sender saturates). "Delivered" counts datagrams that reached the internet host's UDP layer (InDatagrams + NoPorts + InErrors of its /proc/net/snmp), so a slow iperf3 server does not count against the NAT; "lost" is 1 − delivered / sent.`),

@@ -51,6 +51,8 @@ export interface SummaryRow {
   range: Partial<Record<RunnerName, [number, number]>>;
   /** userspace / kernel (for "lower is better" rows too: a ratio above 1 is then worse). */
   ratio: number | null;
+  /** userspace / TUN floor, when the floor ran for this measurement. */
+  floorRatio?: number | null;
   goal: { text: string; met: boolean | null; note?: string } | null;
 }
 
@@ -125,7 +127,7 @@ export const RTT_ADDED_ROWS: readonly { metric: string; from: string; label: str
 ];
 export const RTT_ADDED_GOAL: Goal = { kind: 'at-most', target: 30, unit: 'µs' };
 
-export const RUNNER_ORDER: readonly RunnerName[] = ['userspace', 'kernel', 'slirp4netns', 'route'];
+export const RUNNER_ORDER: readonly RunnerName[] = ['userspace', 'kernel', 'slirp4netns', 'route', 'tun-floor'];
 
 function valuesOf(runs: readonly RunRecord[], def: MetricDef, runner: RunnerName): number[] {
   const out: number[] = [];
@@ -158,6 +160,8 @@ export function summarize(runs: readonly RunRecord[]): SummaryRow[] {
       if (xs.length > 0) row.range[n] = [Math.min(...xs), Math.max(...xs)];
     }
     row.ratio = def.noRatio ? null : ratio(row.medians.userspace, row.medians.kernel);
+    // Against the TUN floor (the same TUN path, nothing translated): what any TUN reader could reach.
+    if (!def.noRatio && row.medians['tun-floor'] !== undefined) row.floorRatio = ratio(row.medians.userspace, row.medians['tun-floor']);
     if (def.goal) {
       const met = goalMet(def.goal, row.medians.userspace ?? null, row.ratio);
       row.goal = { text: goalText(def.goal), met, ...(def.goalNote ? { note: def.goalNote } : {}) };
