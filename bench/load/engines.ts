@@ -137,6 +137,8 @@ export interface EngineSession {
   client: ClientSide;
   /** The source address the internet host must see: the NAT's public address, or the client's own without NAT. */
   expectedSource: string;
+  /** Without NAT the servers see whichever client address a connection used: these are all right then. */
+  allowedSources?: string[];
   /** The process whose memory holds the flows (tunnat, slirp4netns); null when the kernel holds them. */
   pid: number | null;
   /** The engine's own count of flows (tunnat_flows, `conntrack -C`); null when it has none. */
@@ -419,6 +421,7 @@ async function startTunFloor(bl: BenchLab): Promise<EngineSession> {
     runner: 'tun-floor',
     client: bl.lan,
     expectedSource: bl.lan.addresses[0]!,
+    allowedSources: [...bl.lan.addresses],
     pid: proc.pid,
     flowCount: async () => null,
     flowCapacity: async () => null,

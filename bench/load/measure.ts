@@ -140,7 +140,7 @@ async function stopForResult(p: NsProcess, program: string): Promise<Record<stri
 
 export async function connRate(bl: BenchLab, s: EngineSession, cfg: MeasureConfig, seq: number): Promise<RunValues> {
   const port = CONN_PORT_BASE + (seq % 20000);
-  const server = await startServer(bl, connServerArgv(bl.inetAddress, port, s.expectedSource), 'conn server');
+  const server = await startServer(bl, connServerArgv(bl.inetAddress, port, (s.allowedSources ?? [s.expectedSource]).join(',')), 'conn server');
   let client: Record<string, unknown>;
   try {
     const argv = connClientArgv(bl.inetAddress, port, cfg.connSeconds * 1000, cfg.connConcurrency, s.client.addresses);
@@ -164,7 +164,7 @@ export async function connRate(bl: BenchLab, s: EngineSession, cfg: MeasureConfi
 export async function flows(bl: BenchLab, s: EngineSession, cfg: MeasureConfig): Promise<RunValues> {
   const destPorts = Array.from({ length: cfg.flowDestPorts }, (_, i) => FLOW_PORT0 + i);
   const plan = planFlows(cfg.flows, s.client.addresses, destPorts);
-  const sink = await startServer(bl, flowSinkArgv(bl.inetAddress, destPorts, s.expectedSource, plan.addresses.length * plan.portsPerAddress), 'flow sink');
+  const sink = await startServer(bl, flowSinkArgv(bl.inetAddress, destPorts, (s.allowedSources ?? [s.expectedSource]).join(','), plan.addresses.length * plan.portsPerAddress), 'flow sink');
   // An engine whose table cannot hold the flows asked for is refused, not measured at its limit and
   // reported as if that were the offer (tunnat is started with --max-flows sized for them; see engines.ts).
   const capacity = await s.flowCapacity();

@@ -22,11 +22,12 @@ const CONN_SERVER = String.raw`
 'use strict';
 const net = require('node:net');
 const [host, port, expect] = process.argv.slice(1);
+const allowed = expect.split(',');
 let accepted = 0, answered = 0, wrongSource = 0, lastWrong = null;
 const server = net.createServer((s) => {
   accepted++;
   const src = (s.remoteAddress || '').replace(/^::ffff:/, '');
-  if (expect !== '-' && src !== expect) { wrongSource++; lastWrong = src; }
+  if (expect !== '-' && !allowed.includes(src)) { wrongSource++; lastWrong = src; }
   s.setNoDelay(true);
   s.on('error', () => {});
   s.once('data', () => { answered++; s.end('OK\n'); });
@@ -74,6 +75,7 @@ const dgram = require('node:dgram');
 const [host, portList, expect, endpointCount] = process.argv.slice(1);
 const ports = portList.split(',').map(Number);
 const endpoints = Number(endpointCount);
+const allowed = expect.split(',');
 const seen = new Map();
 const flowSeen = new Uint8Array(endpoints * ports.length);
 let datagrams = 0, distinct = 0, tuples = 0, wrongSource = 0, lastWrong = null, pending = ports.length;
@@ -82,7 +84,7 @@ ports.forEach((p, idx) => {
   s.on('error', (e) => { console.error('sink: ' + e.message); process.exit(1); });
   s.on('message', (m, r) => {
     datagrams++;
-    if (expect !== '-' && r.address !== expect) { wrongSource++; lastWrong = r.address; }
+    if (expect !== '-' && !allowed.includes(r.address)) { wrongSource++; lastWrong = r.address; }
     let bits = seen.get(r.address);
     if (bits === undefined) { bits = new Uint8Array(65536 * ports.length); seen.set(r.address, bits); }
     const k = idx * 65536 + r.port;
@@ -145,7 +147,7 @@ const one = () => {
 for (let i = 0; i < WINDOW; i++) one();
 `;
 
-/** `node -e <conn server> <host> <port> <expected source or ->`. */
+/** `node -e <conn server> <host> <port> <expected sources, comma-separated, or ->`. */
 export function connServerArgv(host: string, port: number, expectSource: string | null): string[] {
   return [process.execPath, '-e', CONN_SERVER, host, String(port), expectSource ?? '-'];
 }
