@@ -307,7 +307,7 @@ function madeUpRuns(): RunRecord[] {
   runs.push(runOf('flows', 'kernel', 1, { attempted: 1000, delivered: 1000, held: 700, bytesPerFlow: 256 }));
   runs.push(runOf('flows', 'slirp4netns', 1, { attempted: 1000, delivered: 400, bytesPerFlow: 2000 }));
   for (const [n, p50] of [['userspace', 40], ['kernel', 9], ['slirp4netns', 45], ['route', 8]] as const) {
-    runs.push(runOf('latency', n, 1, { b2bP50Us: p50 / 2, b2bP99Us: p50, p50Us: p50, p99Us: p50 * 3, meanUs: p50, answered: 400 }));
+    runs.push(runOf('latency', n, 1, { b2bP50Us: p50 / 2, b2bP99Us: p50, p50Us: p50, p99Us: p50 * 3, meanUs: p50, answered: 400, idleCpuPct: n === 'userspace' ? 0.5 : null }));
   }
   return runs;
 }
@@ -365,6 +365,11 @@ describe('summary', () => {
     expect(row('flows').medians).toEqual({ userspace: 1000, kernel: 700, slirp4netns: null });
     expect(row('flows-delivered').medians).toEqual({ userspace: 1000, kernel: 1000, slirp4netns: 400 });
     expect(row('flows-delivered').ratio).toBeNull();
+  });
+
+  it('idle CPU: a figure for an engine with a process, none (not "failed") for one without', () => {
+    expect(row('idle-cpu').medians).toEqual({ userspace: 0.5 });
+    expect(row('idle-cpu').ratio).toBeNull();
   });
 
   it('memory per flow is held to ≤ 256 B on the userspace value', () => {

@@ -241,6 +241,15 @@ export async function latency(bl: BenchLab, s: EngineSession, cfg: MeasureConfig
   // Warm-up, not counted: sets the flow up and lets a JIT-compiled engine reach its optimised
   // code, so the samples measure a router that has been running, not one starting up.
   await ping(cfg.pingWarmup, 0);
+  // Then nothing for a while: what the engine's own process costs with no traffic (busy polling
+  // must stop spinning once packets stop). The kernel has no process: it works only per packet.
+  let idleCpuPct: number | null = null;
+  if (s.pid !== null) {
+    const before = processCpuSeconds(s.pid);
+    const t0 = performance.now();
+    await new Promise((r) => setTimeout(r, IDLE_WINDOW_MS));
+    idleCpuPct = ((processCpuSeconds(s.pid) - before) / ((performance.now() - t0) / 1000)) * 100;
+  }
   // -i 0 sends the next echo as soon as the reply is in (one in flight): the engine stays awake.
   const busy = parsePingRtts(await ping(cfg.pings, 0));
   // Paced echoes find a userspace engine asleep in poll(): each RTT includes its wake-up.
@@ -255,7 +264,19 @@ export async function latency(bl: BenchLab, s: EngineSession, cfg: MeasureConfig
     p99Us: percentile(paced, 99),
     meanUs: paced.reduce((a, b) => a + b, 0) / paced.length,
     answered: busy.length + paced.length,
+    idleCpuPct,
   };
+}
+
+/** How long latency() leaves the engine without traffic to measure its idle CPU. */
+const IDLE_WINDOW_MS = 3000;
+
+/** utime + stime of a process (/proc/<pid>/stat, fields 14 and 15, in USER_HZ = 100 ticks). */
+export function processCpuSeconds(pid: number): number {
+  const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // The command name (field 2) may hold spaces: the fields counted from after its closing parenthesis.
+  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  return (Number(rest[11]) + Number(rest[12])) / 100;
 }
 
 export function runMeasurement(name: MeasurementName, bl: BenchLab, s: EngineSession, cfg: MeasureConfig, seq: number): Promise<RunValues> {

@@ -105,7 +105,7 @@ export const DEFAULTS = {
   maxFlows: 262144,
   table: 7301,
   batch: 64,
-  busyPoll: 0,
+  busyPoll: 50,
   logLevel: 'info' as const,
   pcapSnaplen: 'headers' as const,
   pcapSize: 100,

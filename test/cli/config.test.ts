@@ -17,9 +17,9 @@ describe('config', () => {
       ports: [1024, 65535],
       http: { host: '127.0.0.1', port: 9100 },
       table: 7301,
-      busyPoll: 0,
+      busyPoll: 50,
     });
-    expect(resolveConfig({ ...base, busyPoll: '50' }).busyPoll).toBe(50);
+    expect(resolveConfig({ ...base, busyPoll: '0' }).busyPoll).toBe(0);
     expect(c.internal).toHaveLength(1);
     expect(c.timeouts.udp).toBe(300);
   });
