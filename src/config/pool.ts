@@ -10,8 +10,6 @@ import { MAX_POOL } from '../nat/mappings.js';
  * port forwards and the gateway's own traffic use.
  */
 
-// A bound on the pool keeps a typo from eating memory (each address costs about 1 MB of port pools).
-export { MAX_POOL };
 
 export function parsePublicPool(v: unknown): number[] {
   const parts: unknown[] = Array.isArray(v) ? v : [v];

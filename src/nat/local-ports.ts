@@ -29,7 +29,8 @@ export function parseProcNet(text: string, addr: number, listeningOnly: boolean)
   return out;
 }
 
-export function readLocalPorts(addr: number): LocalPorts {
+/** The gateway's bound ports for each public address in `addrs`, from one read of /proc/net/{tcp,udp}. */
+export function readLocalPorts(addrs: readonly number[]): Map<number, LocalPorts> {
   const read = (p: string) => {
     try {
       return readFileSync(p, 'utf8');
@@ -37,9 +38,15 @@ export function readLocalPorts(addr: number): LocalPorts {
       return '';
     }
   };
-  return {
-    tcp: parseProcNet(read('/proc/net/tcp'), addr, true),
-    // Every bound UDP socket counts: UDP has no listen state.
-    udp: parseProcNet(read('/proc/net/udp'), addr, false),
-  };
+  const tcp = read('/proc/net/tcp');
+  const udp = read('/proc/net/udp');
+  const out = new Map<number, LocalPorts>();
+  for (const addr of addrs) {
+    out.set(addr, {
+      tcp: parseProcNet(tcp, addr, true),
+      // Every bound UDP socket counts: UDP has no listen state.
+      udp: parseProcNet(udp, addr, false),
+    });
+  }
+  return out;
 }

@@ -82,18 +82,10 @@ export class Translator extends NatContext {
   setPublicAddress(addr: number): number {
     addr >>>= 0;
     if (addr === this.publicIp) return 0;
-    const old = this.publicIp;
-    this.publicIp = addr;
-    // Fragments whose first fragment was translated to the old address must not follow with it.
-    this.fragments.clear();
     // Flushed while the port pools still answer to the old address, so every port goes back to its pool;
-    // only then does the first pool slot take the new address. A flow without a mapping of its own
-    // (address-only, or in through a forward) is on the old address if either tuple names it.
-    const flows = this.flows;
-    const gone = flows.flush((f) => {
-      const m = flows.mapping[f]!;
-      return m < 0 ? flows.tDst[f * 2] === old || flows.tDst[f * 2 + 1] === old : this.mappings.extAddr[m] === old;
-    });
+    // only then does the first pool slot take the new address.
+    const gone = this.flushAddresses([this.publicIp]);
+    this.publicIp = addr;
     this.mappings.setAddress(0, addr);
     this.reserveForwardPorts();
     return gone;
@@ -111,29 +103,36 @@ export class Translator extends NatContext {
     primary >>>= 0;
     if (!next.includes(primary)) throw new RangeError('the primary address must be one of the addresses');
     const gone = this.mappings.liveAddresses().filter((a) => !next.includes(a));
-    let flushed = 0;
-    if (gone.length > 0) {
-      this.fragments.clear();
-      const flows = this.flows;
-      const maps = this.mappings;
-      // A flow goes if either mapping it holds is on an address that went (a hairpin holds its target's
-      // too, which may be on another address than its own), or, holding none, if a tuple names one.
-      flushed = flows.flush((f) => {
-        const m = flows.mapping[f]!;
-        const m2 = flows.mapping2[f]!;
-        if (m2 >= 0 && gone.includes(maps.extAddr[m2]!)) return true;
-        return m < 0 ? gone.includes(flows.tDst[f * 2]!) || gone.includes(flows.tDst[f * 2 + 1]!) : gone.includes(maps.extAddr[m]!);
-      });
-      for (const a of gone) {
-        this.alg?.forgetAddress(this, a);
-        // Every port of the address went with its flows and expectations.
-        if (!maps.removeAddress(a)) throw new Error(`public address ${ipToString(a)} still has ports in use after its flows went`);
-      }
+    const flushed = gone.length > 0 ? this.flushAddresses(gone) : 0;
+    for (const a of gone) {
+      // Every port of the address went with its flows and expectations.
+      if (!this.mappings.removeAddress(a)) throw new Error(`public address ${ipToString(a)} still has ports in use after its flows went`);
     }
     for (const a of next) this.mappings.addAddress(a);
     this.publicIp = primary;
     this.pairing = Uint32Array.from(this.mappings.liveAddresses()).sort();
     this.reserveForwardPorts();
+    return flushed;
+  }
+
+  /**
+   * Public addresses go (masquerade): flush every flow on one of them and the FTP expectations waiting on
+   * them. A flow is on an address if either mapping it holds is (a hairpin holds its target's too, which
+   * may be on another address of a pool than its own), or, holding none (address-only, or in through a
+   * forward), if either tuple names it. Fragments translated to an old address must not follow it either.
+   * Returns how many flows went.
+   */
+  private flushAddresses(gone: readonly number[]): number {
+    this.fragments.clear();
+    const flows = this.flows;
+    const maps = this.mappings;
+    const flushed = flows.flush((f) => {
+      const m = flows.mapping[f]!;
+      const m2 = flows.mapping2[f]!;
+      if (m2 >= 0 && gone.includes(maps.extAddr[m2]!)) return true;
+      return m < 0 ? gone.includes(flows.tDst[f * 2]!) || gone.includes(flows.tDst[f * 2 + 1]!) : gone.includes(maps.extAddr[m]!);
+    });
+    for (const a of gone) this.alg?.forgetAddress(this, a);
     return flushed;
   }
 

@@ -356,16 +356,14 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
   // The gateway's own listening sockets are never handed out as mappings, on any public address.
   let localBlocked = new Map<number, LocalPorts>();
   const refreshLocalPorts = () => {
-    const next = new Map<number, LocalPorts>();
-    for (const addr of nat.publicAddresses) {
-      const now = readLocalPorts(addr);
+    const next = readLocalPorts(nat.publicAddresses);
+    for (const [addr, now] of next) {
       const before = localBlocked.get(addr);
       for (const [proto, name] of [[IPPROTO.TCP, 'tcp'], [IPPROTO.UDP, 'udp']] as const) {
         const pool = nat.mappings.poolAt(proto, addr)!;
         if (before) for (const p of before[name]) if (!now[name].has(p)) pool.setBlocked(p, BLOCK.LOCAL, false);
         for (const p of now[name]) pool.setBlocked(p, BLOCK.LOCAL, true);
       }
-      next.set(addr, now);
     }
     localBlocked = next;
   };

@@ -9,7 +9,7 @@
  * also hold translated datagrams from the running phases, so that a router that never forwarded
  * anything cannot pass.
  *
- * The userspace engine's four kinds of stop; the kernel engine's are in fail-closed-kernel.test.ts (the
+ * The userspace engine's kinds of stop (one of them with `--masquerade all`); the kernel engine's are in fail-closed-kernel.test.ts (the
  * suite is test/e2e/fixtures/fail-closed.ts). Needs root (namespaces, veths, a TUN, tcpdump).
  */
 import { failClosedSuite } from './fixtures/fail-closed.js';
@@ -20,6 +20,11 @@ failClosedSuite('fail closed while starting and stopping: the userspace engine',
   [
     'userspace engine, SIGTERM with --state (the next start restores)',
     { engine: 'userspace', args: ['--state', '@STATE'], stop: 'SIGTERM', nextStart: /adopted the routing/ },
+    true,
+  ],
+  [
+    'userspace engine, --masquerade all, SIGTERM with --state (the next start adopts the pool\'s routing and restores)',
+    { engine: 'userspace', args: ['--masquerade', 'all', '--state', '@STATE'], stop: 'SIGTERM', nextStart: /adopted the routing/ },
     true,
   ],
   ['userspace engine, kill -9 (the next start adopts)', { engine: 'userspace', args: [], stop: 'SIGKILL', nextStart: /adopted the routing/ }, true],
