@@ -136,6 +136,7 @@ class Tun : public Napi::ObjectWrap<Tun> {
                            InstanceMethod<&Tun::SetOffload>("setOffload"),
                            InstanceMethod<&Tun::SetVnetHdrSize>("setVnetHdrSize"),
                            InstanceMethod<&Tun::SetPersist>("setPersist"),
+                           InstanceMethod<&Tun::SetQueue>("setQueue"),
                            InstanceAccessor<&Tun::GetName>("name"),
                            InstanceAccessor<&Tun::GetFd>("fd"),
                        });
@@ -427,6 +428,28 @@ class Tun : public Napi::ObjectWrap<Tun> {
   // setPersist(bool): TUNSETPERSIST. A persistent device outlives the process that holds it: its routes
   // stay, and packets routed into it while nobody reads are dropped (how tunnat fails closed across a
   // restart).
+  // TUNSETQUEUE: attach this queue of a multi-queue device, or detach it (the kernel then steers no
+  // packets to it, while the fd keeps the device alive).
+  Napi::Value SetQueue(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsBoolean()) {
+      Napi::TypeError::New(env, "attach must be a boolean").ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    if (fd_ < 0) {
+      ErrnoError(env, EBADF, "ioctl(TUNSETQUEUE)", nullptr, name_).ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    struct ifreq ifr;
+    std::memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = info[0].As<Napi::Boolean>().Value() ? IFF_ATTACH_QUEUE : IFF_DETACH_QUEUE;
+    if (::ioctl(fd_, TUNSETQUEUE, &ifr) < 0) {
+      ErrnoError(env, errno, "ioctl(TUNSETQUEUE)", nullptr, name_).ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    return env.Undefined();
+  }
+
   Napi::Value SetPersist(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (info.Length() < 1 || !info[0].IsBoolean()) {

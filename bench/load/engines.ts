@@ -22,6 +22,7 @@
  * Every run gets a freshly started engine; after a kernel run the gateway's ruleset is flushed and
  * its conntrack table emptied, so no engine inherits state (or netfilter hooks) from another.
  */
+import { DEFAULTS } from '../../src/config/config.js';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -197,6 +198,16 @@ export function maxFlowsArgs(flows: number | undefined, userArgs: readonly strin
   return want > TUNNAT_DEFAULT_MAX_FLOWS ? ['--max-flows', String(want)] : [];
 }
 
+/**
+ * The TUN floor reads as many queues as tunnat has workers (its --workers, else tunnat's default), so the
+ * two columns compare the same TUN path.
+ */
+export function floorQueues(userArgs: readonly string[]): number {
+  const i = userArgs.indexOf('--workers');
+  const n = i >= 0 ? Number(userArgs[i + 1]) : DEFAULTS.workers;
+  return Number.isInteger(n) && n >= 1 ? n : 1;
+}
+
 export async function startRunner(bl: BenchLab, runner: RunnerName, opts: StartOptions): Promise<EngineSession> {
   switch (runner) {
     case 'userspace':
@@ -208,7 +219,7 @@ export async function startRunner(bl: BenchLab, runner: RunnerName, opts: StartO
     case 'route':
       return startRoute(bl);
     case 'tun-floor':
-      return startTunFloor(bl);
+      return startTunFloor(bl, floorQueues(opts.tunnatArgs ?? []));
   }
 }
 
@@ -377,11 +388,11 @@ function buildTunFloor(cleanup: Cleanup): Promise<string> {
   return floorBinary;
 }
 
-async function startTunFloor(bl: BenchLab): Promise<EngineSession> {
+async function startTunFloor(bl: BenchLab, queues: number): Promise<EngineSession> {
   const gw = bl.lab.gw.netns;
   const inet = bl.lab.inet.netns;
   const bin = await buildTunFloor(bl.cleanup);
-  const proc: NsProcess = spawnIn(gw, [bin, FLOOR_TUN, '1'], { label: 'tun-floor', cleanup: bl.cleanup });
+  const proc: NsProcess = spawnIn(gw, [bin, FLOOR_TUN, String(queues)], { label: 'tun-floor', cleanup: bl.cleanup });
   await proc.waitForLine(/^ready$/, 10_000);
   const oldForward = (await run(['sysctl', '-n', 'net.ipv4.ip_forward'], { netns: gw })).stdout.trim();
   const rules = [

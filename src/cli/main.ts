@@ -41,6 +41,7 @@ async function startEngine(cfg: RouterConfig, log: Logger): Promise<{ stop(reaso
       if (!user) throw new ConfigError('user', `no such user ${JSON.stringify(cfg.user)} in /etc/passwd`);
       return await startPrivsep(cfg, log, user);
     }
+    if (cfg.workers > 1) return await (await import('../router/workers.js')).startWorkerRouter(cfg, log);
     return await startRouter(cfg, log);
   } catch (err) {
     const kernel = await import('../kernel/engine.js');

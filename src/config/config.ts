@@ -62,6 +62,8 @@ export interface RouterConfig {
   batch: number;
   /** Microseconds the data plane keeps reading after the last packet before sleeping in poll; 0: off. */
   busyPoll: number;
+  /** Data-plane workers, each reading its own queue of a multi-queue TUN (1: one loop, no threads). */
+  workers: number;
   logLevel: 'debug' | 'info' | 'warn' | 'error';
   /** Who translates: tunnat itself, the kernel's netfilter, or tunnat with the kernel as fallback. */
   engine: 'userspace' | 'kernel' | 'auto';
@@ -106,6 +108,7 @@ export const DEFAULTS = {
   table: 7301,
   batch: 64,
   busyPoll: 50,
+  workers: 1,
   logLevel: 'info' as const,
   pcapSnaplen: 'headers' as const,
   pcapSize: 100,
@@ -115,6 +118,6 @@ export const DEFAULTS = {
 /** Every key the config file may hold, with the flag of the same meaning. */
 export const CONFIG_KEYS = [
   'internal', 'external', 'publicIp', 'masquerade', 'snat', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows',
-  'timeouts', 'table', 'batch', 'busyPoll', 'logLevel', 'engine', 'backend', 'filtering', 'forward', 'alg', 'allowEgress',
+  'timeouts', 'table', 'batch', 'busyPoll', 'workers', 'logLevel', 'engine', 'backend', 'filtering', 'forward', 'alg', 'allowEgress',
   'egressReject', 'maxFlowsPerHost', 'icmpErrors', 'pcap', 'pcapSnaplen', 'pcapSize', 'pcapFiles', 'offload', 'state', 'user',
 ] as const;

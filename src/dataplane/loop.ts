@@ -4,6 +4,8 @@ import { FlowKeys } from '../conntrack/table.js';
 import { VnetHeader, VNET_HDR_LEN, vnetSegments } from './vnet.js';
 import { IPPROTO, IPV4_FRAG, IPV4_MIN_HEADER_LENGTH, IPV4_OFF } from '../wire/ipv4.js';
 import { rd16, rd32 } from '../wire/bytes.js';
+import { HERE } from './steering.js';
+import { HELD } from './fragment-steer.js';
 
 /**
  * The packet loop: read a batch from the TUN into one buffer, translate each packet in place, write the
@@ -54,8 +56,31 @@ export interface LoopStats {
   /** Busy-poll windows run, and the packets they caught (which would otherwise each have cost a wake-up). */
   spins: number;
   spinPackets: number;
+  /** Packets read from the TUN (forwarded, dropped, handed to another worker, or too long for a slot). */
+  packetsRead: number;
+  /** Packets handed to the worker that owns their flow (--workers), received from other workers, and
+   * refused because the owner's ring was full (dropped, counted). */
+  handoffsOut: number;
+  handoffsIn: number;
+  handoffDrops: number;
   /** Histogram of batch sizes, in buckets of 1, 2-3, 4-7, … 64+ (log2). */
   readonly batchSizes: Float64Array;
+}
+
+/**
+ * How a worker (--workers) passes packets of other workers' flows on: steering names each packet's owner,
+ * `send` puts a packet (with its virtio-net header) in the owner's ring, `receive` takes the next packet
+ * other workers handed to this one.
+ */
+export interface Handoff {
+  readonly self: number;
+  /**
+   * The packet's owner (a worker index), HERE, or HELD (kept to be passed on later). `slot`/`slotLen` span
+   * the packet with its header, `off`/`len` the IP packet; `fromRing`: it was handed to this worker.
+   */
+  steer(buf: Buffer, slot: number, off: number, len: number, slotLen: number, fromRing: boolean): number;
+  send(owner: number, buf: Buffer, off: number, len: number): boolean;
+  receive(buf: Buffer, at: number): number;
 }
 
 /**
@@ -95,6 +120,8 @@ export class Dataplane {
   onBatch: ((packets: number, startedAt: number) => void) | null = null;
   /** Trace/pcap tap; null when nobody listens. */
   tap: PacketTap | null = null;
+  /** Set when this loop is one worker of several (--workers). */
+  handoff: Handoff | null = null;
 
   constructor(
     private readonly tun: TunDevice,
@@ -122,7 +149,7 @@ export class Dataplane {
     this.lens = new Uint32Array(this.batch);
     this.outOffsets = new Uint32Array(this.batch * 2);
     this.outLens = new Uint32Array(this.batch * 2);
-    this.stats = { batches: 0, oversize: 0, badVnet: 0, superpackets: 0, segments: 0, writeShort: 0, spins: 0, spinPackets: 0, batchSizes: new Float64Array(8) };
+    this.stats = { packetsRead: 0, batches: 0, oversize: 0, badVnet: 0, superpackets: 0, segments: 0, writeShort: 0, spins: 0, spinPackets: 0, handoffsOut: 0, handoffsIn: 0, handoffDrops: 0, batchSizes: new Float64Array(8) };
     const hdr = this.hdrLen;
     nat.packetRoom = this.slotSize - this.hdrLen;
     const loop = this;
@@ -165,6 +192,8 @@ export class Dataplane {
       if (n < this.batch) break;
     }
     if (total > 0 && this.busyPollMs > 0) total += this.spin();
+    // What other workers handed over (and fragments this one passed to itself) waits in the rings.
+    if (this.handoff !== null) total += this.drainHandoffs();
     return total;
   }
 
@@ -205,9 +234,40 @@ export class Dataplane {
 
   /** One batch: read, translate, write. Returns the number of packets read. */
   runBatch(): number {
-    const { buf, lens, slotSize, nat, hdrLen } = this;
-    const n = this.tun.readBatch(buf, slotSize, lens);
+    const n = this.tun.readBatch(this.buf, this.slotSize, this.lens);
     if (n === 0) return 0;
+    this.stats.packetsRead += n;
+    this.translateBatch(n, this.handoff, false);
+    return n;
+  }
+
+  /**
+   * Translate the packets other workers handed to this one, a batch at a time, until none are left or the
+   * per-wake budget is spent. They are at their owner (fragments may still be on their way to it: see
+   * fragment-steer.ts). Returns packets taken.
+   */
+  drainHandoffs(): number {
+    const h = this.handoff;
+    if (h === null) return 0;
+    let total = 0;
+    for (let b = 0; b < this.maxBatches; b++) {
+      let n = 0;
+      while (n < this.batch) {
+        const len = h.receive(this.buf, n * this.slotSize);
+        if (len < 0) break;
+        this.lens[n++] = len;
+      }
+      if (n === 0) break;
+      this.stats.handoffsIn += n;
+      total += n;
+      this.translateBatch(n, h, true);
+      if (n < this.batch) break;
+    }
+    return total;
+  }
+
+  private translateBatch(n: number, handoff: Handoff | null, fromRing: boolean): void {
+    const { buf, lens, slotSize, nat, hdrLen } = this;
     const now = this.clock();
     if (nat.flows.size >= this.prefetchMinFlows) this.prefetch(n);
     this.outCount = 0;
@@ -229,14 +289,25 @@ export class Dataplane {
           continue;
         }
         partial = vnet.needsCsum;
+      }
+      const off = slot + hdrLen;
+      const plen = len - hdrLen;
+      if (handoff !== null) {
+        const owner = handoff.steer(buf, slot, off, plen, len, fromRing);
+        if (owner === HELD) continue;
+        if (owner !== HERE && owner !== handoff.self) {
+          if (handoff.send(owner, buf, slot, len)) this.stats.handoffsOut++;
+          else this.stats.handoffDrops++;
+          continue;
+        }
+      }
+      if (hdrLen) {
         nat.gso = vnet.gsoType !== 0;
         if (vnet.gsoType !== 0) {
           this.stats.superpackets++;
           this.stats.segments += vnetSegments(vnet, len - hdrLen);
         }
       }
-      const off = slot + hdrLen;
-      const plen = len - hdrLen;
       const tap = this.tap;
       const tapped = tap !== null && tap.before(buf, off, plen, now);
       const verdict = nat.process(buf, off, plen, now, partial);
@@ -257,7 +328,6 @@ export class Dataplane {
     this.stats.batches++;
     this.stats.batchSizes[Math.min(7, 31 - Math.clz32(n))]!++;
     this.onBatch?.(n, now);
-    return n;
   }
 }
 

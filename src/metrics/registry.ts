@@ -63,6 +63,8 @@ export interface RegistryOptions {
   observe?: ObserveStats;
   /** The TUN's name, to export what the kernel dropped before tunnat could read it. */
   tunName?: string;
+  /** Flows by protocol name, when `nat` is a summary of several workers rather than a live table. */
+  flowsByProto?: () => Record<string, number>;
 }
 
 /** prom-client counters are monotonic by API; ours mirror totals kept elsewhere, so set them on collect. */
@@ -155,6 +157,11 @@ export function createRegistry(nat: Translator, loop: Dataplane | null, opts: Re
         return;
       }
       const counts: Record<string, number> = { tcp: 0, udp: 0, icmp: 0 };
+      if (opts.flowsByProto) {
+        for (const [protocol, n] of Object.entries(opts.flowsByProto())) counts[protocol] = n;
+        for (const [protocol, n] of Object.entries(counts)) this.set({ protocol }, n);
+        return;
+      }
       const t = nat.flows;
       for (const f of t.flows()) {
         const name = protoName(t.proto[f]!);

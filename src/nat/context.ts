@@ -74,6 +74,11 @@ export interface NatOptions {
   /** Generated ICMP/RST packets per second at most (a flood must not become an ICMP flood). */
   generatedPerSecond?: number;
   fragments?: FragmentLimits;
+  /**
+   * This translator is data-plane worker `index` of `count` (--workers): it maps only the ports of its own
+   * slice (sliceOwner in ports.ts), so no two workers can hand out one public port.
+   */
+  slice?: { index: number; count: number };
 }
 
 /** A static SNAT entry: the inside prefix, and the pool address it leaves through. */
@@ -219,6 +224,10 @@ export class NatContext {
     this.flows = new FlowTable(opts.maxFlows, opts.seed);
     const [lo, hi] = opts.ports;
     const excluded = opts.excludedPorts ?? [];
+    const slice = opts.slice ?? null;
+    if (slice && !(Number.isInteger(slice.count) && slice.count >= 1 && Number.isInteger(slice.index) && slice.index >= 0 && slice.index < slice.count)) {
+      throw new RangeError(`worker slice ${slice.index}/${slice.count} is impossible`);
+    }
     const addresses = opts.publicPool && opts.publicPool.length > 0 ? opts.publicPool.map((a) => a >>> 0) : [this.publicIp];
     if (addresses[0] !== this.publicIp) throw new RangeError('the first address of the public pool must be publicIp');
     if (new Set(addresses).size !== addresses.length) throw new RangeError('the public pool names an address twice');
@@ -231,7 +240,7 @@ export class NatContext {
     }
     this.mappings = new MappingTable(opts.maxFlows, opts.seed ^ 0x5bd1e995, (p) =>
       // ICMP identifiers are not ports: the whole 16-bit space is usable.
-      p === IPPROTO.ICMP ? new PortPool(0, 65535) : new PortPool(lo, hi, excluded), TRACKED, addresses, this.dynamicPool ? MAX_POOL : 0);
+      p === IPPROTO.ICMP ? new PortPool(0, 65535, [], slice) : new PortPool(lo, hi, excluded, slice), TRACKED, addresses, this.dynamicPool ? MAX_POOL : 0);
     this.permissions = this.filtering === Filtering.ADDRESS ? new PermissionTable(opts.maxFlows * 2, opts.seed ^ 0x27d4eb2f) : null;
     this.setForwards(opts.forwards ?? []);
     this.egress = opts.egress ?? null;

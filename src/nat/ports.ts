@@ -19,7 +19,18 @@ export const BLOCK = {
   LOCAL: 2,
   /** A port forward owns it. */
   FORWARD: 4,
+  /** Another data-plane worker's slice of the port space (--workers): fixed at construction. */
+  SLICE: 8,
 } as const;
+
+/**
+ * The worker that owns a port (or ICMP identifier) when `count` workers share the port space. Ports go
+ * in pairs (2k, 2k+1), so port parity can be kept inside one worker's slice, and the pairs are dealt out
+ * round robin, so every slice spans the whole range. One worker owns every port.
+ */
+export function sliceOwner(port: number, count: number): number {
+  return count <= 1 ? 0 : (port >>> 1) % count;
+}
 const RANDOM_PROBES = 32;
 
 export class PortPool {
@@ -36,6 +47,7 @@ export class PortPool {
     readonly lo: number,
     readonly hi: number,
     excluded: readonly (readonly [number, number])[] = [],
+    slice: { index: number; count: number } | null = null,
   ) {
     if (!(Number.isInteger(lo) && Number.isInteger(hi) && lo >= 0 && hi <= 65535 && lo <= hi)) {
       throw new RangeError(`port range ${lo}-${hi} is not within 0-65535`);
@@ -44,6 +56,13 @@ export class PortPool {
     for (const [a, b] of excluded) {
       this.allowed.fill(0, Math.max(a, lo), Math.min(b, hi) + 1);
       this.blocked.fill(BLOCK.EXCLUDED, Math.max(a, lo), Math.min(b, hi) + 1);
+    }
+    if (slice && slice.count > 1) {
+      for (let p = lo; p <= hi; p++) {
+        if (sliceOwner(p, slice.count) === slice.index) continue;
+        this.allowed[p] = 0;
+        this.blocked[p]! |= BLOCK.SLICE;
+      }
     }
     for (let p = lo; p <= hi; p++) this.allowedCount += this.allowed[p]!;
   }

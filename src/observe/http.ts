@@ -16,7 +16,7 @@ export type RouteHandler = (req: http.IncomingMessage, res: http.ServerResponse,
 
 export interface HttpRoutes {
   registry: Registry;
-  conntrack: () => unknown;
+  conntrack: () => unknown | Promise<unknown>;
   /** More GET routes by path (e.g. "/" for the live page, "/events"). */
   handlers?: Record<string, RouteHandler>;
 }
@@ -87,7 +87,7 @@ export async function startHttp(
           const body = await routes.registry.metrics();
           res.writeHead(200, { 'content-type': routes.registry.contentType }).end(body);
         } else if (url.pathname === '/conntrack') {
-          let flows = routes.conntrack();
+          let flows = await routes.conntrack();
           if ([...url.searchParams.keys()].length > 0 && isFlowList(flows)) {
             const filter = flowFilterFromQuery(url.searchParams);
             flows = flows.filter((f) => flowMatches(filter, f));

@@ -96,7 +96,27 @@ function wanPool(addrs: readonly number[], inside: (a: number) => boolean, log: 
   return usable.slice(0, MAX_POOL);
 }
 
-export async function setupSystem(cfg: RouterConfig, log: Logger, opts: { tun?: TunDevice } = {}): Promise<SystemSetup> {
+/** What is known once the TUN is open, before any routing sends it traffic (for SetupOptions.afterTunOpen). */
+export interface OpenedTun {
+  tun: TunDevice;
+  vnetHdr: boolean;
+  tunMtu: number;
+  publicIp: number;
+  owned: boolean;
+  dynamicPool: boolean;
+  publicPool: number[];
+}
+
+export interface SetupOptions {
+  tun?: TunDevice;
+  /**
+   * Called with the open TUN before the routing is applied or adopted (--workers: the workers attach their
+   * queues here, so that traffic routed into the TUN finds its readers). A throw undoes the start.
+   */
+  afterTunOpen?: (t: OpenedTun) => Promise<void>;
+}
+
+export async function setupSystem(cfg: RouterConfig, log: Logger, opts: SetupOptions = {}): Promise<SystemSetup> {
   const masquerade = cfg.publicIp === null;
   const dynamicPool = masquerade && cfg.masquerade === 'all';
   const inside = (a: number) => cfg.internal.some((c) => ((a & c.mask) >>> 0) === c.network);
@@ -155,7 +175,7 @@ export async function setupSystem(cfg: RouterConfig, log: Logger, opts: { tun?: 
   try {
     if (opts.tun) tun = opts.tun;
     else {
-      const native = NativeTun.open(cfg.tun, { vnetHdr: cfg.offload });
+      const native = NativeTun.open(cfg.tun, { vnetHdr: cfg.offload, multiQueue: cfg.workers > 1 });
       if (cfg.offload) vnetHdr = enableOffloads(native, log);
       tun = native;
     }
@@ -169,6 +189,15 @@ export async function setupSystem(cfg: RouterConfig, log: Logger, opts: { tun?: 
     writeFileSync(`/proc/sys/net/ipv6/conf/${cfg.tun}/disable_ipv6`, '1');
   } catch {
     // No IPv6 in this kernel: nothing to silence.
+  }
+
+  if (opts.afterTunOpen) {
+    try {
+      await opts.afterTunOpen({ tun, vnetHdr, tunMtu, publicIp, owned, dynamicPool, publicPool });
+    } catch (err) {
+      tun.close();
+      throw err;
+    }
   }
 
   let applied: AppliedRouting | null = null;
@@ -302,27 +331,7 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
   tuneJit();
   const clock = base.clock ?? (() => performance.now());
   const { tun, vnetHdr, tunMtu } = base;
-  const nat = new Translator({
-    internal: cfg.internal,
-    publicIp: base.publicIp,
-    // A static pool (its first address is base.publicIp); masquerade has the one address it follows,
-    // or with --masquerade all every address of the WAN.
-    ...(cfg.publicPool.length > 1 ? { publicPool: cfg.publicPool, snat: cfg.snat } : {}),
-    ...(base.dynamicPool ? { publicPool: base.publicPool ?? [base.publicIp], dynamicPool: true } : {}),
-    publicIpOwned: base.owned,
-    ports: cfg.ports,
-    excludedPorts: [cfg.gatewayPorts],
-    maxFlows: cfg.maxFlows,
-    timeouts: cfg.timeouts,
-    seed: randomInt(0, 0x7fffffff),
-    rng: Math.random,
-    filtering: cfg.filtering,
-    forwards: cfg.forwards,
-    egress: cfg.allowEgress ? new EgressPolicy(cfg.allowEgress) : null,
-    egressReject: cfg.egressReject,
-    maxFlowsPerHost: cfg.maxFlowsPerHost,
-    icmpOnExhaustion: cfg.icmpErrors,
-  });
+  const nat = buildTranslator(cfg, base);
   if (cfg.algFtp.length > 0) enableFtpAlg(nat, cfg.algFtp);
   const loop = new Dataplane(tun, nat, {
     batch: cfg.batch,
@@ -353,21 +362,7 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
     rmSync(cfg.stateFile, { force: true });
   }
 
-  // The gateway's own listening sockets are never handed out as mappings, on any public address.
-  let localBlocked = new Map<number, LocalPorts>();
-  const refreshLocalPorts = () => {
-    const next = readLocalPorts(nat.publicAddresses);
-    for (const [addr, now] of next) {
-      const before = localBlocked.get(addr);
-      for (const [proto, name] of [[IPPROTO.TCP, 'tcp'], [IPPROTO.UDP, 'udp']] as const) {
-        const pool = nat.mappings.poolAt(proto, addr)!;
-        if (before) for (const p of before[name]) if (!now[name].has(p)) pool.setBlocked(p, BLOCK.LOCAL, false);
-        for (const p of now[name]) pool.setBlocked(p, BLOCK.LOCAL, true);
-      }
-    }
-    localBlocked = next;
-  };
-  refreshLocalPorts();
+  const refreshLocalPorts = localPortsFollower(nat);
 
   loop.start();
   const sweepBudget = Math.max(1024, Math.ceil(cfg.maxFlows / 50));
@@ -422,6 +417,59 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
   };
 }
 
+/** The translator a data plane runs: the whole port space, or one worker's slice of it (--workers). */
+export function buildTranslator(
+  cfg: RouterConfig,
+  base: Pick<DataplaneBase, 'publicIp' | 'owned' | 'dynamicPool' | 'publicPool'>,
+  worker: { index: number; count: number } | null = null,
+): Translator {
+  return new Translator({
+    internal: cfg.internal,
+    publicIp: base.publicIp,
+    // A static pool (its first address is base.publicIp); masquerade has the one address it follows,
+    // or with --masquerade all every address of the WAN.
+    ...(cfg.publicPool.length > 1 ? { publicPool: cfg.publicPool, snat: cfg.snat } : {}),
+    ...(base.dynamicPool ? { publicPool: base.publicPool ?? [base.publicIp], dynamicPool: true } : {}),
+    publicIpOwned: base.owned,
+    ports: cfg.ports,
+    excludedPorts: [cfg.gatewayPorts],
+    // Workers share the table limit: each holds its part of it, so together they never exceed it.
+    maxFlows: worker ? Math.ceil(cfg.maxFlows / worker.count) : cfg.maxFlows,
+    timeouts: cfg.timeouts,
+    seed: randomInt(0, 0x7fffffff),
+    rng: Math.random,
+    filtering: cfg.filtering,
+    forwards: cfg.forwards,
+    egress: cfg.allowEgress ? new EgressPolicy(cfg.allowEgress) : null,
+    egressReject: cfg.egressReject,
+    maxFlowsPerHost: worker && cfg.maxFlowsPerHost > 0 ? Math.ceil(cfg.maxFlowsPerHost / worker.count) : cfg.maxFlowsPerHost,
+    icmpOnExhaustion: cfg.icmpErrors,
+    ...(worker ? { slice: worker } : {}),
+  });
+}
+
+/**
+ * The gateway's own listening sockets are never handed out as mappings, on any public address: returns
+ * the refresh to call now and then (it reads /proc once for every public address).
+ */
+export function localPortsFollower(nat: Translator): () => void {
+  let localBlocked = new Map<number, LocalPorts>();
+  const refresh = () => {
+    const next = readLocalPorts(nat.publicAddresses);
+    for (const [addr, now] of next) {
+      const before = localBlocked.get(addr);
+      for (const [proto, name] of [[IPPROTO.TCP, 'tcp'], [IPPROTO.UDP, 'udp']] as const) {
+        const pool = nat.mappings.poolAt(proto, addr)!;
+        if (before) for (const p of before[name]) if (!now[name].has(p)) pool.setBlocked(p, BLOCK.LOCAL, false);
+        for (const p of now[name]) pool.setBlocked(p, BLOCK.LOCAL, true);
+      }
+    }
+    localBlocked = next;
+  };
+  refresh();
+  return refresh;
+}
+
 /** Both halves in one process: the usual `tunnat run`. */
 export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: TunDevice; clock?: () => number } = {}): Promise<RunningRouter> {
   // Everything that can refuse this start does so before the host is touched: nothing to undo.
@@ -461,17 +509,22 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
       } catch (err) {
         log.error('could not save the flows', { error: (err as Error).message });
       }
-      if (saved && sys.keepForRestart()) {
-        log.info('the gateway stays failed closed until the next `tunnat run --state` (or `tunnat down`)');
-      }
-      await sys.teardown();
-      log.info('tunnat stopped');
+      await leaveSystem(sys, saved, log);
       resolveDone();
     })();
     return stopping;
   };
 
   return { nat: dp.nat, loop: dp.loop, publicIp: () => dp.nat.publicAddress, stop, done, reload: (n) => dp.reload(n) };
+}
+
+/** The last step of a stop: leave the set-up failed closed for a restart (when the flows were saved), or remove it. */
+export async function leaveSystem(sys: SystemSetup, saved: boolean, log: Logger): Promise<void> {
+  if (saved && sys.keepForRestart()) {
+    log.info('the gateway stays failed closed until the next `tunnat run --state` (or `tunnat down`)');
+  }
+  await sys.teardown();
+  log.info('tunnat stopped');
 }
 
 export function logRunning(cfg: RouterConfig, log: Logger, sys: SystemSetup, extra: Record<string, unknown> = {}): void {
@@ -491,7 +544,7 @@ export function logRunning(cfg: RouterConfig, log: Logger, sys: SystemSetup, ext
 /** Settings SIGHUP applies to the running router. */
 const LIVE_FIELDS = ['timeouts', 'allowEgress', 'egressReject', 'maxFlowsPerHost', 'icmpErrors', 'forwards', 'logLevel'] as const;
 /** Settings that only a restart can change (the routing, the TUN, the table sizes, the listeners). */
-const RESTART_FIELDS = [
-  'internal', 'external', 'publicIp', 'masquerade', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows', 'table', 'batch', 'busyPoll',
+export const RESTART_FIELDS = [
+  'internal', 'external', 'publicIp', 'masquerade', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows', 'table', 'batch', 'busyPoll', 'workers',
   'engine', 'backend', 'filtering', 'offload', 'pcap', 'pcapSnaplen', 'pcapSize', 'pcapFiles', 'stateFile',
 ] as const satisfies readonly (keyof RouterConfig)[];

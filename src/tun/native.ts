@@ -57,6 +57,7 @@ interface NativeHandle {
   setOffload(flags: number): void;
   setVnetHdrSize(size: number): void;
   setPersist(persist: boolean): void;
+  setQueue(attach: boolean): void;
 }
 
 export interface NativeAddon {
@@ -267,6 +268,18 @@ export class NativeTun implements TunDevice {
   setPersist(persist: boolean): void {
     try {
       this.handle.setPersist(persist);
+    } catch (err) {
+      throw convert(err);
+    }
+  }
+
+  /**
+   * TUNSETQUEUE on a multi-queue device: detach this queue (the kernel steers nothing to it; the fd still
+   * holds the device) or attach it again.
+   */
+  setQueue(attach: boolean): void {
+    try {
+      this.handle.setQueue(attach);
     } catch (err) {
       throw convert(err);
     }

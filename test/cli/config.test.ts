@@ -18,8 +18,10 @@ describe('config', () => {
       http: { host: '127.0.0.1', port: 9100 },
       table: 7301,
       busyPoll: 50,
+      workers: 1,
     });
     expect(resolveConfig({ ...base, busyPoll: '0' }).busyPoll).toBe(0);
+    expect(resolveConfig({ ...base, workers: '4' }).workers).toBe(4);
     expect(c.internal).toHaveLength(1);
     expect(c.timeouts.udp).toBe(300);
   });
@@ -60,6 +62,12 @@ describe('config', () => {
     [{ ...base, gatewayPorts: '1-65535' }, 'gatewayPorts'],
     [{ ...base, busyPoll: '-5' }, 'busyPoll'],
     [{ ...base, busyPoll: '20000' }, 'busyPoll'],
+    [{ ...base, workers: '0' }, 'workers'],
+    [{ ...base, workers: '65' }, 'workers'],
+    // Not carried across workers yet: refused, not half done.
+    [{ ...base, workers: '2', alg: 'ftp' }, 'workers'],
+    [{ ...base, workers: '2', pcap: '/tmp/x.pcapng' }, 'workers'],
+    [{ ...base, workers: '2', user: 'nobody' }, 'workers'],
     [{ ...base, alg: 'sip' }, 'alg'],
     [{ ...base, alg: ['ftp:0'] }, 'alg'],
     [{ ...base, alg: 'ftp:70000' }, 'alg'],

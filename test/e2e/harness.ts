@@ -110,6 +110,10 @@ export async function startTestRouter(o: TestRouterOptions): Promise<TestRouter>
   if (engine === 'userspace' && !existsSync(defaultCliPath())) {
     throw new Error(`${defaultCliPath()} is missing: build first (npm run build, or npm test which builds)`);
   }
+  // TUNNAT_TEST_WORKERS=N runs every userspace router of the suite with --workers N (unless a test sets it).
+  const workers = process.env.TUNNAT_TEST_WORKERS;
+  const args = [...(o.args ?? [])];
+  if (engine === 'userspace' && workers && !args.includes('--workers')) args.push('--workers', workers);
   const h = await startRouter({
     engine,
     netns: o.gwNetns,
@@ -119,7 +123,7 @@ export async function startTestRouter(o: TestRouterOptions): Promise<TestRouter>
     cleanup: o.cleanup,
     socketPath: socketPathFor(o.id),
     ...(o.config !== undefined ? { config: o.config } : {}),
-    ...(o.args ? { extraArgs: o.args } : {}),
+    ...(args.length > 0 ? { extraArgs: args } : {}),
     ...(o.readyTimeoutMs ? { readyTimeoutMs: o.readyTimeoutMs } : {}),
   });
   return { ...h, conntrack: () => h.flows() };

@@ -1,0 +1,159 @@
+import type { MessagePort } from 'node:worker_threads';
+import type { RouterConfig } from '../config/config.js';
+import type { Translator } from '../nat/translator.js';
+import type { Dataplane, LoopStats } from '../dataplane/loop.js';
+import type { NatStats } from '../nat/outcome.js';
+import { IPPROTO, protoName } from '../wire/ipv4.js';
+import type { RestoredFlow } from '../nat/restore.js';
+import { emitIpv4IcmpEcho, emitIpv4Udp } from '../wire/build.js';
+import { HERE, type Steering } from '../dataplane/steering.js';
+
+/** What a worker learns once the TUN is open. */
+export interface WorkerBase {
+  slotSize: number;
+  /** rings[i][j]: packets from worker i to worker j (null on the diagonal). */
+  rings: (SharedArrayBuffer | null)[][];
+  vnetHdr: boolean;
+  publicIp: number;
+  owned: boolean;
+  dynamicPool?: boolean;
+  publicPool?: number[];
+}
+
+/** What the main thread tells a data-plane worker when it starts it (worker-thread.ts). */
+export interface WorkerInit {
+  cfg: RouterConfig;
+  index: number;
+  count: number;
+  /** peers[j]: the port that wakes worker j (null for this worker itself). */
+  peers: (MessagePort | null)[];
+}
+
+export type ToWorker =
+  | { t: 'init'; base: WorkerBase }
+  | { t: 'stats'; id: number }
+  | { t: 'flows'; id: number }
+  | { t: 'peer'; peer: number; port: MessagePort }
+  | { t: 'addresses'; primary: number; all: number[] }
+  | { t: 'reload'; cfg: RouterConfig }
+  | { t: 'stop'; id: number }
+  | { t: 'save'; id: number }
+  | { t: 'restore'; id: number; flows: RestoredFlow[] }
+  | { t: 'crash' };
+
+export type FromWorker = { t: 'loaded' } | { t: 'ready' } | { t: 'reply'; id: number; data: unknown };
+
+/** One worker's counters and table sizes, as it sends them to the main thread. */
+export interface WorkerSnapshot {
+  stats: NatStats;
+  loop: Omit<LoopStats, 'batchSizes'> & { batchSizes: number[] };
+  flows: number;
+  capacity: number;
+  flowsByProto: Record<string, number>;
+  mappings: number;
+  /** Per (protocol, public address): ports in use and ports this worker may map. */
+  pools: { proto: number; addr: number; used: number; size: number }[];
+  fragments: { stats: Record<string, number>; size: number; heldBytes: number };
+  publicAddresses: number[];
+  /** Fragments met at this worker before their owner was known (fragment-steer.ts). */
+  fragmentSteering?: { held: number; released: number; heldDropped: number };
+}
+
+const POOL_PROTOS = [IPPROTO.TCP, IPPROTO.UDP, IPPROTO.ICMP, IPPROTO.SCTP, IPPROTO.UDPLITE];
+
+export function workerSnapshot(nat: Translator, loop: Dataplane): WorkerSnapshot {
+  const flowsByProto: Record<string, number> = {};
+  const t = nat.flows;
+  for (const f of t.flows()) {
+    const p = t.proto[f]!;
+    const name = protoName(p);
+    flowsByProto[name] = (flowsByProto[name] ?? 0) + 1;
+  }
+  const pools: WorkerSnapshot['pools'] = [];
+  for (const addr of nat.publicAddresses) {
+    for (const proto of POOL_PROTOS) {
+      const pool = nat.mappings.poolAt(proto, addr);
+      if (pool) pools.push({ proto, addr, used: pool.used, size: pool.size });
+    }
+  }
+  return {
+    stats: nat.stats,
+    loop: { ...loop.stats, batchSizes: [...loop.stats.batchSizes] },
+    flows: t.size,
+    capacity: t.capacity,
+    flowsByProto,
+    mappings: nat.mappings.size,
+    pools,
+    fragments: { stats: { ...nat.fragments.stats }, size: nat.fragments.size, heldBytes: nat.fragments.heldBytes },
+    publicAddresses: nat.publicAddresses,
+  };
+}
+
+/** Add b into a, field by field (numbers, arrays of numbers, objects of those). */
+function addInto(a: Record<string, unknown>, b: Record<string, unknown>): void {
+  for (const [k, v] of Object.entries(b)) {
+    const cur = a[k];
+    if (typeof v === 'number') a[k] = (typeof cur === 'number' ? cur : 0) + v;
+    else if (ArrayBuffer.isView(v) || Array.isArray(v)) {
+      const src = v as ArrayLike<number>;
+      const dst = (Array.isArray(cur) ? cur : new Array<number>(src.length).fill(0)) as number[];
+      for (let i = 0; i < src.length; i++) dst[i] = (dst[i] ?? 0) + src[i]!;
+      a[k] = dst;
+    } else if (v && typeof v === 'object') {
+      const sub = (cur && typeof cur === 'object' ? cur : {}) as Record<string, unknown>;
+      addInto(sub, v as Record<string, unknown>);
+      a[k] = sub;
+    }
+  }
+}
+
+/**
+ * The whole router seen through its workers' snapshots, shaped like the translator and loop the metrics
+ * registry reads (the sums of every worker's counters, tables and port pools).
+ */
+export function aggregate(snaps: readonly WorkerSnapshot[]): { nat: Translator; loop: Dataplane; flowsByProto: Record<string, number> } {
+  const sum = (pick: (s: WorkerSnapshot) => object) => {
+    const acc: Record<string, unknown> = {};
+    for (const s of snaps) addInto(acc, pick(s) as Record<string, unknown>);
+    return acc;
+  };
+  const pools = new Map<string, { used: number; size: number }>();
+  for (const s of snaps) {
+    for (const p of s.pools) {
+      const key = `${p.proto}/${p.addr}`;
+      const cur = pools.get(key) ?? { used: 0, size: 0 };
+      cur.used += p.used;
+      cur.size += p.size;
+      pools.set(key, cur);
+    }
+  }
+  const nat = {
+    stats: sum((s) => s.stats),
+    flows: { size: snaps.reduce((n, s) => n + s.flows, 0), capacity: snaps.reduce((n, s) => n + s.capacity, 0) },
+    mappings: { size: snaps.reduce((n, s) => n + s.mappings, 0), poolAt: (proto: number, addr: number) => pools.get(`${proto}/${addr}`) ?? null },
+    fragments: sum((s) => s.fragments),
+    alg: null,
+    publicAddresses: snaps[0]?.publicAddresses ?? [],
+  };
+  const loop = { stats: sum((s) => s.loop) };
+  return { nat: nat as unknown as Translator, loop: loop as unknown as Dataplane, flowsByProto: sum((s) => s.flowsByProto) as Record<string, number> };
+}
+
+/**
+ * The worker a saved flow goes back to: the one its first packet would be steered to now (the original
+ * direction, rebuilt as a packet). A flow restored elsewhere could not take its public port, which is in
+ * its owner's slice; it would be skipped and counted, never half restored.
+ */
+export function restoredOwner(steering: Steering, f: RestoredFlow): number {
+  const buf = Buffer.alloc(64);
+  const [src, dst, sport, dport] = f.original;
+  let len: number;
+  if (f.protocol === IPPROTO.ICMP) {
+    len = emitIpv4IcmpEcho(buf, 0, { src, dst, type: 8, identifier: sport, sequence: 0 });
+  } else {
+    len = emitIpv4Udp(buf, 0, { src, dst, srcPort: sport, dstPort: dport, payload: new Uint8Array(0) });
+    buf[9] = f.protocol; // only the protocol and the ports are read
+  }
+  const o = steering.ownerOf(buf, 0, len);
+  return o === HERE ? 0 : o;
+}

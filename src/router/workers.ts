@@ -1,0 +1,439 @@
+import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
+import { Counter, Gauge, type Registry } from 'prom-client';
+import type { RouterConfig } from '../config/config.js';
+import type { Logger } from '../util/log.js';
+import { NativeTun } from '../tun/native.js';
+import { PacketRing } from '../dataplane/ring.js';
+import { createRegistry } from '../metrics/registry.js';
+import { bindHttpListeners, closeListeners, startHttp } from '../observe/http.js';
+import { preflight } from '../host/preflight.js';
+import { GSO_SLOT_SIZE, SLOT_SIZE } from './tun-setup.js';
+import { leaveSystem, logRunning, RESTART_FIELDS, setupSystem, type RunningRouter, type SystemSetup } from './router.js';
+import { existsSync, rmSync } from 'node:fs';
+import { readSnapshot, writeSnapshot, type Snapshot } from '../nat/snapshot.js';
+import type { RestoredFlow } from '../nat/restore.js';
+import { Steering } from '../dataplane/steering.js';
+import { cidrToString, ipToString } from '../wire/addr.js';
+import { aggregate, restoredOwner, type FromWorker, type ToWorker, type WorkerBase, type WorkerInit, type WorkerSnapshot } from './workers-proto.js';
+
+/**
+ * The multi-core data plane (--workers N, N > 1). The main thread sets the system up as for one loop (the
+ * routing, a multi-queue TUN), then starts N workers (worker-thread.ts); each opens its own queue and
+ * translates the flows it owns (steering.ts), handing other workers' packets to them through shared-memory
+ * rings. The main thread keeps the control plane: HTTP, metrics and the flow listing (gathered from every
+ * worker on each request), SIGHUP, the WAN address, and restarting a worker that dies.
+ */
+/** Each ring (one per ordered pair of workers): thousands of small packets, or dozens of superpackets. */
+const RING_BYTES = 4 << 20;
+const READY_TIMEOUT_MS = 10_000;
+const ASK_TIMEOUT_MS = 2_000;
+
+interface Slot {
+  worker: Worker;
+  ready: boolean;
+  /** The last snapshot it answered with (kept when it dies, to say what was lost). */
+  last: WorkerSnapshot | null;
+  restarts: number;
+  onReady: (() => void) | null;
+  onFail?: ((err: Error) => void) | null;
+}
+
+export interface WorkerRouter extends Omit<RunningRouter, 'nat' | 'loop'> {
+  /** Every worker's snapshot (for tests and `stats`). */
+  snapshots(): Promise<WorkerSnapshot[]>;
+}
+
+export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise<WorkerRouter> {
+  await preflight(cfg);
+  const count = cfg.workers;
+  const slots: Slot[] = [];
+  let current = cfg;
+  let stopping = false;
+  let askId = 0;
+  const pending = new Map<number, (data: unknown) => void>();
+  let lostFlows = 0;
+  let base: WorkerBase | null = null;
+
+  /** Start worker `index` and wait until its code is loaded (it opens nothing before `init`). */
+  const spawn = (index: number, peers: (MessagePort | null)[]): Promise<void> => {
+    const init: WorkerInit = { cfg: current, index, count, peers };
+    const worker = new Worker(new URL('./worker-thread.js', import.meta.url), {
+      workerData: init,
+      transferList: peers.filter((p): p is MessagePort => p !== null),
+    });
+    const slot: Slot = slots[index] ?? { worker, ready: false, last: null, restarts: 0, onReady: null };
+    slot.worker = worker;
+    slot.ready = false;
+    slots[index] = slot;
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`worker ${index} did not load within ${READY_TIMEOUT_MS} ms`)), READY_TIMEOUT_MS);
+      worker.on('message', (m: FromWorker) => {
+        if (m.t === 'loaded') {
+          clearTimeout(timer);
+          resolve();
+        } else if (m.t === 'ready') {
+          slot.ready = true;
+          slot.onReady?.();
+        } else if (m.t === 'reply') {
+          pending.get(m.id)?.(m.data);
+          pending.delete(m.id);
+        }
+      });
+      worker.on('error', (err) => {
+        clearTimeout(timer);
+        log.error('data-plane worker died', { worker: index, error: err.message });
+        if (!slot.ready) {
+          reject(err);
+          slot.onFail?.(err);
+        }
+      });
+      worker.on('exit', () => {
+        if (!slot.ready || stopping) return;
+        slot.ready = false;
+        void restart(index);
+      });
+    });
+  };
+
+  /** Give a loaded worker the TUN's particulars: it opens its queue and starts its loop. */
+  const initWorker = (index: number): Promise<void> => {
+    const slot = slots[index]!;
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`worker ${index} did not open its queue within ${READY_TIMEOUT_MS} ms`)), READY_TIMEOUT_MS);
+      slot.onReady = () => {
+        clearTimeout(timer);
+        slot.onReady = slot.onFail = null;
+        resolve();
+      };
+      slot.onFail = (err) => {
+        clearTimeout(timer);
+        slot.onReady = slot.onFail = null;
+        reject(new Error(`worker ${index} could not start: ${err.message}`));
+      };
+      slot.worker.postMessage({ t: 'init', base: base! } satisfies ToWorker);
+    });
+  };
+
+  // Channels between every pair of workers, so each can wake the other.
+  const peers: (MessagePort | null)[][] = Array.from({ length: count }, () => new Array<MessagePort | null>(count).fill(null));
+  for (let i = 0; i < count; i++) {
+    for (let j = i + 1; j < count; j++) {
+      const ch = new MessageChannel();
+      peers[i]![j] = ch.port1;
+      peers[j]![i] = ch.port2;
+    }
+  }
+  const httpHandles = await bindHttpListeners({ tcp: cfg.http, unixPath: cfg.httpSocket });
+  // The workers load their code before the host is touched; they open nothing until `init`.
+  try {
+    await Promise.all(peers.map((p, i) => spawn(i, p)));
+  } catch (err) {
+    stopping = true;
+    await Promise.all(slots.map((s) => s.worker.terminate()));
+    await closeListeners(httpHandles);
+    throw err;
+  }
+  let sys: SystemSetup;
+  try {
+    sys = await setupSystem(cfg, log, {
+      // The workers load while nothing is routed yet, and attach their queues before the routing sends
+      // traffic: the main thread's own queue then detaches (it holds the device, and reads nothing).
+      afterTunOpen: async (t) => {
+        const slotSize = t.vnetHdr ? GSO_SLOT_SIZE : Math.max(SLOT_SIZE, t.tunMtu);
+        const rings: (SharedArrayBuffer | null)[][] = [];
+        for (let i = 0; i < count; i++) {
+          rings.push([]);
+          for (let j = 0; j < count; j++) rings[i]!.push(PacketRing.create(i === j ? RING_BYTES / 16 : RING_BYTES).sab);
+        }
+        base = { slotSize, rings, vnetHdr: t.vnetHdr, publicIp: t.publicIp, owned: t.owned, dynamicPool: t.dynamicPool, publicPool: t.publicPool };
+        try {
+          await Promise.all(slots.map((_, i) => initWorker(i)));
+        } catch (err) {
+          stopping = true;
+          await Promise.all(slots.map((s) => s.worker.terminate()));
+          throw err;
+        }
+        if (t.tun instanceof NativeTun) t.tun.setQueue(false);
+      },
+    });
+  } catch (err) {
+    stopping = true;
+    await Promise.all(slots.map((s) => s.worker.terminate()));
+    await closeListeners(httpHandles);
+    throw err;
+  }
+
+  /**
+   * A worker died: its queue closed with it (the kernel steers to the others meanwhile, and they hand
+   * that worker's packets to its ring). A new worker takes its index, its slice of the ports and its
+   * rings; the flows it held are gone and counted (its last snapshot says how many).
+   */
+  const restart = async (index: number): Promise<void> => {
+    const slot = slots[index]!;
+    const lost = slot.last?.flows ?? 0;
+    lostFlows += lost;
+    slot.restarts++;
+    log.error('restarting data-plane worker; the flows it held are lost', { worker: index, flows: lost, restarts: slot.restarts });
+    const peers: (MessagePort | null)[] = [];
+    for (let j = 0; j < count; j++) {
+      if (j === index) {
+        peers.push(null);
+        continue;
+      }
+      const ch = new MessageChannel();
+      peers.push(ch.port1);
+      const other = slots[j];
+      if (other?.ready) other.worker.postMessage({ t: 'peer', peer: index, port: ch.port2 } satisfies ToWorker, [ch.port2]);
+    }
+    try {
+      await spawn(index, peers);
+      await initWorker(index);
+      log.info('data-plane worker restarted', { worker: index });
+    } catch (err) {
+      log.error('could not restart a data-plane worker', { worker: index, error: (err as Error).message });
+    }
+  };
+
+  const ask = <T>(slot: Slot, t: 'stats' | 'flows' | 'stop' | 'save' | 'restore', extra: Record<string, unknown> = {}): Promise<T | null> => {
+    if (!slot.ready) return Promise.resolve(null);
+    const id = ++askId;
+    return new Promise<T | null>((resolve) => {
+      const timer = setTimeout(() => {
+        pending.delete(id);
+        resolve(null);
+      }, ASK_TIMEOUT_MS);
+      pending.set(id, (data) => {
+        clearTimeout(timer);
+        resolve(data as T);
+      });
+      slot.worker.postMessage({ t, id, ...extra });
+    });
+  };
+
+  /** Each saved flow goes to the worker that owns it now (restoredOwner), all of them at once. */
+  async function restoreState(file: string): Promise<void> {
+    try {
+      const snap = readSnapshot(file);
+      const internal = cfg.internal.map(cidrToString);
+      if (JSON.stringify([...snap.internal].sort()) !== JSON.stringify([...internal].sort())) {
+        log.warn('saved flows not restored', { file, reason: `it was saved for --internal ${snap.internal.join(',')}`, flows: snap.flows.length });
+        return;
+      }
+      if (snap.publicIp !== sys.publicIp) {
+        log.warn('saved flows not restored', { file, reason: `it was saved for public address ${ipToString(snap.publicIp)}`, flows: snap.flows.length });
+        return;
+      }
+      const steering = new Steering(count);
+      steering.setPublicAddresses(sys.dynamicPool ? sys.publicPool : [sys.publicIp, ...cfg.publicPool.slice(1)]);
+      steering.setForwards(cfg.forwards);
+      const shares: RestoredFlow[][] = slots.map(() => []);
+      for (const f of snap.flows) shares[restoredOwner(steering, f)]!.push(f);
+      const counts = await Promise.all(slots.map((s, i) => ask<number>(s, 'restore', { flows: shares[i] })));
+      const restored = counts.reduce<number>((n, c) => n + (c ?? 0), 0);
+      log.info('flows restored from the state file', { file, restored, skipped: snap.flows.length - restored + snap.rejected, workers: count });
+    } catch (err) {
+      log.warn('state file ignored', { file, error: (err as Error).message });
+    }
+  }
+
+  const snapshots = async (): Promise<WorkerSnapshot[]> => {
+    const got = await Promise.all(slots.map((s) => ask<WorkerSnapshot>(s, 'stats')));
+    return got.map((g, i) => {
+      if (g) slots[i]!.last = g;
+      return g ?? slots[i]!.last;
+    }).filter((s): s is WorkerSnapshot => s !== null);
+  };
+
+  if (cfg.stateFile && existsSync(cfg.stateFile)) {
+    await restoreState(cfg.stateFile);
+    // A snapshot is used once: after a later crash it would describe flows long gone.
+    rmSync(cfg.stateFile, { force: true });
+  }
+
+  // The registry reads one summary, refreshed from the workers before each scrape.
+  let summary = aggregate([]);
+  const natView = summary.nat as unknown as Record<string, unknown>;
+  const loopView = summary.loop as unknown as Record<string, unknown>;
+  let flowsByProto: Record<string, number> = {};
+  let perWorker: WorkerSnapshot[] = [];
+  const refresh = async () => {
+    perWorker = await snapshots();
+    summary = aggregate(perWorker);
+    Object.assign(natView, summary.nat);
+    Object.assign(loopView, summary.loop);
+    flowsByProto = summary.flowsByProto;
+  };
+  const registry = createRegistry(natView as never, loopView as never, { tunName: cfg.tun, flowsByProto: () => flowsByProto });
+  workerMetrics(registry, () => perWorker, () => slots.map((s) => s.restarts), () => lostFlows);
+  const served = {
+    contentType: registry.contentType,
+    metrics: async () => {
+      await refresh();
+      return registry.metrics();
+    },
+  } as unknown as Registry;
+  const closeHttp = await startHttp(
+    {
+      registry: served,
+      conntrack: async () => (await Promise.all(slots.map((s) => ask<unknown[]>(s, 'flows')))).flatMap((l) => l ?? []),
+    },
+    { tcp: null, unixPath: null, handles: httpHandles },
+  );
+
+  const broadcast = (m: ToWorker) => slots.forEach((s) => s.ready && s.worker.postMessage(m));
+  let addresses = sys.dynamicPool ? sys.publicPool : [sys.publicIp];
+  const stopFollowing = sys.masquerade
+    ? sys.followAddress((primary, all) => {
+        const next = sys.dynamicPool ? [...all] : [primary];
+        log.info('external address changed; new flows use the new address', { from: addresses.map(ipToString).join(','), to: next.map(ipToString).join(',') });
+        addresses = next;
+        broadcast({ t: 'addresses', primary, all: [...all] });
+      })
+    : () => {};
+  if (process.env.TUNNAT_TEST_HOOKS === '1') {
+    // The restart test kills worker 0 from outside: SIGUSR2 makes it throw.
+    process.on('SIGUSR2', () => slots[0]?.worker.postMessage({ t: 'crash' } satisfies ToWorker));
+  }
+  logRunning(cfg, log, sys, { workers: count });
+
+  let resolveDone!: () => void;
+  const done = new Promise<void>((r) => (resolveDone = r));
+  let stopped: Promise<void> | null = null;
+  const stop = (reason = 'stop', o: { keepForRestart?: boolean } = {}) => {
+    if (stopped) return stopped;
+    stopped = (async () => {
+      const snaps = await snapshots().catch(() => []);
+      log.info('tunnat stopping', { reason, flows: snaps.reduce((n, s) => n + s.flows, 0) });
+      stopFollowing();
+      stopping = true;
+      const keep = o.keepForRestart === true && cfg.stateFile !== null;
+      let saved = false;
+      if (keep) {
+        // Every worker's table, in one file: the next start deals the flows out again by owner.
+        const parts = await Promise.all(slots.map((s) => ask<Snapshot>(s, 'save')));
+        if (parts.every((p) => p !== null)) {
+          const merged: Snapshot = { ...parts[0]!, flows: parts.flatMap((p) => p!.flows) };
+          try {
+            writeSnapshot(cfg.stateFile!, merged);
+            saved = true;
+            log.info('flows saved', { file: cfg.stateFile, flows: merged.flows.length });
+          } catch (err) {
+            log.error('could not save the flows', { error: (err as Error).message });
+          }
+        } else log.error('could not save the flows: a worker did not answer');
+      }
+      // Each worker closes its queue; the device goes when teardown closes the last (the main thread's).
+      await Promise.all(slots.map(async (s) => {
+        if ((await ask(s, 'stop')) === null) await s.worker.terminate();
+      }));
+      await closeHttp().catch(() => {});
+      await leaveSystem(sys, saved, log);
+      resolveDone();
+    })();
+    return stopped;
+  };
+
+  return {
+    publicIp: () => sys.publicIp,
+    stop,
+    done,
+    snapshots,
+    reload(next: RouterConfig): string[] {
+      const restartNeeded = RESTART_FIELDS.filter((k) => JSON.stringify(next[k]) !== JSON.stringify(current[k]));
+      current = { ...current, timeouts: next.timeouts, allowEgress: next.allowEgress, egressReject: next.egressReject, maxFlowsPerHost: next.maxFlowsPerHost, icmpErrors: next.icmpErrors, forwards: next.forwards, logLevel: next.logLevel };
+      broadcast({ t: 'reload', cfg: current });
+      log.level = next.logLevel;
+      log.info('configuration reloaded; flows kept', restartNeeded.length > 0 ? { needsRestart: restartNeeded.join(',') } : {});
+      return restartNeeded;
+    },
+  };
+}
+
+
+/** Per-worker packets, hand-offs and restarts: how evenly the load spreads, and what crossing costs. */
+function workerMetrics(registry: Registry, snaps: () => WorkerSnapshot[], restarts: () => number[], lost: () => number): void {
+  new Counter({
+    name: 'tunnat_worker_packets_total',
+    help: 'Packets each data-plane worker translated or passed (after hand-offs: counted where they were handled)',
+    labelNames: ['worker'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      snaps().forEach((s, i) => this.inc({ worker: String(i) }, [...s.stats.packets].reduce((a, b) => a + b, 0)));
+    },
+  });
+  new Counter({
+    name: 'tunnat_worker_handoffs_total',
+    help: "Packets a worker read from its queue for a flow another worker owns (direction out) and packets it took from other workers' rings (in)",
+    labelNames: ['worker', 'direction'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      snaps().forEach((s, i) => {
+        this.inc({ worker: String(i), direction: 'out' }, s.loop.handoffsOut);
+        this.inc({ worker: String(i), direction: 'in' }, s.loop.handoffsIn);
+      });
+    },
+  });
+  new Counter({
+    name: 'tunnat_worker_handoff_drops_total',
+    help: "Packets dropped because the owning worker's ring was full",
+    labelNames: ['worker'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      snaps().forEach((s, i) => this.inc({ worker: String(i) }, s.loop.handoffDrops));
+    },
+  });
+  new Counter({
+    name: 'tunnat_tun_read_packets_total',
+    help: 'Packets read from the TUN by every worker (forwarded, dropped, handed to their owner, or too long for a slot)',
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(snaps().reduce((n, s) => n + s.loop.packetsRead, 0));
+    },
+  });
+  new Counter({
+    name: 'tunnat_worker_fragments_total',
+    help: 'Fragments that reached their meeting worker before the first fragment of their datagram: held, then passed to the owner (released) or dropped (their first never came within 2 s, or a ring was full)',
+    labelNames: ['event'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const sum = (k: 'held' | 'released' | 'heldDropped') => snaps().reduce((n, s) => n + (s.fragmentSteering?.[k] ?? 0), 0);
+      this.inc({ event: 'held' }, sum('held'));
+      this.inc({ event: 'released' }, sum('released'));
+      this.inc({ event: 'dropped' }, sum('heldDropped'));
+    },
+  });
+  new Gauge({
+    name: 'tunnat_worker_flows',
+    help: 'Flows each data-plane worker holds',
+    labelNames: ['worker'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      snaps().forEach((s, i) => this.set({ worker: String(i) }, s.flows));
+    },
+  });
+  new Counter({
+    name: 'tunnat_worker_restarts_total',
+    help: 'Times a data-plane worker died and was started again',
+    labelNames: ['worker'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      restarts().forEach((n, i) => this.inc({ worker: String(i) }, n));
+    },
+  });
+  new Counter({
+    name: 'tunnat_worker_flows_lost_total',
+    help: 'Flows that died with a worker (its last report before it died)',
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(lost());
+    },
+  });
+}
