@@ -7,7 +7,7 @@
 import { Script } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { parseLoadArgs, planFromArgs, resultsFileName, UsageError, DEFAULT_MEASURE, QUICK_MEASURE } from '../bench/load/args.js';
-import { clientAddresses, maxFlowsArgs } from '../bench/load/engines.js';
+import { clientAddresses, floorQueues, maxFlowsArgs } from '../bench/load/engines.js';
 import {
   parseConntrackCount,
   parseIperfTcp,
@@ -227,6 +227,12 @@ describe('traffic programs and plans', () => {
     expect(maxFlowsArgs(100_000, [])).toEqual([]);
     expect(maxFlowsArgs(1_000_000, [])).toEqual(['--max-flows', '1100000']);
     expect(maxFlowsArgs(1_000_000, ['--max-flows', '2000000'])).toEqual([]);
+  });
+
+  it('the TUN floor reads as many queues as tunnat has workers', () => {
+    expect(floorQueues([])).toBe(1);
+    expect(floorQueues(['--busy-poll', '0', '--workers', '2'])).toBe(2);
+    expect(floorQueues(['--workers', 'x'])).toBe(1);
   });
 
   it('client addresses: the host\'s own first, then .121, .122, …', () => {

@@ -113,6 +113,9 @@ port.on('message', (m: ToWorker) => {
     case 'stats':
       port.postMessage({ t: 'reply', id: m.id, data: { ...workerSnapshot(nat, loop), fragmentSteering: { ...dp.frags.stats } } });
       break;
+    case 'count':
+      port.postMessage({ t: 'reply', id: m.id, data: nat.flows.size });
+      break;
     case 'flows':
       port.postMessage({ t: 'reply', id: m.id, data: listFlows(nat.flows, clock()).map((f) => ({ ...f, worker: index })) });
       break;

@@ -33,6 +33,7 @@ export type ToWorker =
   | { t: 'init'; base: WorkerBase }
   | { t: 'stats'; id: number }
   | { t: 'flows'; id: number }
+  | { t: 'count'; id: number }
   | { t: 'peer'; peer: number; port: MessagePort }
   | { t: 'addresses'; primary: number; all: number[] }
   | { t: 'reload'; cfg: RouterConfig }

@@ -31,8 +31,10 @@ const ASK_TIMEOUT_MS = 2_000;
 interface Slot {
   worker: Worker;
   ready: boolean;
-  /** The last snapshot it answered with (kept when it dies, to say what was lost). */
+  /** The last snapshot it answered with. */
   last: WorkerSnapshot | null;
+  /** Its flow count, asked every second (kept when it dies, to say what was lost). */
+  flows: number;
   restarts: number;
   onReady: (() => void) | null;
   onFail?: ((err: Error) => void) | null;
@@ -61,7 +63,7 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
       workerData: init,
       transferList: peers.filter((p): p is MessagePort => p !== null),
     });
-    const slot: Slot = slots[index] ?? { worker, ready: false, last: null, restarts: 0, onReady: null };
+    const slot: Slot = slots[index] ?? { worker, ready: false, last: null, flows: 0, restarts: 0, onReady: null };
     slot.worker = worker;
     slot.ready = false;
     slots[index] = slot;
@@ -170,7 +172,8 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
    */
   const restart = async (index: number): Promise<void> => {
     const slot = slots[index]!;
-    const lost = slot.last?.flows ?? 0;
+    const lost = slot.flows;
+    slot.flows = 0;
     lostFlows += lost;
     slot.restarts++;
     log.error('restarting data-plane worker; the flows it held are lost', { worker: index, flows: lost, restarts: slot.restarts });
@@ -194,7 +197,7 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
     }
   };
 
-  const ask = <T>(slot: Slot, t: 'stats' | 'flows' | 'stop' | 'save' | 'restore', extra: Record<string, unknown> = {}): Promise<T | null> => {
+  const ask = <T>(slot: Slot, t: 'stats' | 'flows' | 'count' | 'stop' | 'save' | 'restore', extra: Record<string, unknown> = {}): Promise<T | null> => {
     if (!slot.ready) return Promise.resolve(null);
     const id = ++askId;
     return new Promise<T | null>((resolve) => {
@@ -239,7 +242,10 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
   const snapshots = async (): Promise<WorkerSnapshot[]> => {
     const got = await Promise.all(slots.map((s) => ask<WorkerSnapshot>(s, 'stats')));
     return got.map((g, i) => {
-      if (g) slots[i]!.last = g;
+      if (g) {
+        slots[i]!.last = g;
+        slots[i]!.flows = g.flows;
+      }
       return g ?? slots[i]!.last;
     }).filter((s): s is WorkerSnapshot => s !== null);
   };
@@ -280,6 +286,15 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
     { tcp: null, unixPath: null, handles: httpHandles },
   );
 
+  // Each worker's flow count, so that a worker that dies is known to have taken that many with it.
+  const counting = setInterval(() => {
+    for (const s of slots) {
+      void ask<number>(s, 'count').then((n) => {
+        if (n !== null && s.ready) s.flows = n;
+      });
+    }
+  }, 1000);
+  counting.unref();
   const broadcast = (m: ToWorker) => slots.forEach((s) => s.ready && s.worker.postMessage(m));
   let addresses = sys.dynamicPool ? sys.publicPool : [sys.publicIp];
   const stopFollowing = sys.masquerade
@@ -305,6 +320,7 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
       const snaps = await snapshots().catch(() => []);
       log.info('tunnat stopping', { reason, flows: snaps.reduce((n, s) => n + s.flows, 0) });
       stopFollowing();
+      clearInterval(counting);
       stopping = true;
       const keep = o.keepForRestart === true && cfg.stateFile !== null;
       let saved = false;
