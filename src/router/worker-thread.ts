@@ -10,6 +10,7 @@ import { listFlows } from '../conntrack/listing.js';
 import { tuneJit } from '../util/jit.js';
 import { takeSnapshot } from '../nat/snapshot.js';
 import { cidrToString } from '../wire/addr.js';
+import type { RestoredFlow } from '../nat/restore.js';
 import { buildTranslator, localPortsFollower } from './router.js';
 import { workerSnapshot, type WorkerInit, type WorkerBase, type ToWorker } from './workers-proto.js';
 
@@ -25,8 +26,12 @@ tuneJit();
 const { cfg, index, count } = init;
 
 /** Open this worker's queue and start its loop: called once the main thread has opened the TUN. */
-function start(base: WorkerBase) {
+function start(base: WorkerBase, saved: RestoredFlow[]) {
   const nat = buildTranslator(cfg, base, { index, count });
+  // Flows saved by the last run (--state) go back before the queue opens and the first packet comes.
+  const now = performance.now();
+  restored = 0;
+  for (const f of saved) if (nat.restoreFlow(f, now)) restored++;
   const tun = NativeTun.open(cfg.tun, { vnetHdr: base.vnetHdr, multiQueue: true });
   const steering = new Steering(count);
   steering.setPublicAddresses(nat.publicAddresses);
@@ -94,11 +99,12 @@ function start(base: WorkerBase) {
 }
 
 let dp: ReturnType<typeof start> | null = null;
+let restored = 0;
 
 port.on('message', (m: ToWorker) => {
   if (m.t === 'init') {
-    dp = start(m.base);
-    port.postMessage({ t: 'ready' });
+    dp = start(m.base, m.restore);
+    port.postMessage({ t: 'ready', restored });
     return;
   }
   if (dp === null) {
@@ -122,13 +128,6 @@ port.on('message', (m: ToWorker) => {
     case 'save':
       port.postMessage({ t: 'reply', id: m.id, data: takeSnapshot(nat, cfg.internal.map(cidrToString), clock()) });
       break;
-    case 'restore': {
-      const now = clock();
-      let restored = 0;
-      for (const f of m.flows) if (nat.restoreFlow(f, now)) restored++;
-      port.postMessage({ t: 'reply', id: m.id, data: restored });
-      break;
-    }
     case 'peer':
       kick[m.peer]?.off('message', onKick);
       kick[m.peer] = m.port;

@@ -30,7 +30,7 @@ export interface WorkerInit {
 }
 
 export type ToWorker =
-  | { t: 'init'; base: WorkerBase }
+  | { t: 'init'; base: WorkerBase; restore: RestoredFlow[] }
   | { t: 'stats'; id: number }
   | { t: 'flows'; id: number }
   | { t: 'count'; id: number }
@@ -39,10 +39,9 @@ export type ToWorker =
   | { t: 'reload'; cfg: RouterConfig }
   | { t: 'stop'; id: number }
   | { t: 'save'; id: number }
-  | { t: 'restore'; id: number; flows: RestoredFlow[] }
   | { t: 'crash' };
 
-export type FromWorker = { t: 'loaded' } | { t: 'ready' } | { t: 'reply'; id: number; data: unknown };
+export type FromWorker = { t: 'loaded' } | { t: 'ready'; restored: number } | { t: 'reply'; id: number; data: unknown };
 
 /** One worker's counters and table sizes, as it sends them to the main thread. */
 export interface WorkerSnapshot {

@@ -36,7 +36,7 @@ interface Slot {
   /** Its flow count, asked every second (kept when it dies, to say what was lost). */
   flows: number;
   restarts: number;
-  onReady: (() => void) | null;
+  onReady: ((restored: number) => void) | null;
   onFail?: ((err: Error) => void) | null;
 }
 
@@ -75,7 +75,7 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
           resolve();
         } else if (m.t === 'ready') {
           slot.ready = true;
-          slot.onReady?.();
+          slot.onReady?.(m.restored);
         } else if (m.t === 'reply') {
           pending.get(m.id)?.(m.data);
           pending.delete(m.id);
@@ -98,23 +98,54 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
   };
 
   /** Give a loaded worker the TUN's particulars: it opens its queue and starts its loop. */
-  const initWorker = (index: number): Promise<void> => {
+  const initWorker = (index: number, restore: RestoredFlow[] = []): Promise<number> => {
     const slot = slots[index]!;
-    return new Promise<void>((resolve, reject) => {
+    return new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`worker ${index} did not open its queue within ${READY_TIMEOUT_MS} ms`)), READY_TIMEOUT_MS);
-      slot.onReady = () => {
+      slot.onReady = (restored) => {
         clearTimeout(timer);
         slot.onReady = slot.onFail = null;
-        resolve();
+        resolve(restored);
       };
       slot.onFail = (err) => {
         clearTimeout(timer);
         slot.onReady = slot.onFail = null;
         reject(new Error(`worker ${index} could not start: ${err.message}`));
       };
-      slot.worker.postMessage({ t: 'init', base: base! } satisfies ToWorker);
+      slot.worker.postMessage({ t: 'init', base: base!, restore } satisfies ToWorker);
     });
   };
+
+  /**
+   * The flows the last run saved (--state), dealt to the workers that own them now (restoredOwner), or
+   * null. The file is used once: after a later crash it would describe flows long gone.
+   */
+  function savedFlows(publicIp: number, addresses: number[]): RestoredFlow[][] | null {
+    const file = cfg.stateFile;
+    if (!file || !existsSync(file)) return null;
+    try {
+      const snap = readSnapshot(file);
+      const internal = cfg.internal.map(cidrToString);
+      let reason: string | null = null;
+      if (JSON.stringify([...snap.internal].sort()) !== JSON.stringify([...internal].sort())) reason = `it was saved for --internal ${snap.internal.join(',')}`;
+      else if (snap.publicIp !== publicIp) reason = `it was saved for public address ${ipToString(snap.publicIp)}`;
+      if (reason) {
+        log.warn('saved flows not restored', { file, reason, flows: snap.flows.length });
+        return null;
+      }
+      const steering = new Steering(count);
+      steering.setPublicAddresses(addresses);
+      steering.setForwards(cfg.forwards);
+      const shares: RestoredFlow[][] = Array.from({ length: count }, () => []);
+      for (const f of snap.flows) shares[restoredOwner(steering, f)]!.push(f);
+      return shares;
+    } catch (err) {
+      log.warn('state file ignored', { file, error: (err as Error).message });
+      return null;
+    } finally {
+      rmSync(file, { force: true });
+    }
+  }
 
   // Channels between every pair of workers, so each can wake the other.
   const peers: (MessagePort | null)[][] = Array.from({ length: count }, () => new Array<MessagePort | null>(count).fill(null));
@@ -148,8 +179,10 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
           for (let j = 0; j < count; j++) rings[i]!.push(PacketRing.create(i === j ? RING_BYTES / 16 : RING_BYTES).sab);
         }
         base = { slotSize, rings, vnetHdr: t.vnetHdr, publicIp: t.publicIp, owned: t.owned, dynamicPool: t.dynamicPool, publicPool: t.publicPool };
+        const shares = savedFlows(t.publicIp, t.dynamicPool ? t.publicPool : [t.publicIp, ...cfg.publicPool.slice(1)]);
         try {
-          await Promise.all(slots.map((_, i) => initWorker(i)));
+          const restored = await Promise.all(slots.map((_, i) => initWorker(i, shares?.[i] ?? [])));
+          if (shares) log.info('flows restored from the state file', { file: cfg.stateFile, restored: restored.reduce((a, b) => a + b, 0), saved: shares.reduce((n, l) => n + l.length, 0), workers: count });
         } catch (err) {
           stopping = true;
           await Promise.all(slots.map((s) => s.worker.terminate()));
@@ -197,7 +230,7 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
     }
   };
 
-  const ask = <T>(slot: Slot, t: 'stats' | 'flows' | 'count' | 'stop' | 'save' | 'restore', extra: Record<string, unknown> = {}): Promise<T | null> => {
+  const ask = <T>(slot: Slot, t: 'stats' | 'flows' | 'count' | 'stop' | 'save', extra: Record<string, unknown> = {}): Promise<T | null> => {
     if (!slot.ready) return Promise.resolve(null);
     const id = ++askId;
     return new Promise<T | null>((resolve) => {
@@ -213,32 +246,6 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
     });
   };
 
-  /** Each saved flow goes to the worker that owns it now (restoredOwner), all of them at once. */
-  async function restoreState(file: string): Promise<void> {
-    try {
-      const snap = readSnapshot(file);
-      const internal = cfg.internal.map(cidrToString);
-      if (JSON.stringify([...snap.internal].sort()) !== JSON.stringify([...internal].sort())) {
-        log.warn('saved flows not restored', { file, reason: `it was saved for --internal ${snap.internal.join(',')}`, flows: snap.flows.length });
-        return;
-      }
-      if (snap.publicIp !== sys.publicIp) {
-        log.warn('saved flows not restored', { file, reason: `it was saved for public address ${ipToString(snap.publicIp)}`, flows: snap.flows.length });
-        return;
-      }
-      const steering = new Steering(count);
-      steering.setPublicAddresses(sys.dynamicPool ? sys.publicPool : [sys.publicIp, ...cfg.publicPool.slice(1)]);
-      steering.setForwards(cfg.forwards);
-      const shares: RestoredFlow[][] = slots.map(() => []);
-      for (const f of snap.flows) shares[restoredOwner(steering, f)]!.push(f);
-      const counts = await Promise.all(slots.map((s, i) => ask<number>(s, 'restore', { flows: shares[i] })));
-      const restored = counts.reduce<number>((n, c) => n + (c ?? 0), 0);
-      log.info('flows restored from the state file', { file, restored, skipped: snap.flows.length - restored + snap.rejected, workers: count });
-    } catch (err) {
-      log.warn('state file ignored', { file, error: (err as Error).message });
-    }
-  }
-
   const snapshots = async (): Promise<WorkerSnapshot[]> => {
     const got = await Promise.all(slots.map((s) => ask<WorkerSnapshot>(s, 'stats')));
     return got.map((g, i) => {
@@ -249,12 +256,6 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
       return g ?? slots[i]!.last;
     }).filter((s): s is WorkerSnapshot => s !== null);
   };
-
-  if (cfg.stateFile && existsSync(cfg.stateFile)) {
-    await restoreState(cfg.stateFile);
-    // A snapshot is used once: after a later crash it would describe flows long gone.
-    rmSync(cfg.stateFile, { force: true });
-  }
 
   // The registry reads one summary, refreshed from the workers before each scrape.
   let summary = aggregate([]);

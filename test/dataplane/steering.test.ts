@@ -6,6 +6,8 @@ import { IPPROTO } from '../../src/wire/ipv4.js';
 import { Verdict } from '../../src/nat/outcome.js';
 import { makeNat, parse, ip, PUB, REMOTE, HOST_A, HOST_B } from '../nat/helpers.js';
 import type { Translator } from '../../src/nat/translator.js';
+import { restoredOwner } from '../../src/router/workers-proto.js';
+import type { RestoredFlow } from '../../src/nat/restore.js';
 
 const REMOTE2 = ip('198.51.100.7');
 const payload = Buffer.from('x');
@@ -165,5 +167,23 @@ describe('two workers translating by steering', () => {
     expect(byWorker[1]).toBeGreaterThan(0);
     // Inside ports are kept: each is in its own worker's slice.
     for (const [key, pub] of seen) expect(pub).toBe(Number(key.split(':')[1]));
+  });
+});
+
+describe('restoredOwner', () => {
+  const s = steering(2);
+  const saved = (protocol: number, original: [number, number, number, number]): RestoredFlow => ({
+    protocol, flags: 0, state: 0, detail: 0, msLeft: 1000, original, reply: [original[1], PUB, original[3], original[2]],
+    packets: [1, 1], bytes: [1, 1], mapping: null, mapping2: null,
+  });
+
+  it('gives a saved flow to the worker its first packet would be steered to', () => {
+    for (const port of [40000, 40002, 40004, 40006]) {
+      expect(restoredOwner(s, saved(IPPROTO.UDP, [HOST_A, REMOTE, port, 53]))).toBe(sliceOwner(port, 2));
+      expect(restoredOwner(s, saved(IPPROTO.TCP, [HOST_A, REMOTE, port, 443]))).toBe(sliceOwner(port, 2));
+      expect(restoredOwner(s, saved(IPPROTO.ICMP, [HOST_A, REMOTE, port, port]))).toBe(sliceOwner(port, 2));
+    }
+    // A flow a forward let in: its original direction is the WAN's, to the public port.
+    expect(restoredOwner(s, saved(IPPROTO.TCP, [REMOTE, PUB, 5555, 8082]))).toBe(sliceOwner(8082, 2));
   });
 });
