@@ -57,7 +57,7 @@ export class PacketRing {
    * Producer: copy buf[off, off + len) into the ring. Returns 1 if the ring was empty before (the consumer
    * may be asleep: wake it), 0 if not, -1 if the ring is full or the packet is too big.
    */
-  push(buf: Uint8Array, off: number, len: number): number {
+  push(buf: Buffer, off: number, len: number): number {
     if (len > this.maxPacket || len < 0) return -1;
     let h = Atomics.load(this.ctrl, HEAD);
     const t = Atomics.load(this.ctrl, TAIL);
@@ -72,14 +72,14 @@ export class PacketRing {
       h = (h + skip) | 0;
       pos = 0;
     }
-    this.data.set(buf.subarray(off, off + len), pos + 4);
+    buf.copy(this.data, pos + 4, off, off + len); // a copy without a view allocated per packet
     this.words[pos >>> 2] = len;
     Atomics.store(this.ctrl, HEAD, (h + need) | 0);
     return used === 0 ? 1 : 0;
   }
 
   /** Consumer: copy the oldest packet to dst[at…); returns its length, or -1 when the ring is empty. */
-  pop(dst: Uint8Array, at: number): number {
+  pop(dst: Buffer, at: number): number {
     let t = Atomics.load(this.ctrl, TAIL);
     const h = Atomics.load(this.ctrl, HEAD);
     if (t === h) return -1;
@@ -90,7 +90,7 @@ export class PacketRing {
       pos = 0;
       len = this.words[0]!;
     }
-    dst.set(this.data.subarray(pos + 4, pos + 4 + len), at);
+    this.data.copy(dst, at, pos + 4, pos + 4 + len);
     Atomics.store(this.ctrl, TAIL, (t + ((4 + len + 7) & ~7)) | 0);
     return len;
   }

@@ -139,13 +139,16 @@ export function aggregate(snaps: readonly WorkerSnapshot[]): { nat: Translator; 
   return { nat: nat as unknown as Translator, loop: loop as unknown as Dataplane, flowsByProto: sum((s) => s.flowsByProto) as Record<string, number> };
 }
 
+/** One packet's room, reused for every saved flow (a restore may deal out a million). */
+const scratch = Buffer.alloc(64);
+
 /**
  * The worker a saved flow goes back to: the one its first packet would be steered to now (the original
  * direction, rebuilt as a packet). A flow restored elsewhere could not take its public port, which is in
  * its owner's slice; it would be skipped and counted, never half restored.
  */
 export function restoredOwner(steering: Steering, f: RestoredFlow): number {
-  const buf = Buffer.alloc(64);
+  const buf = scratch;
   const [src, dst, sport, dport] = f.original;
   let len: number;
   if (f.protocol === IPPROTO.ICMP) {
