@@ -9,15 +9,18 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/bpf.h>
 #include <linux/if_tun.h>
 #include <net/if.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 // Older uapi headers lack the UDP segmentation offloads (Linux 6.2); the ABI values are fixed.
 #ifndef TUN_F_USO4
@@ -137,6 +140,7 @@ class Tun : public Napi::ObjectWrap<Tun> {
                            InstanceMethod<&Tun::SetVnetHdrSize>("setVnetHdrSize"),
                            InstanceMethod<&Tun::SetPersist>("setPersist"),
                            InstanceMethod<&Tun::SetQueue>("setQueue"),
+                           InstanceMethod<&Tun::SetSteering>("setSteering"),
                            InstanceAccessor<&Tun::GetName>("name"),
                            InstanceAccessor<&Tun::GetFd>("fd"),
                        });
@@ -153,6 +157,7 @@ class Tun : public Napi::ObjectWrap<Tun> {
     bool multiQueue = false;
     bool vnetHdr = false;
     int inheritedFd = -1;
+    bool dupFd = false;
     if (info.Length() >= 2 && !info[1].IsUndefined()) {
       if (!info[1].IsObject()) {
         Napi::TypeError::New(env, "flags must be an object").ThrowAsJavaScriptException();
@@ -163,23 +168,35 @@ class Tun : public Napi::ObjectWrap<Tun> {
       vnetHdr = flags.Get("vnetHdr").ToBoolean().Value();
       Napi::Value fdv = flags.Get("fd");
       if (fdv.IsNumber()) inheritedFd = fdv.As<Napi::Number>().Int32Value();
+      dupFd = flags.Get("dup").ToBoolean().Value();
     }
     if (inheritedFd >= 0) {
       // { fd }: take over a TUN queue another process opened and handed down (privilege separation:
-      // a privileged parent opens the device, an unprivileged child reads and writes it). TUNGETIFF
-      // proves the fd really is a TUN queue and gives its name.
+      // a privileged parent opens the device, an unprivileged child reads and writes it).
+      // { fd, dup }: use a copy of a queue the caller keeps open (a data-plane worker's queue, held by the
+      // main thread so that the queue and its place among the device's queues outlive a worker that dies).
+      // TUNGETIFF proves the fd really is a TUN queue and gives its name.
+      int fd = inheritedFd;
+      if (dupFd) {
+        fd = ::fcntl(inheritedFd, F_DUPFD_CLOEXEC, 0);
+        if (fd < 0) {
+          ErrnoError(env, errno, "fcntl(F_DUPFD_CLOEXEC)", nullptr, name).ThrowAsJavaScriptException();
+          return;
+        }
+      }
       struct ifreq ifr;
       memset(&ifr, 0, sizeof ifr);
-      if (::ioctl(inheritedFd, TUNGETIFF, &ifr) < 0) {
-        ErrnoError(env, errno, "ioctl(TUNGETIFF)", nullptr, name).ThrowAsJavaScriptException();
+      const char* failed = nullptr;
+      int fl = -1;
+      if (::ioctl(fd, TUNGETIFF, &ifr) < 0) failed = "ioctl(TUNGETIFF)";
+      else if ((fl = ::fcntl(fd, F_GETFL)) < 0 || ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || ::fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) failed = "fcntl";
+      if (failed != nullptr) {
+        int err = errno;
+        if (dupFd) ::close(fd);
+        ErrnoError(env, err, failed, nullptr, name).ThrowAsJavaScriptException();
         return;
       }
-      int fl = ::fcntl(inheritedFd, F_GETFL);
-      if (fl < 0 || ::fcntl(inheritedFd, F_SETFL, fl | O_NONBLOCK) < 0 || ::fcntl(inheritedFd, F_SETFD, FD_CLOEXEC) < 0) {
-        ErrnoError(env, errno, "fcntl", nullptr, name).ThrowAsJavaScriptException();
-        return;
-      }
-      fd_ = inheritedFd;
+      fd_ = fd;
       name_.assign(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ));
       if (napi_add_async_cleanup_hook(env, OnEnvCleanup, this, &cleanupHook_) != napi_ok) {
         cleanupHook_ = nullptr;
@@ -445,6 +462,57 @@ class Tun : public Napi::ObjectWrap<Tun> {
     ifr.ifr_flags = info[0].As<Napi::Boolean>().Value() ? IFF_ATTACH_QUEUE : IFF_DETACH_QUEUE;
     if (::ioctl(fd_, TUNSETQUEUE, &ifr) < 0) {
       ErrnoError(env, errno, "ioctl(TUNSETQUEUE)", nullptr, name_).ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    return env.Undefined();
+  }
+
+  // setSteering(program | null): TUNSETSTEERINGEBPF. `program` is eBPF bytecode (struct bpf_insn, 8
+  // bytes each) of a socket-filter program: for every packet routed into the device the kernel runs it and
+  // puts the packet on queue (return value % number of attached queues). null detaches the program (the
+  // kernel's own flow hashing again). A program the verifier refuses throws with its log in `verifierLog`.
+  Napi::Value SetSteering(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (fd_ < 0) {
+      ErrnoError(env, EBADF, "ioctl(TUNSETSTEERINGEBPF)", nullptr, name_).ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    int progFd = -1;
+    if (info.Length() >= 1 && !info[0].IsNull() && !info[0].IsUndefined()) {
+      uint8_t* code = nullptr;
+      size_t codeLength = 0;
+      if (!GetBytes(env, info[0], &code, &codeLength) || codeLength == 0 || codeLength % sizeof(struct bpf_insn) != 0) {
+        Napi::TypeError::New(env, "program must be a non-empty Buffer of 8-byte instructions").ThrowAsJavaScriptException();
+        return Napi::Value();
+      }
+      union bpf_attr attr;
+      std::memset(&attr, 0, sizeof attr);
+      attr.prog_type = BPF_PROG_TYPE_SOCKET_FILTER;
+      attr.insns = reinterpret_cast<uintptr_t>(code);
+      attr.insn_cnt = static_cast<uint32_t>(codeLength / sizeof(struct bpf_insn));
+      attr.license = reinterpret_cast<uintptr_t>("GPL");
+      progFd = static_cast<int>(::syscall(__NR_bpf, BPF_PROG_LOAD, &attr, sizeof attr));
+      if (progFd < 0) {
+        // Load it again with the verifier's log, to say why.
+        int err = errno;
+        std::vector<char> log(1 << 16);
+        attr.log_buf = reinterpret_cast<uintptr_t>(log.data());
+        attr.log_size = static_cast<uint32_t>(log.size());
+        attr.log_level = 1;
+        int again = static_cast<int>(::syscall(__NR_bpf, BPF_PROG_LOAD, &attr, sizeof attr));
+        if (again >= 0) ::close(again);
+        Napi::Error e = ErrnoError(env, err, "bpf(BPF_PROG_LOAD)", nullptr, name_);
+        e.Set("verifierLog", Napi::String::New(env, std::string(log.data(), strnlen(log.data(), log.size()))));
+        e.ThrowAsJavaScriptException();
+        return Napi::Value();
+      }
+    }
+    // The device takes its own reference to the program; this fd only hands it over.
+    int rc = ::ioctl(fd_, TUNSETSTEERINGEBPF, &progFd);
+    int err = errno;
+    if (progFd >= 0) ::close(progFd);
+    if (rc < 0) {
+      ErrnoError(env, err, "ioctl(TUNSETSTEERINGEBPF)", nullptr, name_).ThrowAsJavaScriptException();
       return Napi::Value();
     }
     return env.Undefined();

@@ -1,5 +1,6 @@
 import { randomInt } from 'node:crypto';
 import type { Server } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { writeFileSync, existsSync, rmSync } from 'node:fs';
 import { enableFtpAlg } from '../nat/alg-ftp.js';
 import { enableOffloads, GSO_SLOT_SIZE, SLOT_SIZE, tunMtuFor } from './tun-setup.js';
@@ -56,6 +57,8 @@ export interface RunningRouter {
 
 const SWEEP_INTERVAL_MS = 100;
 const ADDRESS_POLL_MS = 2000;
+/** The exact check (`ip -j addr`) runs when the quick one sees a change, and at least this often. */
+const ADDRESS_FULL_CHECK_MS = 30_000;
 const LOCAL_PORTS_POLL_MS = 5000;
 
 /**
@@ -94,6 +97,15 @@ function wanPool(addrs: readonly number[], inside: (a: number) => boolean, log: 
   if (log && usable.length < addrs.length) log.warn('WAN addresses inside --internal are not used', { skipped: addrs.filter(inside).map(ipToString).join(',') });
   if (log && usable.length > MAX_POOL) log.warn(`the WAN has more than ${MAX_POOL} addresses; the first ${MAX_POOL} are used`, { addresses: usable.length });
   return usable.slice(0, MAX_POOL);
+}
+
+/** The interface's IPv4 addresses as getifaddrs lists them (no flags, hence only a hint of change). */
+function quickAddresses(iface: string): string {
+  try {
+    return (networkInterfaces()[iface] ?? []).filter((a) => a.family === 'IPv4').map((a) => a.address).join(',');
+  } catch {
+    return '';
+  }
 }
 
 /** What is known once the TUN is open, before any routing sends it traffic (for SetupOptions.afterTunOpen). */
@@ -237,13 +249,22 @@ export async function setupSystem(cfg: RouterConfig, log: Logger, opts: SetupOpt
     publicPool,
     followAddress(onChange) {
       let checking = false;
+      // The quick look (getifaddrs, in process) costs no fork: spawning `ip` every 2 s write-protects every
+      // page of the process for copy-on-write, and the data plane then takes a page fault for each page it
+      // writes next. `ip -j` runs only when the quick look sees the addresses change, and every 30 s.
+      let lastSeen = '';
+      let lastFull = performance.now();
       const timer = setInterval(() => {
         if (checking) return;
+        const seen = quickAddresses(cfg.external);
+        if (seen === lastSeen && performance.now() - lastFull < ADDRESS_FULL_CHECK_MS) return;
         checking = true;
         void (async () => {
           try {
             // No address at all (a PPP link reconnecting): keep the last ones until the link is back.
             const found = await interfaceIpv4s(cfg.external, dynamicPool);
+            lastSeen = seen;
+            lastFull = performance.now();
             const next = dynamicPool ? wanPool(found, inside, null) : found.slice(0, 1);
             const same = next.length === current.length && next.every((a, i) => a === current[i]);
             if (next.length > 0 && !same && applied) {

@@ -32,7 +32,8 @@ function start(base: WorkerBase, saved: RestoredFlow[]) {
   const now = performance.now();
   restored = 0;
   for (const f of saved) if (nat.restoreFlow(f, now)) restored++;
-  const tun = NativeTun.open(cfg.tun, { vnetHdr: base.vnetHdr, multiQueue: true });
+  // The queue is attached already (the main thread opened it): what arrived meanwhile waits in it.
+  const tun = NativeTun.fromFd(base.queueFds[index]!, { vnetHdr: base.vnetHdr, multiQueue: true, dup: true });
   const steering = new Steering(count);
   steering.setPublicAddresses(nat.publicAddresses);
   steering.setForwards(cfg.forwards);

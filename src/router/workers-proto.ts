@@ -18,6 +18,11 @@ export interface WorkerBase {
   owned: boolean;
   dynamicPool?: boolean;
   publicPool?: number[];
+  /**
+   * queueFds[i]: worker i's queue, opened by the main thread (which keeps it open, so that the queue and
+   * its number outlive a worker that dies); the worker reads and writes a copy of it.
+   */
+  queueFds: number[];
 }
 
 /** What the main thread tells a data-plane worker when it starts it (worker-thread.ts). */

@@ -13,6 +13,7 @@ import { existsSync, rmSync } from 'node:fs';
 import { readSnapshot, writeSnapshot, type Snapshot } from '../nat/snapshot.js';
 import type { RestoredFlow } from '../nat/restore.js';
 import { Steering } from '../dataplane/steering.js';
+import { steeringProgram } from '../dataplane/steer-bpf.js';
 import { cidrToString, ipToString } from '../wire/addr.js';
 import { aggregate, restoredOwner, type FromWorker, type ToWorker, type WorkerBase, type WorkerInit, type WorkerSnapshot } from './workers-proto.js';
 
@@ -55,6 +56,27 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
   const pending = new Map<number, (data: unknown) => void>();
   let lostFlows = 0;
   let base: WorkerBase | null = null;
+  /** The workers' queues, queues[i] worker i's (see WorkerBase.queueFds). */
+  const queues: NativeTun[] = [];
+  /** The public addresses the workers translate to (the steering program tells inbound packets by them). */
+  let addressesNow: number[] = [];
+  let steered = false;
+  /**
+   * Let the kernel put each packet on its owner's queue (steer-bpf.ts), so that hand-offs are the exception.
+   * Without it (a kernel that refuses the program) the kernel hashes flows onto queues and the workers hand
+   * about (N-1)/N of the packets to their owners: correct, only slower.
+   */
+  const steerQueues = (tun: NativeTun, forwards: RouterConfig['forwards']) => {
+    try {
+      tun.setSteering(steeringProgram({ count, publicAddrs: addressesNow, forwards }));
+      if (!steered) log.debug('queue steering program attached', { workers: count });
+      steered = true;
+    } catch (err) {
+      const e = err as Error & { cause?: { verifierLog?: string } };
+      log.warn('the kernel refused the queue-steering program; workers hand packets to their owners instead', { error: e.message, verifier: e.cause?.verifierLog?.slice(-400) });
+      steered = false;
+    }
+  };
 
   /** Start worker `index` and wait until its code is loaded (it opens nothing before `init`). */
   const spawn = (index: number, peers: (MessagePort | null)[]): Promise<void> => {
@@ -172,28 +194,43 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
       // The workers load while nothing is routed yet, and attach their queues before the routing sends
       // traffic: the main thread's own queue then detaches (it holds the device, and reads nothing).
       afterTunOpen: async (t) => {
+        if (!(t.tun instanceof NativeTun)) throw new Error('--workers needs the native TUN');
         const slotSize = t.vnetHdr ? GSO_SLOT_SIZE : Math.max(SLOT_SIZE, t.tunMtu);
         const rings: (SharedArrayBuffer | null)[][] = [];
         for (let i = 0; i < count; i++) {
           rings.push([]);
           for (let j = 0; j < count; j++) rings[i]!.push(PacketRing.create(i === j ? RING_BYTES / 16 : RING_BYTES).sab);
         }
-        base = { slotSize, rings, vnetHdr: t.vnetHdr, publicIp: t.publicIp, owned: t.owned, dynamicPool: t.dynamicPool, publicPool: t.publicPool };
-        const shares = savedFlows(t.publicIp, t.dynamicPool ? t.publicPool : [t.publicIp, ...cfg.publicPool.slice(1)]);
+        // The main thread's own queue detaches at once (it holds the device, and reads nothing); then the
+        // workers' queues open in worker order, so that queue i is worker i's, as the steering program
+        // assumes. Between the two, what is routed into the TUN is dropped, as while no tunnat ran.
+        const main = t.tun;
+        main.setQueue(false);
+        try {
+          for (let i = 0; i < count; i++) queues.push(NativeTun.open(cfg.tun, { vnetHdr: t.vnetHdr, multiQueue: true }));
+        } catch (err) {
+          queues.splice(0).forEach((q) => q.close());
+          throw err;
+        }
+        addressesNow = t.dynamicPool ? t.publicPool : [t.publicIp, ...cfg.publicPool.slice(1)];
+        steerQueues(main, cfg.forwards);
+        base = { slotSize, rings, vnetHdr: t.vnetHdr, publicIp: t.publicIp, owned: t.owned, dynamicPool: t.dynamicPool, publicPool: t.publicPool, queueFds: queues.map((q) => q.fd) };
+        const shares = savedFlows(t.publicIp, addressesNow);
         try {
           const restored = await Promise.all(slots.map((_, i) => initWorker(i, shares?.[i] ?? [])));
           if (shares) log.info('flows restored from the state file', { file: cfg.stateFile, restored: restored.reduce((a, b) => a + b, 0), saved: shares.reduce((n, l) => n + l.length, 0), workers: count });
         } catch (err) {
           stopping = true;
           await Promise.all(slots.map((s) => s.worker.terminate()));
+          queues.splice(0).forEach((q) => q.close());
           throw err;
         }
-        if (t.tun instanceof NativeTun) t.tun.setQueue(false);
       },
     });
   } catch (err) {
     stopping = true;
     await Promise.all(slots.map((s) => s.worker.terminate()));
+    queues.splice(0).forEach((q) => q.close());
     await closeListeners(httpHandles);
     throw err;
   }
@@ -272,6 +309,14 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
   };
   const registry = createRegistry(natView as never, loopView as never, { tunName: cfg.tun, flowsByProto: () => flowsByProto });
   workerMetrics(registry, () => perWorker, () => slots.map((s) => s.restarts), () => lostFlows);
+  new Gauge({
+    name: 'tunnat_queue_steering',
+    help: "1 when the kernel puts each packet on its owning worker's queue (the steering program), 0 when it hashes flows onto queues and workers hand packets on",
+    registers: [registry],
+    collect() {
+      this.set(steered ? 1 : 0);
+    },
+  });
   const served = {
     contentType: registry.contentType,
     metrics: async () => {
@@ -304,6 +349,8 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
         log.info('external address changed; new flows use the new address', { from: addresses.map(ipToString).join(','), to: next.map(ipToString).join(',') });
         addresses = next;
         broadcast({ t: 'addresses', primary, all: [...all] });
+        addressesNow = sys.dynamicPool ? [...all] : [primary, ...cfg.publicPool.slice(1)];
+        steerQueues(sys.tun as NativeTun, current.forwards);
       })
     : () => {};
   if (process.env.TUNNAT_TEST_HOOKS === '1') {
@@ -344,6 +391,8 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
         if ((await ask(s, 'stop')) === null) await s.worker.terminate();
       }));
       await closeHttp().catch(() => {});
+      // The workers closed their copies; these are the queues themselves.
+      queues.splice(0).forEach((q) => q.close());
       await leaveSystem(sys, saved, log);
       resolveDone();
     })();
@@ -359,6 +408,7 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
       const restartNeeded = RESTART_FIELDS.filter((k) => JSON.stringify(next[k]) !== JSON.stringify(current[k]));
       current = { ...current, timeouts: next.timeouts, allowEgress: next.allowEgress, egressReject: next.egressReject, maxFlowsPerHost: next.maxFlowsPerHost, icmpErrors: next.icmpErrors, forwards: next.forwards, logLevel: next.logLevel };
       broadcast({ t: 'reload', cfg: current });
+      steerQueues(sys.tun as NativeTun, current.forwards);
       log.level = next.logLevel;
       log.info('configuration reloaded; flows kept', restartNeeded.length > 0 ? { needsRestart: restartNeeded.join(',') } : {});
       return restartNeeded;

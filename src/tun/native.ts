@@ -58,6 +58,7 @@ interface NativeHandle {
   setVnetHdrSize(size: number): void;
   setPersist(persist: boolean): void;
   setQueue(attach: boolean): void;
+  setSteering(program: Uint8Array | null): void;
 }
 
 export interface NativeAddon {
@@ -170,13 +171,15 @@ export class NativeTun implements TunDevice {
   /**
    * Take over a TUN queue fd that a privileged parent opened and handed down (see src/router/privsep.ts):
    * no privilege is needed to read and write an open queue. `vnetHdr` must say how it was opened.
+   * `dup`: use a copy of the fd and leave the caller's open (a worker's queue, which the main thread keeps
+   * so that it outlives the worker).
    */
-  static fromFd(fd: number, opts: { vnetHdr?: boolean } = {}): NativeTun {
+  static fromFd(fd: number, opts: { vnetHdr?: boolean; multiQueue?: boolean; dup?: boolean } = {}): NativeTun {
     const addon = loadAddon();
-    const flags: NativeTunOptions = { multiQueue: false, vnetHdr: opts.vnetHdr === true };
+    const flags: NativeTunOptions = { multiQueue: opts.multiQueue === true, vnetHdr: opts.vnetHdr === true };
     let handle: NativeHandle;
     try {
-      handle = addon.open('', { ...flags, fd } as NativeTunOptions);
+      handle = addon.open('', { ...flags, fd, dup: opts.dup === true } as NativeTunOptions);
     } catch (err) {
       throw convert(err);
     }
@@ -280,6 +283,19 @@ export class NativeTun implements TunDevice {
   setQueue(attach: boolean): void {
     try {
       this.handle.setQueue(attach);
+    } catch (err) {
+      throw convert(err);
+    }
+  }
+
+  /**
+   * TUNSETSTEERINGEBPF: the eBPF program (bytecode, 8 bytes per instruction) that picks the queue of every
+   * packet routed into the device, or null for the kernel's own flow hashing. Device-wide; needs
+   * CAP_SYS_ADMIN or CAP_BPF to load.
+   */
+  setSteering(program: Uint8Array | null): void {
+    try {
+      this.handle.setSteering(program);
     } catch (err) {
       throw convert(err);
     }

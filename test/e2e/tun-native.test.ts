@@ -141,6 +141,19 @@ describe.skipIf(process.getuid?.() !== 0)('native TUN device in a private networ
       expect(r.multiQueueMismatch).toMatchObject({ name: 'TunError', code: 'TUN_INVALID', errnoCode: 'EINVAL' });
     });
 
+    it("steers each packet to the queue a steering program picks, and a queue's fd copy closes alone", () => {
+      // Source ports 40000-40001 and 40004-40005 are slice 0 of two, 40002-40003 and 40006 slice 1; every
+      // port sent two datagrams, and each queue got exactly its own slice's.
+      expect(r.steering).toEqual({
+        queue0: [40000, 40000, 40001, 40001, 40004, 40004],
+        queue1: [40002, 40002, 40003, 40003, 40006, 40006],
+        copyFdDiffers: true,
+      });
+      // A program the verifier refuses (no exit) is a TunError, with the verifier's log kept.
+      expect(r.steeringRefused).toMatchObject({ threw: true, name: 'TunError' });
+      expect(r.steeringRefusedLog).toBe(true);
+    });
+
     it('maps errno to stable TunError codes with helpful messages', () => {
       expect(r.busy).toMatchObject({ name: 'TunError', code: 'TUN_BUSY', errno: 16, syscall: 'ioctl(TUNSETIFF)' });
       const bad = r.badNames as Record<string, { code: string; message: string }>;
