@@ -12,7 +12,7 @@ import { Tracer, DEFAULT_TRACE_RATE, MAX_TRACE_RATE } from './trace.js';
 import { PcapngWriter, SNAP_HEADERS, type PcapngOptions } from './pcapng.js';
 import { LiveFeed, liveSnapshot } from './live.js';
 import { SseStream } from './sse.js';
-import { FilterError, flowFilterFromQuery, parsePacketFilter, packetFilterToString } from './filter.js';
+import { FilterError, flowFilterFromQuery, parsePacketFilter, packetFilterToString, type PacketFilter } from './filter.js';
 import { LIVE_PAGE } from './page.js';
 import { HealthWatch } from './health.js';
 
@@ -40,8 +40,7 @@ export class Observatory implements ObserveStats {
   readonly live: LiveFeed;
   pcapWriter: PcapngWriter | null = null;
   private readonly health: HealthWatch;
-  private readonly streams = new Set<{ kind: string; stream: SseStream }>();
-  private readonly droppedByKind: Record<string, number> = { events: 0, trace: 0, live: 0 };
+  private readonly streams: ObserveStreams;
 
   constructor(
     nat: Translator,
@@ -56,6 +55,7 @@ export class Observatory implements ObserveStats {
     this.tracer = new Tracer(this.taps);
     this.live = new LiveFeed(() => liveSnapshot(nat, this.hosts, opts.clock()));
     this.health = new HealthWatch(nat, opts.log);
+    this.streams = new ObserveStreams(opts.log);
   }
 
   /**
@@ -88,15 +88,11 @@ export class Observatory implements ObserveStats {
   }
 
   clients(): Record<string, number> {
-    const out: Record<string, number> = { events: 0, trace: 0, live: 0 };
-    for (const s of this.streams) out[s.kind] = (out[s.kind] ?? 0) + 1;
-    return out;
+    return this.streams.clients();
   }
 
   dropped(): Record<string, number> {
-    const out = { ...this.droppedByKind };
-    for (const s of this.streams) out[s.kind] = (out[s.kind] ?? 0) + s.stream.dropped;
-    return out;
+    return this.streams.dropped();
   }
 
   pcap(): ReturnType<ObserveStats['pcap']> {
@@ -104,45 +100,19 @@ export class Observatory implements ObserveStats {
     return w ? { packets: { ...w.packets }, dropped: w.dropped, bytes: w.bytes } : null;
   }
 
-  private open(kind: string, res: http.ServerResponse, detail: Record<string, unknown>): SseStream {
-    const stream = new SseStream(res);
-    const entry = { kind, stream };
-    this.streams.add(entry);
-    this.opts.log.info(`${kind} client attached`, detail);
-    stream.onClose(() => {
-      this.streams.delete(entry);
-      this.droppedByKind[kind] = (this.droppedByKind[kind] ?? 0) + stream.dropped;
-      this.opts.log.info(`${kind} client detached`, { ...detail, dropped: stream.dropped });
-    });
-    return stream;
-  }
-
   /** Routes for startHttp: the page, its data stream, flow events and the trace. */
   handlers(): Record<string, RouteHandler> {
     return {
-      '/': (_req, res) => {
-        res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-cache' }).end(LIVE_PAGE);
-      },
-      '/live': (_req, res) => {
-        this.live.add(this.open('live', res, {}));
-      },
+      ...pageHandlers(this.live, this.streams),
       '/events': (_req, res, url) => {
         const filter = flowFilterFromQuery(url.searchParams);
-        const stream = this.open('events', res, { filter: url.searchParams.toString() || 'all' });
+        const stream = this.streams.open('events', res, { filter: url.searchParams.toString() || 'all' });
         const unsubscribe = this.events.subscribe(filter, (ev) => stream.send('flow', ev));
         stream.onClose(unsubscribe);
       },
       '/trace': (_req, res, url) => {
-        for (const k of url.searchParams.keys()) {
-          if (k !== 'filter' && k !== 'rate') throw new FilterError(`unknown parameter ${JSON.stringify(k)} (known: filter, rate)`);
-        }
-        const filter = parsePacketFilter([url.searchParams.get('filter') ?? '']);
-        const rateText = url.searchParams.get('rate');
-        const rate = rateText === null ? DEFAULT_TRACE_RATE : Number(rateText);
-        if (!Number.isInteger(rate) || rate < 1 || rate > MAX_TRACE_RATE) {
-          throw new FilterError(`rate: expected packets per second, an integer in 1..${MAX_TRACE_RATE}, got ${JSON.stringify(rateText)}`);
-        }
-        const stream = this.open('trace', res, { filter: packetFilterToString(filter) || 'all', rate });
+        const { filter, rate } = traceQuery(url);
+        const stream = this.streams.open('trace', res, { filter: packetFilterToString(filter) || 'all', rate });
         const unsubscribe = this.tracer.subscribe(filter, rate, (m) =>
           m.type === 'packet' ? stream.send('packet', m.record) : stream.send('suppressed', { count: m.count }),
         );
@@ -154,7 +124,7 @@ export class Observatory implements ObserveStats {
   /** Close the streams and the pcap file (flushing it). */
   async close(): Promise<void> {
     this.health.stop();
-    for (const s of [...this.streams]) s.stream.close();
+    this.streams.closeAll();
     this.live.close();
     const w = this.pcapWriter;
     if (w) {
@@ -162,5 +132,68 @@ export class Observatory implements ObserveStats {
       await w.close();
       this.opts.log.info('pcap file closed', { pcap: w.path, packets: w.packets.before + w.packets.after, dropped: w.dropped });
     }
+  }
+}
+
+/** The live page and its once-a-second data stream. */
+export function pageHandlers(live: LiveFeed, streams: ObserveStreams): Record<string, RouteHandler> {
+  return {
+    '/': (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-cache' }).end(LIVE_PAGE);
+    },
+    '/live': (_req, res) => {
+      live.add(streams.open('live', res, {}));
+    },
+  };
+}
+
+/** The parameters of /trace: `filter` (packet filter text) and `rate` (records per second). */
+export function traceQuery(url: URL): { filter: PacketFilter; rate: number } {
+  for (const k of url.searchParams.keys()) {
+    if (k !== 'filter' && k !== 'rate') throw new FilterError(`unknown parameter ${JSON.stringify(k)} (known: filter, rate)`);
+  }
+  const filter = parsePacketFilter([url.searchParams.get('filter') ?? '']);
+  const rateText = url.searchParams.get('rate');
+  const rate = rateText === null ? DEFAULT_TRACE_RATE : Number(rateText);
+  if (!Number.isInteger(rate) || rate < 1 || rate > MAX_TRACE_RATE) {
+    throw new FilterError(`rate: expected packets per second, an integer in 1..${MAX_TRACE_RATE}, got ${JSON.stringify(rateText)}`);
+  }
+  return { filter, rate };
+}
+
+/** The open event, trace and live streams: counted per kind, with what each dropped, logged as they come and go. */
+export class ObserveStreams {
+  private readonly streams = new Set<{ kind: string; stream: SseStream }>();
+  private readonly droppedByKind: Record<string, number> = { events: 0, trace: 0, live: 0 };
+
+  constructor(private readonly log: Logger) {}
+
+  open(kind: string, res: http.ServerResponse, detail: Record<string, unknown>): SseStream {
+    const stream = new SseStream(res);
+    const entry = { kind, stream };
+    this.streams.add(entry);
+    this.log.info(`${kind} client attached`, detail);
+    stream.onClose(() => {
+      this.streams.delete(entry);
+      this.droppedByKind[kind] = (this.droppedByKind[kind] ?? 0) + stream.dropped;
+      this.log.info(`${kind} client detached`, { ...detail, dropped: stream.dropped });
+    });
+    return stream;
+  }
+
+  clients(): Record<string, number> {
+    const out: Record<string, number> = { events: 0, trace: 0, live: 0 };
+    for (const s of this.streams) out[s.kind] = (out[s.kind] ?? 0) + 1;
+    return out;
+  }
+
+  dropped(): Record<string, number> {
+    const out = { ...this.droppedByKind };
+    for (const s of this.streams) out[s.kind] = (out[s.kind] ?? 0) + s.stream.dropped;
+    return out;
+  }
+
+  closeAll(): void {
+    for (const s of [...this.streams]) s.stream.close();
   }
 }

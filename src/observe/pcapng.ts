@@ -34,8 +34,25 @@ const BYTE_ORDER_MAGIC = 0x1a2b3c4d;
 const LINKTYPE_IPV4 = 228;
 const OPT = { END: 0, COMMENT: 1, SHB_USERAPPL: 4, IF_NAME: 2, IF_DESCRIPTION: 3, IF_TSRESOL: 9, EPB_FLAGS: 2 } as const;
 /** epb_flags direction bits (pcapng §4.3.1): 01 inbound, 10 outbound. */
-const EPB_INBOUND = 1;
-const EPB_OUTBOUND = 2;
+export const EPB_INBOUND = 1;
+export const EPB_OUTBOUND = 2;
+
+/** What the pcap file says about a packet: why it was dropped or held, or the flow it opened. */
+export function packetComment(p: TapPacket): string | null {
+  const nat = p.nat;
+  if (p.verdict === Verdict.HELD) return 'held: a fragment waiting for its first fragment';
+  if (p.verdict !== Verdict.FORWARD) return `dropped: ${DROP_REASON_NAMES[nat.lastDrop] ?? 'unknown'}`;
+  if (nat.lastCreated && nat.lastEntry >= 0) {
+    const choice = nat.lastPortChoice !== PortChoice.NONE ? `, port ${PORT_CHOICE_NAMES[nat.lastPortChoice]}` : '';
+    return `new flow ${nat.lastEntry >> 1}${choice}`;
+  }
+  return null;
+}
+
+/** Bytes kept of a packet of `len` bytes at buf[off] for a snap length (0 all, N the first N, SNAP_HEADERS). */
+export function snapLength(snaplen: number, buf: Buffer, off: number, len: number): number {
+  return snaplen === SNAP_HEADERS ? headerBytes(buf, off, len) : snaplen > 0 && snaplen < len ? snaplen : len;
+}
 export const PCAP_IF_BEFORE = 0;
 export const PCAP_IF_AFTER = 1;
 
@@ -300,9 +317,20 @@ export class PcapngWriter implements TapConsumer {
   }
 
   private epb(iface: number, now: number, buf: Buffer, off: number, len: number, flags: number, comment: string | null): void {
+    const cap = snapLength(this.snaplen, buf, off, len);
+    this.block(iface, Math.round(this.wallClock(now) * 1000), buf, off, cap, len, flags, comment);
+  }
+
+  /**
+   * One packet captured elsewhere (a data-plane worker's PcapRelay): `data` holds its first bytes, already
+   * cut to the snap length, `len` its length on the wire; `us` wall-clock microseconds.
+   */
+  record(iface: number, us: number, data: Buffer, off: number, cap: number, len: number, flags: number, comment: string | null): void {
+    this.block(iface, us, data, off, cap, len, flags, comment);
+  }
+
+  private block(iface: number, us: number, buf: Buffer, off: number, cap: number, len: number, flags: number, comment: string | null): void {
     const c = comment ? Buffer.from(comment) : null;
-    const snap = this.snaplen;
-    const cap = snap === SNAP_HEADERS ? headerBytes(buf, off, len) : snap > 0 && snap < len ? snap : len;
     const total = 28 + pad4(cap) + (c ? optLen(c.length) : 0) + optLen(4) + 4 + 4;
     if (this.closed || this.failed) {
       this.dropped++;
@@ -317,7 +345,6 @@ export class PcapngWriter implements TapConsumer {
     if (full) this.packetsInFile = 0;
     const b = this.cur;
     let o = this.pos;
-    const us = Math.round(this.wallClock(now) * 1000);
     const hi = Math.floor(us / 0x100000000);
     b.writeUInt32LE(BLOCK.EPB, o);
     b.writeUInt32LE(total, o + 4);
@@ -344,20 +371,10 @@ export class PcapngWriter implements TapConsumer {
   }
 
   packet(p: TapPacket): void {
-    const nat = p.nat;
-    const forwarded = p.verdict === Verdict.FORWARD;
-    let comment: string | null = null;
-    if (p.verdict === Verdict.HELD) {
-      comment = 'held: a fragment waiting for its first fragment';
-    } else if (!forwarded) {
-      comment = `dropped: ${DROP_REASON_NAMES[nat.lastDrop] ?? 'unknown'}`;
-    } else if (nat.lastCreated && nat.lastEntry >= 0) {
-      const choice = nat.lastPortChoice !== PortChoice.NONE ? `, port ${PORT_CHOICE_NAMES[nat.lastPortChoice]}` : '';
-      comment = `new flow ${nat.lastEntry >> 1}${choice}`;
-    }
+    const comment = packetComment(p);
     // Direction as seen from tunnat: everything arrives from the TUN and leaves into it.
     this.epb(PCAP_IF_BEFORE, p.now, p.before, 0, p.beforeLen, EPB_INBOUND, comment);
-    if (forwarded) this.epb(PCAP_IF_AFTER, p.now, p.after, p.afterOff, p.afterLen, EPB_OUTBOUND, null);
+    if (p.verdict === Verdict.FORWARD) this.epb(PCAP_IF_AFTER, p.now, p.after, p.afterOff, p.afterLen, EPB_OUTBOUND, null);
   }
 
   /** Write what is buffered and close the file. */

@@ -12,7 +12,13 @@ import { takeSnapshot } from '../nat/snapshot.js';
 import { cidrToString } from '../wire/addr.js';
 import type { RestoredFlow } from '../nat/restore.js';
 import { buildTranslator, localPortsFollower } from './router.js';
-import { workerSnapshot, type WorkerInit, type WorkerBase, type ToWorker } from './workers-proto.js';
+import { histogramData, workerSnapshot, type FromWorker, type WorkerInit, type WorkerBase, type ToWorker } from './workers-proto.js';
+import { Observatory, traceQuery } from '../observe/observatory.js';
+import { liveSnapshot } from '../observe/live.js';
+import { flowFilterFromQuery } from '../observe/filter.js';
+import { createLogger } from '../util/log.js';
+import { PcapRelay } from '../observe/pcap-relay.js';
+import { SNAP_HEADERS } from '../observe/pcapng.js';
 
 /**
  * One data-plane worker (--workers N): its own queue of the multi-queue TUN, its own translator over its
@@ -24,6 +30,7 @@ const port = parentPort!;
 tuneJit();
 
 const { cfg, index, count } = init;
+const log = createLogger(cfg.logLevel);
 
 /** Open this worker's queue and start its loop: called once the main thread has opened the TUN. */
 function start(base: WorkerBase, saved: RestoredFlow[]) {
@@ -77,13 +84,23 @@ function start(base: WorkerBase, saved: RestoredFlow[]) {
     },
   };
 
-  const loop = new Dataplane(tun, nat, { batch: cfg.batch, slotSize: base.slotSize, vnetHdr: base.vnetHdr, busyPollUs: cfg.busyPoll });
+  const clock = () => performance.now();
+  const loop = new Dataplane(tun, nat, { batch: cfg.batch, slotSize: base.slotSize, vnetHdr: base.vnetHdr, busyPollUs: cfg.busyPoll, clock });
   loop.handoff = handoff;
+  // Per-host accounting, loop histograms, and (while someone listens) events and trace, for this worker's
+  // flows; the main thread merges them (workers-observe.ts).
+  const observe = new Observatory(nat, loop, { log, clock, tunName: cfg.tun });
+  // --pcap: this worker's packets go to the main thread, which writes the one file.
+  const relay = cfg.pcap
+    ? new PcapRelay(cfg.pcapSnaplen === 'headers' ? SNAP_HEADERS : cfg.pcapSnaplen, (chunk) =>
+        port.postMessage({ t: 'pcap', chunk } satisfies FromWorker, [chunk.buffer as ArrayBuffer]),
+      )
+    : null;
+  if (relay) observe.taps.add(relay);
   const onKick = () => loop.drainHandoffs();
   for (const p of kick) p?.on('message', onKick);
 
   const refreshLocalPorts = localPortsFollower(nat);
-  const clock = () => performance.now();
   const sweepBudget = Math.max(1024, Math.ceil(nat.flows.capacity / 50));
   const timers = [
     setInterval(() => nat.sweep(clock(), sweepBudget), 100),
@@ -96,10 +113,33 @@ function start(base: WorkerBase, saved: RestoredFlow[]) {
     }, 20),
   ];
   loop.start();
-  return { nat, loop, tun, steering, kick, timers, clock, onKick, frags };
+  return { nat, loop, tun, steering, kick, timers, clock, onKick, frags, observe, relay };
 }
 
 let dp: ReturnType<typeof start> | null = null;
+
+/**
+ * Event and trace streams the main thread asked for: what they produce is batched and posted every 20 ms
+ * (or at 256 messages), so a busy stream costs one message per batch, not one per packet.
+ */
+const subs = new Map<number, { unsubscribe: () => void; items: [string, unknown][] }>();
+let flushTimer: NodeJS.Timeout | null = null;
+const BATCH_ITEMS = 256;
+function flushSubs() {
+  flushTimer = null;
+  for (const [sub, s] of subs) {
+    if (s.items.length === 0) continue;
+    port.postMessage({ t: 'items', sub, items: s.items } satisfies FromWorker);
+    s.items = [];
+  }
+}
+function pushItem(sub: number, event: string, data: unknown) {
+  const s = subs.get(sub);
+  if (!s) return;
+  s.items.push([event, data]);
+  if (s.items.length >= BATCH_ITEMS) flushSubs();
+  else if (flushTimer === null) flushTimer = setTimeout(flushSubs, 20);
+}
 let restored = 0;
 
 port.on('message', (m: ToWorker) => {
@@ -115,10 +155,49 @@ port.on('message', (m: ToWorker) => {
     }
     return;
   }
-  const { nat, loop, tun, steering, kick, timers, clock, onKick } = dp;
+  const { nat, loop, tun, steering, kick, timers, clock, onKick, observe, relay } = dp;
   switch (m.t) {
-    case 'stats':
-      port.postMessage({ t: 'reply', id: m.id, data: { ...workerSnapshot(nat, loop), fragmentSteering: { ...dp.frags.stats } } });
+    case 'stats': {
+      const lm = observe.loopMetrics;
+      port.postMessage({
+        t: 'reply',
+        id: m.id,
+        data: {
+          ...workerSnapshot(nat, loop),
+          fragmentSteering: { ...dp.frags.stats },
+          census: observe.hosts.census(),
+          loopMetrics: { packetsRead: lm.packetsRead, batchSize: histogramData(lm.batchSize), loopSeconds: histogramData(lm.loopSeconds) },
+        },
+      });
+      break;
+    }
+    case 'live':
+      port.postMessage({ t: 'reply', id: m.id, data: liveSnapshot(nat, observe.hosts, clock()) });
+      break;
+    case 'sub': {
+      // The main thread checked the query already; a worker that still cannot parse it stays silent.
+      const url = new URL(`http://tunnat/?${m.query}`);
+      let unsubscribe: () => void;
+      try {
+        if (m.kind === 'events') {
+          unsubscribe = observe.events.subscribe(flowFilterFromQuery(url.searchParams), (ev) => pushItem(m.sub, 'flow', ev));
+        } else {
+          const { filter, rate } = traceQuery(url);
+          // The rate is the client's for the whole router: each worker lets through its share of it.
+          unsubscribe = observe.tracer.subscribe(filter, Math.max(1, Math.ceil(rate / count)), (t) =>
+            t.type === 'packet' ? pushItem(m.sub, 'packet', t.record) : pushItem(m.sub, 'suppressed', { count: t.count }),
+          );
+        }
+      } catch (err) {
+        log.warn('stream not started in a worker', { worker: index, error: (err as Error).message });
+        break;
+      }
+      subs.set(m.sub, { unsubscribe, items: [] });
+      break;
+    }
+    case 'unsub':
+      subs.get(m.sub)?.unsubscribe();
+      subs.delete(m.sub);
       break;
     case 'count':
       port.postMessage({ t: 'reply', id: m.id, data: nat.flows.size });
@@ -150,11 +229,17 @@ port.on('message', (m: ToWorker) => {
         forwards: next.forwards,
       });
       steering.setForwards(next.forwards);
+      log.level = next.logLevel;
       break;
     }
     case 'stop':
+      for (const sub of subs.values()) sub.unsubscribe();
+      subs.clear();
+      void observe.close();
       timers.forEach((t) => clearInterval(t));
       loop.stop();
+      // The last packets for the pcap file go before the reply, so the main thread has them when it closes it.
+      relay?.close();
       tun.close();
       for (const p of kick) p?.close();
       port.postMessage({ t: 'reply', id: m.id, data: null });

@@ -7,6 +7,12 @@ import { IPPROTO, protoName } from '../wire/ipv4.js';
 import type { RestoredFlow } from '../nat/restore.js';
 import { emitIpv4IcmpEcho, emitIpv4Udp } from '../wire/build.js';
 import { HERE, type Steering } from '../dataplane/steering.js';
+import type { FlowCensus, HostTotals } from '../metrics/registry.js';
+import type { FixedHistogram } from '../metrics/histogram.js';
+import type { LoopMetrics } from '../metrics/loop-metrics.js';
+import { OTHER_HOSTS } from '../observe/hosts.js';
+import { LIVE_FLOW_LIMIT, type LiveSnapshot } from '../observe/live.js';
+import type { FlowRecord } from '../conntrack/listing.js';
 
 /** What a worker learns once the TUN is open. */
 export interface WorkerBase {
@@ -44,9 +50,20 @@ export type ToWorker =
   | { t: 'reload'; cfg: RouterConfig }
   | { t: 'stop'; id: number }
   | { t: 'save'; id: number }
+  | { t: 'live'; id: number }
+  /** Start a flow-event or trace stream (`query`: the client's URL query); items come back as `items`. */
+  | { t: 'sub'; sub: number; kind: 'events' | 'trace'; query: string }
+  | { t: 'unsub'; sub: number }
   | { t: 'crash' };
 
-export type FromWorker = { t: 'loaded' } | { t: 'ready'; restored: number } | { t: 'reply'; id: number; data: unknown };
+export type FromWorker =
+  | { t: 'loaded' }
+  | { t: 'ready'; restored: number }
+  | { t: 'reply'; id: number; data: unknown }
+  /** Stream messages for subscription `sub`, in order: [SSE event name, data]. */
+  | { t: 'items'; sub: number; items: [string, unknown][] }
+  /** Packets for the --pcap file (pcap-relay.ts). */
+  | { t: 'pcap'; chunk: Uint8Array };
 
 /** One worker's counters and table sizes, as it sends them to the main thread. */
 export interface WorkerSnapshot {
@@ -62,6 +79,118 @@ export interface WorkerSnapshot {
   publicAddresses: number[];
   /** Fragments met at this worker before their owner was known (fragment-steer.ts). */
   fragmentSteering?: { held: number; released: number; heldDropped: number };
+  /** Per-host traffic and flows by state (observe/hosts.ts). */
+  census?: FlowCensus;
+  /** Its loop's histograms (metrics/loop-metrics.ts). */
+  loopMetrics?: { packetsRead: number; batchSize: HistogramData; loopSeconds: HistogramData };
+}
+
+export interface HistogramData {
+  counts: number[];
+  sum: number;
+  count: number;
+}
+
+export function histogramData(h: FixedHistogram): HistogramData {
+  return { counts: [...h.counts], sum: h.sum, count: h.count };
+}
+
+/** Sum the workers' histograms into `into` (same bounds everywhere: the buckets are constants). */
+export function mergeLoopMetrics(into: LoopMetrics, parts: readonly NonNullable<WorkerSnapshot['loopMetrics']>[]): void {
+  into.packetsRead = 0;
+  for (const h of [into.batchSize, into.loopSeconds]) {
+    h.counts.fill(0);
+    h.sum = 0;
+    h.count = 0;
+  }
+  for (const p of parts) {
+    into.packetsRead += p.packetsRead;
+    for (const [h, d] of [[into.batchSize, p.batchSize], [into.loopSeconds, p.loopSeconds]] as const) {
+      d.counts.forEach((c, i) => (h.counts[i]! += c));
+      h.sum += d.sum;
+      h.count += d.count;
+    }
+  }
+}
+
+function addHost(into: Map<string, HostTotals>, h: HostTotals): void {
+  const a = into.get(h.host);
+  if (!a) {
+    into.set(h.host, { host: h.host, packets: { ...h.packets }, bytes: { ...h.bytes }, flows: h.flows, flowsCreated: h.flowsCreated });
+    return;
+  }
+  a.packets.outbound += h.packets.outbound;
+  a.packets.inbound += h.packets.inbound;
+  a.bytes.outbound += h.bytes.outbound;
+  a.bytes.inbound += h.bytes.inbound;
+  a.flows += h.flows;
+  a.flowsCreated += h.flowsCreated;
+}
+
+/**
+ * One host list from the workers' (a host's flows sit on several workers). Each worker names its first
+ * `maxHosts` hosts; together they may name more, and those past the limit join "other" here.
+ */
+export function mergeHosts(lists: readonly HostTotals[][], maxHosts: number): HostTotals[] {
+  const named = new Map<string, HostTotals>();
+  const other = new Map<string, HostTotals>();
+  for (const list of lists) {
+    for (const h of list) {
+      if (h.host === OTHER_HOSTS || (!named.has(h.host) && named.size >= maxHosts)) addHost(other, { ...h, host: OTHER_HOSTS });
+      else addHost(named, h);
+    }
+  }
+  return [...named.values(), ...other.values()];
+}
+
+export function mergeCensus(parts: readonly FlowCensus[], maxHosts: number): FlowCensus {
+  const byState = new Map<string, number>();
+  let total = 0;
+  for (const c of parts) {
+    total += c.total;
+    for (const [k, v] of c.byState) byState.set(k, (byState.get(k) ?? 0) + v);
+  }
+  return { hosts: mergeHosts(parts.map((c) => c.hosts), maxHosts), byState, total };
+}
+
+/** The live page's snapshot of the whole router, from every worker's. */
+export function mergeLive(parts: readonly LiveSnapshot[], maxHosts: number, flowLimit = LIVE_FLOW_LIMIT): LiveSnapshot {
+  const sumBy = (pick: (p: LiveSnapshot) => Record<string, number>) => {
+    const acc: Record<string, number> = {};
+    for (const p of parts) for (const [k, v] of Object.entries(pick(p))) acc[k] = (acc[k] ?? 0) + v;
+    return acc;
+  };
+  const pools = new Map<string, LiveSnapshot['counters']['portPools'][number]>();
+  for (const p of parts) {
+    for (const pool of p.counters.portPools) {
+      const key = `${pool.protocol} ${pool.address}`;
+      const a = pools.get(key);
+      if (a) {
+        a.used += pool.used;
+        a.size += pool.size;
+      } else pools.set(key, { ...pool });
+    }
+  }
+  const weight = (f: FlowRecord) => f.bytes.original + f.bytes.reply;
+  const flows = parts.flatMap((p) => p.flows).sort((a, b) => weight(b) - weight(a)).slice(0, flowLimit);
+  const total = (pick: (c: LiveSnapshot['counters']) => number) => parts.reduce((n, p) => n + pick(p.counters), 0);
+  return {
+    time: new Date().toISOString(),
+    publicAddress: parts[0]?.publicAddress ?? '',
+    counters: {
+      packets: sumBy((p) => p.counters.packets),
+      bytes: sumBy((p) => p.counters.bytes),
+      drops: sumBy((p) => p.counters.drops),
+      flows: total((c) => c.flows),
+      flowsMax: total((c) => c.flowsMax),
+      flowsCreated: total((c) => c.flowsCreated),
+      flowsRemoved: sumBy((p) => p.counters.flowsRemoved),
+      portPools: [...pools.values()],
+    },
+    hosts: mergeHosts(parts.map((p) => p.hosts), maxHosts),
+    flows,
+    flowsTotal: parts.reduce((n, p) => n + p.flowsTotal, 0),
+  };
 }
 
 const POOL_PROTOS = [IPPROTO.TCP, IPPROTO.UDP, IPPROTO.ICMP, IPPROTO.SCTP, IPPROTO.UDPLITE];

@@ -15,7 +15,13 @@ import type { RestoredFlow } from '../nat/restore.js';
 import { Steering } from '../dataplane/steering.js';
 import { steeringProgram } from '../dataplane/steer-bpf.js';
 import { cidrToString, ipToString } from '../wire/addr.js';
-import { aggregate, restoredOwner, type FromWorker, type ToWorker, type WorkerBase, type WorkerInit, type WorkerSnapshot } from './workers-proto.js';
+import { WorkerObservatory } from './workers-observe.js';
+import { PcapngWriter, SNAP_HEADERS } from '../observe/pcapng.js';
+import { replayPcap } from '../observe/pcap-relay.js';
+import { LoopMetrics } from '../metrics/loop-metrics.js';
+import type { FlowCensus } from '../metrics/registry.js';
+import type { LiveSnapshot } from '../observe/live.js';
+import { aggregate, mergeCensus, mergeLoopMetrics, restoredOwner, type FromWorker, type ToWorker, type WorkerBase, type WorkerInit, type WorkerSnapshot } from './workers-proto.js';
 
 /**
  * The multi-core data plane (--workers N, N > 1). The main thread sets the system up as for one loop (the
@@ -28,6 +34,8 @@ import { aggregate, restoredOwner, type FromWorker, type ToWorker, type WorkerBa
 const RING_BYTES = 4 << 20;
 const READY_TIMEOUT_MS = 10_000;
 const ASK_TIMEOUT_MS = 2_000;
+/** Inside hosts with their own metric label, as with one loop (observe/observatory.ts). */
+const MAX_HOST_LABELS = 256;
 
 interface Slot {
   worker: Worker;
@@ -56,6 +64,8 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
   const pending = new Map<number, (data: unknown) => void>();
   let lostFlows = 0;
   let base: WorkerBase | null = null;
+  let observe: WorkerObservatory | null = null;
+  let pcapWriter: PcapngWriter | null = null;
   /** The workers' queues, queues[i] worker i's (see WorkerBase.queueFds). */
   const queues: NativeTun[] = [];
   /** The public addresses the workers translate to (the steering program tells inbound packets by them). */
@@ -101,6 +111,10 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
         } else if (m.t === 'reply') {
           pending.get(m.id)?.(m.data);
           pending.delete(m.id);
+        } else if (m.t === 'items') {
+          observe?.deliver(m.sub, m.items);
+        } else if (m.t === 'pcap') {
+          if (pcapWriter) replayPcap(pcapWriter, m.chunk);
         }
       });
       worker.on('error', (err) => {
@@ -188,6 +202,26 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
     await closeListeners(httpHandles);
     throw err;
   }
+  // --pcap: the workers relay their packets here from their first one, into this one file.
+  if (cfg.pcap) {
+    try {
+      const path = cfg.pcap;
+      const w = PcapngWriter.open(path, {
+        tunName: cfg.tun,
+        snaplen: cfg.pcapSnaplen === 'headers' ? SNAP_HEADERS : cfg.pcapSnaplen,
+        maxFileBytes: cfg.pcapSize * 1_000_000,
+        files: cfg.pcapFiles,
+        onError: (err) => {
+          log.error('writing the pcap file failed; capture stopped, routing goes on', { file: path, error: err.message });
+          pcapWriter = null;
+        },
+      });
+      pcapWriter = w;
+      log.info('writing packets before and after translation', { pcap: path, workers: count });
+    } catch (err) {
+      log.error(`${(err as Error).message}; running without --pcap`, { pcap: cfg.pcap });
+    }
+  }
   let sys: SystemSetup;
   try {
     sys = await setupSystem(cfg, log, {
@@ -231,6 +265,7 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
     stopping = true;
     await Promise.all(slots.map((s) => s.worker.terminate()));
     queues.splice(0).forEach((q) => q.close());
+    await pcapWriter?.close();
     await closeListeners(httpHandles);
     throw err;
   }
@@ -261,13 +296,14 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
     try {
       await spawn(index, peers);
       await initWorker(index);
+      for (const m of observe?.subscriptions() ?? []) slot.worker.postMessage(m);
       log.info('data-plane worker restarted', { worker: index });
     } catch (err) {
       log.error('could not restart a data-plane worker', { worker: index, error: (err as Error).message });
     }
   };
 
-  const ask = <T>(slot: Slot, t: 'stats' | 'flows' | 'count' | 'stop' | 'save', extra: Record<string, unknown> = {}): Promise<T | null> => {
+  const ask = <T>(slot: Slot, t: 'stats' | 'flows' | 'count' | 'stop' | 'save' | 'live', extra: Record<string, unknown> = {}): Promise<T | null> => {
     if (!slot.ready) return Promise.resolve(null);
     const id = ++askId;
     return new Promise<T | null>((resolve) => {
@@ -300,14 +336,34 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
   const loopView = summary.loop as unknown as Record<string, unknown>;
   let flowsByProto: Record<string, number> = {};
   let perWorker: WorkerSnapshot[] = [];
+  let census: FlowCensus = { hosts: [], byState: new Map(), total: 0 };
+  const loopMetrics = new LoopMetrics();
   const refresh = async () => {
     perWorker = await snapshots();
     summary = aggregate(perWorker);
     Object.assign(natView, summary.nat);
     Object.assign(loopView, summary.loop);
     flowsByProto = summary.flowsByProto;
+    census = mergeCensus(perWorker.flatMap((w) => (w.census ? [w.census] : [])), MAX_HOST_LABELS);
+    mergeLoopMetrics(loopMetrics, perWorker.flatMap((w) => (w.loopMetrics ? [w.loopMetrics] : [])));
   };
-  const registry = createRegistry(natView as never, loopView as never, { tunName: cfg.tun, flowsByProto: () => flowsByProto });
+  const broadcast = (m: ToWorker) => slots.forEach((s) => s.ready && s.worker.postMessage(m));
+  observe = new WorkerObservatory(
+    {
+      broadcast,
+      liveSnapshots: async () => (await Promise.all(slots.map((s) => ask<LiveSnapshot>(s, 'live')))).filter((l): l is LiveSnapshot => l !== null),
+    },
+    log,
+    MAX_HOST_LABELS,
+  );
+  observe.pcapWriter = pcapWriter;
+  const registry = createRegistry(natView as never, loopView as never, {
+    tunName: cfg.tun,
+    flowsByProto: () => flowsByProto,
+    hosts: { maxHosts: MAX_HOST_LABELS, census: () => census },
+    loopMetrics,
+    observe,
+  });
   workerMetrics(registry, () => perWorker, () => slots.map((s) => s.restarts), () => lostFlows);
   new Gauge({
     name: 'tunnat_queue_steering',
@@ -328,6 +384,7 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
     {
       registry: served,
       conntrack: async () => (await Promise.all(slots.map((s) => ask<unknown[]>(s, 'flows')))).flatMap((l) => l ?? []),
+      handlers: observe.handlers(),
     },
     { tcp: null, unixPath: null, handles: httpHandles },
   );
@@ -341,7 +398,6 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
     }
   }, 1000);
   counting.unref();
-  const broadcast = (m: ToWorker) => slots.forEach((s) => s.ready && s.worker.postMessage(m));
   let addresses = sys.dynamicPool ? sys.publicPool : [sys.publicIp];
   const stopFollowing = sys.masquerade
     ? sys.followAddress((primary, all) => {
@@ -390,6 +446,13 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
       await Promise.all(slots.map(async (s) => {
         if ((await ask(s, 'stop')) === null) await s.worker.terminate();
       }));
+      observe?.close();
+      if (pcapWriter) {
+        const w = pcapWriter;
+        pcapWriter = null;
+        await w.close();
+        log.info('pcap file closed', { pcap: w.path, packets: w.packets.before + w.packets.after, dropped: w.dropped });
+      }
       await closeHttp().catch(() => {});
       // The workers closed their copies; these are the queues themselves.
       queues.splice(0).forEach((q) => q.close());
@@ -450,15 +513,6 @@ function workerMetrics(registry: Registry, snaps: () => WorkerSnapshot[], restar
     collect() {
       this.reset();
       snaps().forEach((s, i) => this.inc({ worker: String(i) }, s.loop.handoffDrops));
-    },
-  });
-  new Counter({
-    name: 'tunnat_tun_read_packets_total',
-    help: 'Packets read from the TUN by every worker (forwarded, dropped, handed to their owner, or too long for a slot)',
-    registers: [registry],
-    collect() {
-      this.reset();
-      this.inc(snaps().reduce((n, s) => n + s.loop.packetsRead, 0));
     },
   });
   new Counter({

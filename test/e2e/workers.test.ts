@@ -5,7 +5,8 @@
  * between hosts whose flows sit on different workers; a worker that dies is restarted and says what it lost.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnIn, type NsProcess } from '../../src/lab/process.js';
+import { NsProcess, spawnIn } from '../../src/lab/process.js';
+import { defaultCliPath } from '../../src/lab/router.js';
 import { sliceOwner } from '../../src/nat/ports.js';
 import { buildTestLab, Cleanup, captureOn, inNs, isRoot, waitUntil, type Capture, type Lab, type TestRouter } from './harness.js';
 import { metricValue, startRfcRouter, wanLeaks } from './fixtures/rfc-lab.js';
@@ -163,6 +164,26 @@ describe.skipIf(!isRoot)('tunnat run --workers 2', () => {
     expect(metricValue(m, 'tunnat_worker_packets_total', { worker: '1' })).toBeGreaterThan(0);
     expect(metricValue(m, 'tunnat_flows')).toBe(metricValue(m, 'tunnat_worker_flows'));
   });
+
+  it("flow events and the trace gather every worker's flows into one stream", async () => {
+    const target = `unix:${router.socketPath!}`;
+    const events = new NsProcess(null, [process.execPath, defaultCliPath(), 'conntrack', '--events', '--http', target, '--proto', 'udp', '--src', lab.lanHosts[1]!.address], { cleanup, label: 'events' });
+    const trace = new NsProcess(null, [process.execPath, defaultCliPath(), 'trace', 'udp', 'and', 'host', lab.lanHosts[1]!.address, '--count', '16', '--rate', '1000', '--http', target], { cleanup, label: 'trace' });
+    await events.waitForLine(/following flow events/);
+    await trace.waitForLine(/tracing /);
+    const r = await inNs(h1, [PY, '-c', EIM_CLIENT, servers[0]!, servers[1]!, String(PORT), '8'], { timeoutMs: 60_000 });
+    const ports = r.stdout.trim().split('\n').map((l) => (JSON.parse(l) as { local: number }).local);
+    expect(ports).toHaveLength(8);
+    // Every flow's birth is in the one event stream, whichever worker holds it.
+    for (const p of ports) await events.waitForLine(new RegExp(`\\[NEW\\] udp .*sport=${p} `), 10_000);
+    expect(new Set(ports.map((p) => sliceOwner(p, 2))).size).toBe(2);
+    // The trace (16 records, the rate shared by the workers) has packets from both workers' flows.
+    expect(await trace.exited).toBe(0);
+    const traced = [...trace.output().matchAll(/OUTBOUND +udp [\d.]+:(\d+) →/g)].map((m) => Number(m[1]));
+    expect(traced.length).toBeGreaterThan(0);
+    expect(new Set(traced.map((p) => sliceOwner(p, 2))).size, trace.output()).toBe(2);
+    await events.stop();
+  }, 120_000);
 
   it('hairpins between LAN hosts whose mappings are on either worker', async () => {
     let across = 0;

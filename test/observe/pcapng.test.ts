@@ -6,6 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { udpPacket, tcpPacket, icmpError, icmpEcho } from '../../src/wire/build.js';
 import { TCP_FLAGS } from '../../src/wire/tcp.js';
 import { PcapngWriter, SNAP_HEADERS } from '../../src/observe/pcapng.js';
+import { PcapRelay, replayPcap } from '../../src/observe/pcap-relay.js';
 import { headerBytes, UNPARSED_SNAP } from '../../src/observe/decode.js';
 import { resolveConfig } from '../../src/config/resolve.js';
 import { readdirSync, statSync } from 'node:fs';
@@ -193,3 +194,30 @@ describe('headerBytes (what --pcap-snaplen headers keeps)', () => {
   });
 });
 
+
+describe('pcap relay (--pcap with several workers)', () => {
+  it('a worker relays its packets, and the file the main thread writes equals the one a single loop writes', async () => {
+    const direct = join(dir, 'direct.pcapng');
+    const relayed = join(dir, 'relayed.pcapng');
+    const o = observed();
+    expect(o.obs.startPcap(direct, { snaplen: 60 })).toBe(true);
+    const writer = PcapngWriter.open(relayed, { tunName: 'faketun0', snaplen: 60 });
+    const chunks: Buffer[] = [];
+    const relay = new PcapRelay(60, (c) => chunks.push(c));
+    o.obs.taps.add(relay);
+    const udp = udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 41000, dstPort: 7, payload: Buffer.from('x'.repeat(101)) });
+    // Forwarded (a new flow, with its comment), and dropped (a truncated packet: a comment saying why).
+    o.run(udp, Buffer.from(udp.subarray(0, 24)));
+    relay.close();
+    expect(chunks.length).toBe(1);
+    for (const c of chunks) replayPcap(writer, c);
+    await o.obs.close();
+    await writer.close();
+    expect(writer.packets).toEqual({ before: 2, after: 1 });
+    const a = blocks(readFileSync(direct));
+    const b = blocks(readFileSync(relayed));
+    expect(b.length).toBe(a.length);
+    // Section and interface headers, then the packets: byte for byte, times and comments included.
+    for (let i = 0; i < a.length; i++) expect(b[i]!.body.equals(a[i]!.body), `block ${i}`).toBe(true);
+  });
+});
