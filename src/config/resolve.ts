@@ -257,7 +257,7 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
   if (cfg.workers > 1) {
     // Not yet carried across workers (docs/workers.md): refused rather than half done.
     const unsupported = [
-      [cfg.algFtp.length > 0, 'alg'], [cfg.user !== null, 'user'],
+      [cfg.algFtp.length > 0, 'alg'],
     ] as const;
     for (const [set, key] of unsupported) if (set) throw new ConfigError('workers', `--${key} does not work with more than one worker yet; use --workers 1`);
   }

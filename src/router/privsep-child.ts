@@ -8,10 +8,13 @@ import { createLogger } from '../util/log.js';
 import { NativeTun } from '../tun/native.js';
 import { startDataplane, type RunningDataplane } from './router.js';
 import { CHILD_TUN_FD, type ChildMessage, type ParentMessage } from './privsep.js';
+import { loadWorkerPlane, type WorkerPlane } from './workers.js';
 
 /** Connections the parent accepted arrive here; the HTTP endpoint takes them from this emitter. */
 const connections = new EventEmitter() as unknown as Server;
 let dp: RunningDataplane | null = null;
+/** --workers N: the workers, on the queues the parent handed down. */
+let plane: WorkerPlane | null = null;
 let stateFile: string | null = null;
 const reply = (m: ChildMessage) => process.send?.(m);
 
@@ -28,9 +31,15 @@ process.on('message', (m: ParentMessage, handle?: Socket) => {
         const log = createLogger(m.cfg.logLevel);
         try {
           if (process.getuid?.() === 0) throw new Error('refusing to run the data plane as root');
-          const tun = NativeTun.fromFd(CHILD_TUN_FD, { vnetHdr: m.base.vnetHdr });
           stateFile = m.cfg.stateFile;
-          dp = await startDataplane(m.cfg, log, { ...m.base, tun, httpHandles: [connections] });
+          if (m.queues > 1) {
+            plane = await loadWorkerPlane(m.cfg, log, [connections]);
+            plane.setSteered(m.steered);
+            await plane.init({ ...m.base, queueFds: Array.from({ length: m.queues }, (_, i) => CHILD_TUN_FD + i) });
+          } else {
+            const tun = NativeTun.fromFd(CHILD_TUN_FD, { vnetHdr: m.base.vnetHdr });
+            dp = await startDataplane(m.cfg, log, { ...m.base, tun, httpHandles: [connections] });
+          }
           reply({ type: 'ready' });
         } catch (err) {
           reply({ type: 'error', message: (err as Error).message });
@@ -40,16 +49,24 @@ process.on('message', (m: ParentMessage, handle?: Socket) => {
       }
       case 'publicIp':
         dp?.setPublicAddresses(m.addr, m.all);
+        plane?.setPublicAddresses(m.addr, m.all);
         return;
       case 'reload':
         dp?.reload(m.cfg);
+        plane?.reload(m.cfg);
+        return;
+      case 'steered':
+        plane?.setSteered(m.on);
         return;
       case 'stop': {
         let saved = false;
         try {
           const to = m.save ? stateFile : null;
-          await dp?.close(to);
-          saved = to !== null;
+          if (plane) saved = await plane.stop(to !== null);
+          else {
+            await dp?.close(to);
+            saved = to !== null;
+          }
         } catch {
           saved = false;
         }

@@ -8,6 +8,7 @@ import type { Logger } from '../util/log.js';
 import { NativeTun } from '../tun/native.js';
 import { setupSystem, logRunning, StartupError, type SystemSetup } from './router.js';
 import { bindHttpListeners, closeListeners } from '../observe/http.js';
+import { WorkerQueues } from './workers.js';
 import { preflight } from '../host/preflight.js';
 
 /**
@@ -82,7 +83,15 @@ export function unreadableFor(file: string, user: PrivsepUser): string | null {
 
 /** Messages between the two halves (JSON over the fork IPC channel). */
 export type ParentMessage =
-  | { type: 'start'; cfg: RouterConfig; base: { vnetHdr: boolean; tunMtu: number; publicIp: number; owned: boolean; dynamicPool: boolean; publicPool: number[] } }
+  | {
+      type: 'start';
+      cfg: RouterConfig;
+      base: { vnetHdr: boolean; tunMtu: number; publicIp: number; owned: boolean; dynamicPool: boolean; publicPool: number[] };
+      /** --workers N: the workers' queues are fds 3 … 3+N-1 (the parent steers them); else one queue on fd 3. */
+      queues: number;
+      steered: boolean;
+    }
+  | { type: 'steered'; on: boolean }
   | { type: 'conn' }
   | { type: 'publicIp'; addr: number; all: number[] }
   | { type: 'reload'; cfg: RouterConfig }
@@ -91,7 +100,10 @@ export type ChildMessage = { type: 'ready' } | { type: 'error'; message: string 
 
 const here = dirname(fileURLToPath(import.meta.url));
 const CHILD = join(here, 'privsep-child.js');
-/** The child's copy of the TUN fd: stdio slot 3 (0-2 inherited, the IPC channel at 4). */
+/**
+ * The child's copy of the TUN fd: stdio slot 3 (0-2 inherited, the IPC channel after it). With --workers N
+ * the N workers' queues take slots 3 … 3+N-1.
+ */
 export const CHILD_TUN_FD = 3;
 
 export async function startPrivsep(cfg: RouterConfig, log: Logger, user: PrivsepUser) {
@@ -104,14 +116,20 @@ export async function startPrivsep(cfg: RouterConfig, log: Logger, user: Privsep
   // Listeners are bound here (a port below 1024 needs privilege), before the host is changed, and handed
   // down as sockets. Paused: the parent must not read a byte of a connection it hands to the child.
   const servers = await bindHttpListeners({ tcp: cfg.http, unixPath: cfg.httpSocket }, { pauseOnConnect: true });
+  // --workers N: this side opens and steers the workers' queues (steering needs privilege); the child's
+  // workers read them.
+  let kidRef: ChildProcess | null = null;
+  const queues = cfg.workers > 1 ? new WorkerQueues(cfg, log, (on) => kidRef?.connected && kidRef.send({ type: 'steered', on } satisfies ParentMessage)) : null;
   let sys: SystemSetup;
   try {
-    sys = await setupSystem(cfg, log);
+    sys = await setupSystem(cfg, log, queues ? { afterTunOpen: async (t) => void queues.open(t) } : {});
   } catch (err) {
+    queues?.close();
     await closeListeners(servers);
     throw err;
   }
   const tun = sys.tun as NativeTun;
+  const childFds = queues ? queues.queues.map((q) => q.fd) : [tun.fd];
 
   let child: ChildProcess | null = null;
   try {
@@ -130,15 +148,17 @@ export async function startPrivsep(cfg: RouterConfig, log: Logger, user: Privsep
     child = fork(CHILD, [], {
       uid: user.uid,
       gid: user.gid,
-      stdio: ['inherit', 'inherit', 'inherit', tun.fd, 'ipc'],
+      stdio: ['inherit', 'inherit', 'inherit', ...childFds, 'ipc'],
       serialization: 'advanced',
     });
   } catch (err) {
     servers.forEach((s) => s.close());
+    queues?.close();
     await sys.teardown();
     throw new StartupError('PRIVSEP', `cannot start the unprivileged data plane as ${user.name}: ${(err as Error).message}`);
   }
   const kid = child;
+  kidRef = kid;
   const send = (m: ParentMessage, handle?: Server) => {
     if (kid.connected) kid.send(m, handle as never);
   };
@@ -155,12 +175,15 @@ export async function startPrivsep(cfg: RouterConfig, log: Logger, user: Privsep
     type: 'start',
     cfg,
     base: { vnetHdr: sys.vnetHdr, tunMtu: sys.tunMtu, publicIp: sys.publicIp, owned: sys.owned, dynamicPool: sys.dynamicPool, publicPool: sys.publicPool },
+    queues: childFds.length,
+    steered: queues?.steered ?? false,
   });
   try {
     await ready;
   } catch (err) {
     kid.kill('SIGKILL');
     servers.forEach((s) => s.close());
+    queues?.close();
     await sys.teardown();
     throw err;
   }
@@ -172,7 +195,13 @@ export async function startPrivsep(cfg: RouterConfig, log: Logger, user: Privsep
       else sock.destroy();
     });
   }
-  const stopFollowing = sys.masquerade ? sys.followAddress((addr, all) => send({ type: 'publicIp', addr, all })) : () => {};
+  let forwards = cfg.forwards;
+  const stopFollowing = sys.masquerade
+    ? sys.followAddress((addr, all) => {
+        send({ type: 'publicIp', addr, all });
+        queues?.setPublicAddresses(addr, all, sys.dynamicPool, forwards);
+      })
+    : () => {};
   logRunning(cfg, log, sys, { dataplaneUser: user.name, dataplanePid: kid.pid });
 
   let resolveDone!: () => void;
@@ -208,6 +237,7 @@ export async function startPrivsep(cfg: RouterConfig, log: Logger, user: Privsep
         log.info('the gateway stays failed closed until the next `tunnat run --state` (or `tunnat down`)');
       }
       servers.forEach((s) => s.close());
+      queues?.close();
       await sys.teardown();
       log.info('tunnat stopped');
       resolveDone();
@@ -227,6 +257,8 @@ export async function startPrivsep(cfg: RouterConfig, log: Logger, user: Privsep
     done,
     reload(next: RouterConfig): string[] {
       send({ type: 'reload', cfg: next });
+      forwards = next.forwards;
+      queues?.steer(next.forwards);
       return [];
     },
     dataplanePid: kid.pid,

@@ -8,7 +8,8 @@ import { createRegistry } from '../metrics/registry.js';
 import { bindHttpListeners, closeListeners, startHttp } from '../observe/http.js';
 import { preflight } from '../host/preflight.js';
 import { GSO_SLOT_SIZE, SLOT_SIZE } from './tun-setup.js';
-import { leaveSystem, logRunning, RESTART_FIELDS, setupSystem, type RunningRouter, type SystemSetup } from './router.js';
+import { leaveSystem, logRunning, RESTART_FIELDS, setupSystem, type OpenedTun, type RunningRouter, type SystemSetup } from './router.js';
+import type { Server } from 'node:net';
 import { existsSync, rmSync } from 'node:fs';
 import { readSnapshot, writeSnapshot, type Snapshot } from '../nat/snapshot.js';
 import type { RestoredFlow } from '../nat/restore.js';
@@ -54,8 +55,41 @@ export interface WorkerRouter extends Omit<RunningRouter, 'nat' | 'loop'> {
   snapshots(): Promise<WorkerSnapshot[]>;
 }
 
-export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise<WorkerRouter> {
-  await preflight(cfg);
+/** What the side that set the host up hands the workers (the TUN, its queues, the public addresses). */
+export interface PlaneBase {
+  vnetHdr: boolean;
+  tunMtu: number;
+  publicIp: number;
+  owned: boolean;
+  dynamicPool: boolean;
+  publicPool: number[];
+  /** queueFds[i]: worker i's queue (see WorkerBase.queueFds). */
+  queueFds: number[];
+}
+
+/**
+ * The workers and everything that needs no privilege: rings, hand-offs, --state, --pcap, HTTP, metrics and
+ * observation. Loaded before the host is touched (the workers' code is ready, nothing is opened), then
+ * `init` with the queues once the TUN exists. Run by startWorkerRouter, or by the unprivileged child of
+ * `--user` (privsep-child.ts), which gets the queues from its root parent.
+ */
+export interface WorkerPlane {
+  readonly count: number;
+  init(base: PlaneBase): Promise<void>;
+  /** Whether the kernel's steering program is on (the privileged side attaches it). */
+  setSteered(on: boolean): void;
+  setPublicAddresses(primary: number, all: readonly number[]): void;
+  reload(next: RouterConfig): string[];
+  snapshots(): Promise<WorkerSnapshot[]>;
+  /** Stop the workers, HTTP and --pcap; with `save`, write --state first. Resolves to whether it saved. */
+  stop(save: boolean): Promise<boolean>;
+  /** Undo a start that failed: end the workers, close --pcap. */
+  abort(): Promise<void>;
+  /** For the restart test (TUNNAT_TEST_HOOKS=1): make worker 0 throw. */
+  crashWorker0(): void;
+}
+
+export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandles: Server[]): Promise<WorkerPlane> {
   const count = cfg.workers;
   const slots: Slot[] = [];
   let current = cfg;
@@ -66,27 +100,9 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
   let base: WorkerBase | null = null;
   let observe: WorkerObservatory | null = null;
   let pcapWriter: PcapngWriter | null = null;
-  /** The workers' queues, queues[i] worker i's (see WorkerBase.queueFds). */
-  const queues: NativeTun[] = [];
-  /** The public addresses the workers translate to (the steering program tells inbound packets by them). */
-  let addressesNow: number[] = [];
   let steered = false;
-  /**
-   * Let the kernel put each packet on its owner's queue (steer-bpf.ts), so that hand-offs are the exception.
-   * Without it (a kernel that refuses the program) the kernel hashes flows onto queues and the workers hand
-   * about (N-1)/N of the packets to their owners: correct, only slower.
-   */
-  const steerQueues = (tun: NativeTun, forwards: RouterConfig['forwards']) => {
-    try {
-      tun.setSteering(steeringProgram({ count, publicAddrs: addressesNow, forwards }));
-      if (!steered) log.debug('queue steering program attached', { workers: count });
-      steered = true;
-    } catch (err) {
-      const e = err as Error & { cause?: { verifierLog?: string } };
-      log.warn('the kernel refused the queue-steering program; workers hand packets to their owners instead', { error: e.message, verifier: e.cause?.verifierLog?.slice(-400) });
-      steered = false;
-    }
-  };
+  let closeHttp: () => Promise<void> = async () => {};
+  let counting: NodeJS.Timeout | null = null;
 
   /** Start worker `index` and wait until its code is loaded (it opens nothing before `init`). */
   const spawn = (index: number, peers: (MessagePort | null)[]): Promise<void> => {
@@ -192,14 +208,12 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
       peers[j]![i] = ch.port2;
     }
   }
-  const httpHandles = await bindHttpListeners({ tcp: cfg.http, unixPath: cfg.httpSocket });
   // The workers load their code before the host is touched; they open nothing until `init`.
   try {
     await Promise.all(peers.map((p, i) => spawn(i, p)));
   } catch (err) {
     stopping = true;
     await Promise.all(slots.map((s) => s.worker.terminate()));
-    await closeListeners(httpHandles);
     throw err;
   }
   // --pcap: the workers relay their packets here from their first one, into this one file.
@@ -222,53 +236,21 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
       log.error(`${(err as Error).message}; running without --pcap`, { pcap: cfg.pcap });
     }
   }
-  let sys: SystemSetup;
-  try {
-    sys = await setupSystem(cfg, log, {
-      // The workers load while nothing is routed yet, and attach their queues before the routing sends
-      // traffic: the main thread's own queue then detaches (it holds the device, and reads nothing).
-      afterTunOpen: async (t) => {
-        if (!(t.tun instanceof NativeTun)) throw new Error('--workers needs the native TUN');
-        const slotSize = t.vnetHdr ? GSO_SLOT_SIZE : Math.max(SLOT_SIZE, t.tunMtu);
-        const rings: (SharedArrayBuffer | null)[][] = [];
-        for (let i = 0; i < count; i++) {
-          rings.push([]);
-          for (let j = 0; j < count; j++) rings[i]!.push(PacketRing.create(i === j ? RING_BYTES / 16 : RING_BYTES).sab);
-        }
-        // The main thread's own queue detaches at once (it holds the device, and reads nothing); then the
-        // workers' queues open in worker order, so that queue i is worker i's, as the steering program
-        // assumes. Between the two, what is routed into the TUN is dropped, as while no tunnat ran.
-        const main = t.tun;
-        main.setQueue(false);
-        try {
-          for (let i = 0; i < count; i++) queues.push(NativeTun.open(cfg.tun, { vnetHdr: t.vnetHdr, multiQueue: true }));
-        } catch (err) {
-          queues.splice(0).forEach((q) => q.close());
-          throw err;
-        }
-        addressesNow = t.dynamicPool ? t.publicPool : [t.publicIp, ...cfg.publicPool.slice(1)];
-        steerQueues(main, cfg.forwards);
-        base = { slotSize, rings, vnetHdr: t.vnetHdr, publicIp: t.publicIp, owned: t.owned, dynamicPool: t.dynamicPool, publicPool: t.publicPool, queueFds: queues.map((q) => q.fd) };
-        const shares = savedFlows(t.publicIp, addressesNow);
-        try {
-          const restored = await Promise.all(slots.map((_, i) => initWorker(i, shares?.[i] ?? [])));
-          if (shares) log.info('flows restored from the state file', { file: cfg.stateFile, restored: restored.reduce((a, b) => a + b, 0), saved: shares.reduce((n, l) => n + l.length, 0), workers: count });
-        } catch (err) {
-          stopping = true;
-          await Promise.all(slots.map((s) => s.worker.terminate()));
-          queues.splice(0).forEach((q) => q.close());
-          throw err;
-        }
-      },
-    });
-  } catch (err) {
-    stopping = true;
-    await Promise.all(slots.map((s) => s.worker.terminate()));
-    queues.splice(0).forEach((q) => q.close());
-    await pcapWriter?.close();
-    await closeListeners(httpHandles);
-    throw err;
-  }
+
+  /** The queues are open: each worker restores its share of --state, then starts reading its queue. */
+  const init = async (t: PlaneBase): Promise<void> => {
+    const slotSize = t.vnetHdr ? GSO_SLOT_SIZE : Math.max(SLOT_SIZE, t.tunMtu);
+    const rings: (SharedArrayBuffer | null)[][] = [];
+    for (let i = 0; i < count; i++) {
+      rings.push([]);
+      for (let j = 0; j < count; j++) rings[i]!.push(PacketRing.create(i === j ? RING_BYTES / 16 : RING_BYTES).sab);
+    }
+    base = { slotSize, rings, vnetHdr: t.vnetHdr, publicIp: t.publicIp, owned: t.owned, dynamicPool: t.dynamicPool, publicPool: t.publicPool, queueFds: t.queueFds };
+    const shares = savedFlows(t.publicIp, publicAddressesOf(cfg, t));
+    const restored = await Promise.all(slots.map((_, i) => initWorker(i, shares?.[i] ?? [])));
+    if (shares) log.info('flows restored from the state file', { file: cfg.stateFile, restored: restored.reduce((a, b) => a + b, 0), saved: shares.reduce((n, l) => n + l.length, 0), workers: count });
+    await serve();
+  };
 
   /**
    * A worker died: its queue closed with it (the kernel steers to the others meanwhile, and they hand
@@ -330,23 +312,6 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
     }).filter((s): s is WorkerSnapshot => s !== null);
   };
 
-  // The registry reads one summary, refreshed from the workers before each scrape.
-  let summary = aggregate([]);
-  const natView = summary.nat as unknown as Record<string, unknown>;
-  const loopView = summary.loop as unknown as Record<string, unknown>;
-  let flowsByProto: Record<string, number> = {};
-  let perWorker: WorkerSnapshot[] = [];
-  let census: FlowCensus = { hosts: [], byState: new Map(), total: 0 };
-  const loopMetrics = new LoopMetrics();
-  const refresh = async () => {
-    perWorker = await snapshots();
-    summary = aggregate(perWorker);
-    Object.assign(natView, summary.nat);
-    Object.assign(loopView, summary.loop);
-    flowsByProto = summary.flowsByProto;
-    census = mergeCensus(perWorker.flatMap((w) => (w.census ? [w.census] : [])), MAX_HOST_LABELS);
-    mergeLoopMetrics(loopMetrics, perWorker.flatMap((w) => (w.loopMetrics ? [w.loopMetrics] : [])));
-  };
   const broadcast = (m: ToWorker) => slots.forEach((s) => s.ready && s.worker.postMessage(m));
   observe = new WorkerObservatory(
     {
@@ -357,84 +322,96 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
     MAX_HOST_LABELS,
   );
   observe.pcapWriter = pcapWriter;
-  const registry = createRegistry(natView as never, loopView as never, {
-    tunName: cfg.tun,
-    flowsByProto: () => flowsByProto,
-    hosts: { maxHosts: MAX_HOST_LABELS, census: () => census },
-    loopMetrics,
-    observe,
-  });
-  workerMetrics(registry, () => perWorker, () => slots.map((s) => s.restarts), () => lostFlows);
-  new Gauge({
-    name: 'tunnat_queue_steering',
-    help: "1 when the kernel puts each packet on its owning worker's queue (the steering program), 0 when it hashes flows onto queues and workers hand packets on",
-    registers: [registry],
-    collect() {
-      this.set(steered ? 1 : 0);
-    },
-  });
-  const served = {
-    contentType: registry.contentType,
-    metrics: async () => {
-      await refresh();
-      return registry.metrics();
-    },
-  } as unknown as Registry;
-  const closeHttp = await startHttp(
-    {
-      registry: served,
-      conntrack: async () => (await Promise.all(slots.map((s) => ask<unknown[]>(s, 'flows')))).flatMap((l) => l ?? []),
-      handlers: observe.handlers(),
-    },
-    { tcp: null, unixPath: null, handles: httpHandles },
-  );
 
-  // Each worker's flow count, so that a worker that dies is known to have taken that many with it.
-  const counting = setInterval(() => {
-    for (const s of slots) {
-      void ask<number>(s, 'count').then((n) => {
-        if (n !== null && s.ready) s.flows = n;
-      });
-    }
-  }, 1000);
-  counting.unref();
-  let addresses = sys.dynamicPool ? sys.publicPool : [sys.publicIp];
-  const stopFollowing = sys.masquerade
-    ? sys.followAddress((primary, all) => {
-        const next = sys.dynamicPool ? [...all] : [primary];
-        log.info('external address changed; new flows use the new address', { from: addresses.map(ipToString).join(','), to: next.map(ipToString).join(',') });
-        addresses = next;
-        broadcast({ t: 'addresses', primary, all: [...all] });
-        addressesNow = sys.dynamicPool ? [...all] : [primary, ...cfg.publicPool.slice(1)];
-        steerQueues(sys.tun as NativeTun, current.forwards);
-      })
-    : () => {};
-  if (process.env.TUNNAT_TEST_HOOKS === '1') {
-    // The restart test kills worker 0 from outside: SIGUSR2 makes it throw.
-    process.on('SIGUSR2', () => slots[0]?.worker.postMessage({ t: 'crash' } satisfies ToWorker));
-  }
-  logRunning(cfg, log, sys, { workers: count });
+  /** HTTP: metrics summed over the workers (refreshed before each scrape), the flow listing, observation. */
+  const serve = async () => {
+    let summary = aggregate([]);
+    const natView = summary.nat as unknown as Record<string, unknown>;
+    const loopView = summary.loop as unknown as Record<string, unknown>;
+    let flowsByProto: Record<string, number> = {};
+    let perWorker: WorkerSnapshot[] = [];
+    let census: FlowCensus = { hosts: [], byState: new Map(), total: 0 };
+    const loopMetrics = new LoopMetrics();
+    const refresh = async () => {
+      perWorker = await snapshots();
+      summary = aggregate(perWorker);
+      Object.assign(natView, summary.nat);
+      Object.assign(loopView, summary.loop);
+      flowsByProto = summary.flowsByProto;
+      census = mergeCensus(perWorker.flatMap((w) => (w.census ? [w.census] : [])), MAX_HOST_LABELS);
+      mergeLoopMetrics(loopMetrics, perWorker.flatMap((w) => (w.loopMetrics ? [w.loopMetrics] : [])));
+    };
+    const registry = createRegistry(natView as never, loopView as never, {
+      tunName: cfg.tun,
+      flowsByProto: () => flowsByProto,
+      hosts: { maxHosts: MAX_HOST_LABELS, census: () => census },
+      loopMetrics,
+      observe: observe!,
+    });
+    workerMetrics(registry, () => perWorker, () => slots.map((s) => s.restarts), () => lostFlows);
+    new Gauge({
+      name: 'tunnat_queue_steering',
+      help: "1 when the kernel puts each packet on its owning worker's queue (the steering program), 0 when it hashes flows onto queues and workers hand packets on",
+      registers: [registry],
+      collect() {
+        this.set(steered ? 1 : 0);
+      },
+    });
+    const served = {
+      contentType: registry.contentType,
+      metrics: async () => {
+        await refresh();
+        return registry.metrics();
+      },
+    } as unknown as Registry;
+    closeHttp = await startHttp(
+      {
+        registry: served,
+        conntrack: async () => (await Promise.all(slots.map((s) => ask<unknown[]>(s, 'flows')))).flatMap((l) => l ?? []),
+        handlers: observe!.handlers(),
+      },
+      { tcp: null, unixPath: null, handles: httpHandles },
+    );
+    // Each worker's flow count, so that a worker that dies is known to have taken that many with it.
+    counting = setInterval(() => {
+      for (const s of slots) {
+        void ask<number>(s, 'count').then((n) => {
+          if (n !== null && s.ready) s.flows = n;
+        });
+      }
+    }, 1000);
+    counting.unref();
+  };
 
-  let resolveDone!: () => void;
-  const done = new Promise<void>((r) => (resolveDone = r));
-  let stopped: Promise<void> | null = null;
-  const stop = (reason = 'stop', o: { keepForRestart?: boolean } = {}) => {
-    if (stopped) return stopped;
-    stopped = (async () => {
-      const snaps = await snapshots().catch(() => []);
-      log.info('tunnat stopping', { reason, flows: snaps.reduce((n, s) => n + s.flows, 0) });
-      stopFollowing();
-      clearInterval(counting);
+  return {
+    count,
+    init,
+    setSteered(on: boolean) {
+      steered = on;
+    },
+    setPublicAddresses(primary: number, all: readonly number[]) {
+      broadcast({ t: 'addresses', primary, all: [...all] });
+    },
+    snapshots,
+    reload(next: RouterConfig): string[] {
+      const restartNeeded = RESTART_FIELDS.filter((k) => JSON.stringify(next[k]) !== JSON.stringify(current[k]));
+      current = { ...current, timeouts: next.timeouts, allowEgress: next.allowEgress, egressReject: next.egressReject, maxFlowsPerHost: next.maxFlowsPerHost, icmpErrors: next.icmpErrors, forwards: next.forwards, logLevel: next.logLevel };
+      broadcast({ t: 'reload', cfg: current });
+      log.level = next.logLevel;
+      log.info('configuration reloaded; flows kept', restartNeeded.length > 0 ? { needsRestart: restartNeeded.join(',') } : {});
+      return restartNeeded;
+    },
+    async stop(save: boolean): Promise<boolean> {
+      if (counting) clearInterval(counting);
       stopping = true;
-      const keep = o.keepForRestart === true && cfg.stateFile !== null;
       let saved = false;
-      if (keep) {
+      if (save && cfg.stateFile !== null) {
         // Every worker's table, in one file: the next start deals the flows out again by owner.
         const parts = await Promise.all(slots.map((s) => ask<Snapshot>(s, 'save')));
         if (parts.every((p) => p !== null)) {
           const merged: Snapshot = { ...parts[0]!, flows: parts.flatMap((p) => p!.flows) };
           try {
-            writeSnapshot(cfg.stateFile!, merged);
+            writeSnapshot(cfg.stateFile, merged);
             saved = true;
             log.info('flows saved', { file: cfg.stateFile, flows: merged.flows.length });
           } catch (err) {
@@ -442,7 +419,7 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
           }
         } else log.error('could not save the flows: a worker did not answer');
       }
-      // Each worker closes its queue; the device goes when teardown closes the last (the main thread's).
+      // Each worker closes its copy of its queue; the queues themselves are the opener's to close.
       await Promise.all(slots.map(async (s) => {
         if ((await ask(s, 'stop')) === null) await s.worker.terminate();
       }));
@@ -454,8 +431,140 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
         log.info('pcap file closed', { pcap: w.path, packets: w.packets.before + w.packets.after, dropped: w.dropped });
       }
       await closeHttp().catch(() => {});
-      // The workers closed their copies; these are the queues themselves.
-      queues.splice(0).forEach((q) => q.close());
+      return saved;
+    },
+    async abort() {
+      stopping = true;
+      if (counting) clearInterval(counting);
+      await Promise.all(slots.map((s) => s.worker.terminate()));
+      await pcapWriter?.close();
+      await closeHttp().catch(() => {});
+    },
+    crashWorker0() {
+      slots[0]?.worker.postMessage({ t: 'crash' } satisfies ToWorker);
+    },
+  };
+}
+
+/** The public addresses the workers translate to, as the translator holds them (buildTranslator). */
+function publicAddressesOf(cfg: RouterConfig, t: Pick<PlaneBase, 'publicIp' | 'dynamicPool' | 'publicPool'>): number[] {
+  return t.dynamicPool ? t.publicPool : [t.publicIp, ...cfg.publicPool.slice(1)];
+}
+
+/**
+ * The workers' queues, opened by the side that holds the device (and the privilege to steer it). The
+ * device's own queue detaches at once (it keeps the device, and reads nothing); then the workers' queues
+ * open in worker order, so that queue i is worker i's, as the steering program assumes (a TUN numbers
+ * its queues in the order they attach). Between the two, what is routed into the TUN is dropped, as
+ * while no tunnat ran; afterwards packets wait in their queue until its worker reads.
+ */
+export class WorkerQueues {
+  readonly queues: NativeTun[] = [];
+  private device: NativeTun | null = null;
+  private addresses: number[] = [];
+  steered = false;
+
+  constructor(
+    private readonly cfg: RouterConfig,
+    private readonly log: Logger,
+    private readonly onSteered: (on: boolean) => void = () => {},
+  ) {}
+
+  open(t: OpenedTun): PlaneBase {
+    if (!(t.tun instanceof NativeTun)) throw new Error('--workers needs the native TUN');
+    this.device = t.tun;
+    t.tun.setQueue(false);
+    try {
+      for (let i = 0; i < this.cfg.workers; i++) this.queues.push(NativeTun.open(this.cfg.tun, { vnetHdr: t.vnetHdr, multiQueue: true }));
+    } catch (err) {
+      this.close();
+      throw err;
+    }
+    this.addresses = publicAddressesOf(this.cfg, t);
+    this.steer(this.cfg.forwards);
+    return { vnetHdr: t.vnetHdr, tunMtu: t.tunMtu, publicIp: t.publicIp, owned: t.owned, dynamicPool: t.dynamicPool, publicPool: t.publicPool, queueFds: this.queues.map((q) => q.fd) };
+  }
+
+  /** The WAN's addresses changed (masquerade): the program tells inbound packets by them. */
+  setPublicAddresses(primary: number, all: readonly number[], dynamicPool: boolean, forwards: RouterConfig['forwards']): void {
+    this.addresses = dynamicPool ? [...all] : [primary, ...this.cfg.publicPool.slice(1)];
+    this.steer(forwards);
+  }
+
+  /**
+   * Let the kernel put each packet on its owner's queue (steer-bpf.ts), so that hand-offs are the exception.
+   * Without it (a kernel that refuses the program) the kernel hashes flows onto queues and the workers hand
+   * about (N-1)/N of the packets to their owners: correct, only slower.
+   */
+  steer(forwards: RouterConfig['forwards']): void {
+    if (!this.device) return;
+    try {
+      this.device.setSteering(steeringProgram({ count: this.cfg.workers, publicAddrs: this.addresses, forwards }));
+      if (!this.steered) this.log.debug('queue steering program attached', { workers: this.cfg.workers });
+      this.steered = true;
+    } catch (err) {
+      const e = err as Error & { cause?: { verifierLog?: string } };
+      this.log.warn('the kernel refused the queue-steering program; workers hand packets to their owners instead', { error: e.message, verifier: e.cause?.verifierLog?.slice(-400) });
+      this.steered = false;
+    }
+    this.onSteered(this.steered);
+  }
+
+  close(): void {
+    this.queues.splice(0).forEach((q) => q.close());
+  }
+}
+
+export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise<WorkerRouter> {
+  await preflight(cfg);
+  const httpHandles = await bindHttpListeners({ tcp: cfg.http, unixPath: cfg.httpSocket });
+  let plane: WorkerPlane;
+  try {
+    plane = await loadWorkerPlane(cfg, log, httpHandles);
+  } catch (err) {
+    await closeListeners(httpHandles);
+    throw err;
+  }
+  const queues = new WorkerQueues(cfg, log, (on) => plane.setSteered(on));
+  let sys: SystemSetup;
+  try {
+    // The workers attach their queues before the routing sends traffic.
+    sys = await setupSystem(cfg, log, { afterTunOpen: async (t) => plane.init(queues.open(t)) });
+  } catch (err) {
+    await plane.abort();
+    queues.close();
+    await closeListeners(httpHandles);
+    throw err;
+  }
+  let current = cfg;
+  let addresses = sys.dynamicPool ? sys.publicPool : [sys.publicIp];
+  const stopFollowing = sys.masquerade
+    ? sys.followAddress((primary, all) => {
+        const next = sys.dynamicPool ? [...all] : [primary];
+        log.info('external address changed; new flows use the new address', { from: addresses.map(ipToString).join(','), to: next.map(ipToString).join(',') });
+        addresses = next;
+        plane.setPublicAddresses(primary, all);
+        queues.setPublicAddresses(primary, all, sys.dynamicPool, current.forwards);
+      })
+    : () => {};
+  if (process.env.TUNNAT_TEST_HOOKS === '1') {
+    // The restart test kills worker 0 from outside: SIGUSR2 makes it throw.
+    process.on('SIGUSR2', () => plane.crashWorker0());
+  }
+  logRunning(cfg, log, sys, { workers: plane.count });
+
+  let resolveDone!: () => void;
+  const done = new Promise<void>((r) => (resolveDone = r));
+  let stopped: Promise<void> | null = null;
+  const stop = (reason = 'stop', o: { keepForRestart?: boolean } = {}) => {
+    if (stopped) return stopped;
+    stopped = (async () => {
+      const snaps = await plane.snapshots().catch(() => []);
+      log.info('tunnat stopping', { reason, flows: snaps.reduce((n, s) => n + s.flows, 0) });
+      stopFollowing();
+      const saved = await plane.stop(o.keepForRestart === true);
+      // The device goes when teardown closes the last fd (the main thread's own).
+      queues.close();
       await leaveSystem(sys, saved, log);
       resolveDone();
     })();
@@ -466,19 +575,15 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
     publicIp: () => sys.publicIp,
     stop,
     done,
-    snapshots,
+    snapshots: () => plane.snapshots(),
     reload(next: RouterConfig): string[] {
-      const restartNeeded = RESTART_FIELDS.filter((k) => JSON.stringify(next[k]) !== JSON.stringify(current[k]));
-      current = { ...current, timeouts: next.timeouts, allowEgress: next.allowEgress, egressReject: next.egressReject, maxFlowsPerHost: next.maxFlowsPerHost, icmpErrors: next.icmpErrors, forwards: next.forwards, logLevel: next.logLevel };
-      broadcast({ t: 'reload', cfg: current });
-      steerQueues(sys.tun as NativeTun, current.forwards);
-      log.level = next.logLevel;
-      log.info('configuration reloaded; flows kept', restartNeeded.length > 0 ? { needsRestart: restartNeeded.join(',') } : {});
+      current = next;
+      const restartNeeded = plane.reload(next);
+      queues.steer(next.forwards);
       return restartNeeded;
     },
   };
 }
-
 
 /** Per-worker packets, hand-offs and restarts: how evenly the load spreads, and what crossing costs. */
 function workerMetrics(registry: Registry, snaps: () => WorkerSnapshot[], restarts: () => number[], lost: () => number): void {

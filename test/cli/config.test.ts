@@ -66,7 +66,6 @@ describe('config', () => {
     [{ ...base, workers: '65' }, 'workers'],
     // Not carried across workers yet: refused, not half done.
     [{ ...base, workers: '2', alg: 'ftp' }, 'workers'],
-    [{ ...base, workers: '2', user: 'nobody' }, 'workers'],
     [{ ...base, alg: 'sip' }, 'alg'],
     [{ ...base, alg: ['ftp:0'] }, 'alg'],
     [{ ...base, alg: 'ftp:70000' }, 'alg'],

@@ -50,8 +50,12 @@ describe.skipIf(!isRoot)('tunnat run --user (privilege separation)', () => {
     expect(nobody!.uid).not.toBe(0);
   });
 
-  it('translates with the data plane running as nobody, without any capability', async () => {
-    const r = await startTestRouter({ gwNetns: lab.gw, id: `ps${lab.id}`, cleanup, args: ['--user', 'nobody'] });
+  it.each([
+    ['one loop', []],
+    // The root parent opens and steers the workers' queues; the child's workers read them (docs/workers.md).
+    ['two workers', ['--workers', '2']],
+  ])('translates with the data plane running as nobody, without any capability (%s)', async (name, extra) => {
+    const r = await startTestRouter({ gwNetns: lab.gw, id: `ps${name.length}${lab.id}`, cleanup, args: ['--user', 'nobody', ...extra] });
     const unprivileged = await processesOf(lab.gw, nobody!.uid);
     expect(unprivileged).toHaveLength(1);
     expect(unprivileged[0]!.capEff).toBe('0000000000000000');
@@ -61,7 +65,12 @@ describe.skipIf(!isRoot)('tunnat run --user (privilege separation)', () => {
     const echo = await udpEcho(lab.hosts[0]!, SERVER, 7, 'as nobody');
     expect(echo.payload).toBe('as nobody');
     // /metrics and /conntrack are served by the unprivileged process over the parent's listeners.
-    expect(await r.metrics()).toMatch(/tunnat_packets_total/);
+    const metrics = await r.metrics();
+    expect(metrics).toMatch(/tunnat_packets_total/);
+    if (extra.length > 0) {
+      expect(metrics).toMatch(/^tunnat_queue_steering 1$/m);
+      expect(metrics).toMatch(/^tunnat_worker_packets_total\{worker="1"\} \d+/m);
+    }
     expect((await r.conntrack()).some((f) => f.protocol === 'udp')).toBe(true);
     expect(await r.stop()).toBe(0);
     const after = await snapshotNetns(lab.gw);
