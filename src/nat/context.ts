@@ -1,4 +1,5 @@
 import { Ipv4View, IPPROTO } from '../wire/ipv4.js';
+import { LocalHostCounts, type HostCounts } from './host-counts.js';
 import { UdpView } from '../wire/udp.js';
 import { TcpView } from '../wire/tcp.js';
 import { IcmpView } from '../wire/icmp.js';
@@ -69,6 +70,8 @@ export interface NatOptions {
   egressReject?: boolean;
   /** Flows one LAN host may hold at once (0 = no limit). */
   maxFlowsPerHost?: number;
+  /** Where hosts' flows are counted (shared between workers with --workers N; host-counts.ts). */
+  hostCounts?: HostCounts;
   /** When a new flow cannot be made (table full, no ports, host limit), answer ICMP 3/13 (RFC 5508 §6). */
   icmpOnExhaustion?: boolean;
   /** Generated ICMP/RST packets per second at most (a flood must not become an ICMP flood). */
@@ -156,7 +159,7 @@ export class NatContext {
   /** Where the next search for a reclaimable port starts in the flow table (port-reclaim.ts). */
   reclaimCursor = 0;
   /** Flows each LAN host opened (counted whether or not a limit is set, so a limit set later starts from the truth). */
-  readonly hostFlows = new Map<number, number>();
+  readonly hostFlows: HostCounts;
   readonly observers: FlowObserver[] = [];
   /** Token bucket for generated packets (refusal.ts). */
   readonly genRate: number;
@@ -246,6 +249,7 @@ export class NatContext {
     this.egress = opts.egress ?? null;
     this.egressReject = opts.egressReject ?? false;
     this.maxPerHost = opts.maxFlowsPerHost ?? 0;
+    this.hostFlows = opts.hostCounts ?? new LocalHostCounts();
     this.icmpOnExhaustion = opts.icmpOnExhaustion ?? true;
     this.genRate = opts.generatedPerSecond ?? 100;
     this.genTokens = this.genRate;
@@ -412,10 +416,7 @@ export class NatContext {
     if (m2 >= 0) this.mappings.unref(m2);
     if (!(t.flags[flow]! & FLOW_INBOUND)) {
       // Only flows a host opened count: senders outside must not be able to use up its allowance.
-      const host = this.lanHost(flow);
-      const n = (this.hostFlows.get(host) ?? 1) - 1;
-      if (n <= 0) this.hostFlows.delete(host);
-      else this.hostFlows.set(host, n);
+      this.hostFlows.add(this.lanHost(flow), -1);
     }
     this.stats.flowsRemoved[reason]++;
   }

@@ -64,7 +64,7 @@ export function mappingFor(
 }
 
 export function hostLimitReached(nat: NatContext, host: number): boolean {
-  return nat.maxPerHost > 0 && (nat.hostFlows.get(host) ?? 0) >= nat.maxPerHost;
+  return nat.maxPerHost > 0 && nat.hostFlows.get(host) >= nat.maxPerHost;
 }
 
 /**
@@ -89,7 +89,7 @@ export function commitFlow(
     if (m2 >= 0) perm.add(m2, peer);
   }
   // Only flows a host opened count towards its limit (see NatContext.flowRemoved).
-  if (!(flags & FLOW_INBOUND)) nat.hostFlows.set(host, (nat.hostFlows.get(host) ?? 0) + 1);
+  if (!(flags & FLOW_INBOUND)) nat.hostFlows.add(host, 1);
   nat.stats.flowsCreated++;
   nat.lastCreated = true;
   for (const o of nat.observers) o.created?.(flow, now);

@@ -145,7 +145,7 @@ export class Translator extends NatContext {
 
   /** Flows a LAN host holds. */
   flowsOfHost(addr: number): number {
-    return this.hostFlows.get(addr >>> 0) ?? 0;
+    return this.hostFlows.get(addr >>> 0);
   }
 
   /** Put back a flow saved by a previous run (restore.ts); false, changing nothing, when it cannot be exact. */

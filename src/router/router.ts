@@ -14,6 +14,7 @@ import { Translator } from '../nat/translator.js';
 import { EgressPolicy } from '../nat/policy.js';
 import { readLocalPorts, type LocalPorts } from '../nat/local-ports.js';
 import { BLOCK } from '../nat/ports.js';
+import type { HostCounts } from '../nat/host-counts.js';
 import { Dataplane } from '../dataplane/loop.js';
 import {
   applyRouting, removeRouting, removeRoutingSync, followAddresses, detectLeftovers, cleanLeftovers,
@@ -443,6 +444,7 @@ export function buildTranslator(
   cfg: RouterConfig,
   base: Pick<DataplaneBase, 'publicIp' | 'owned' | 'dynamicPool' | 'publicPool'>,
   worker: { index: number; count: number } | null = null,
+  hostCounts?: HostCounts,
 ): Translator {
   return new Translator({
     internal: cfg.internal,
@@ -463,7 +465,9 @@ export function buildTranslator(
     forwards: cfg.forwards,
     egress: cfg.allowEgress ? new EgressPolicy(cfg.allowEgress) : null,
     egressReject: cfg.egressReject,
-    maxFlowsPerHost: worker && cfg.maxFlowsPerHost > 0 ? Math.ceil(cfg.maxFlowsPerHost / worker.count) : cfg.maxFlowsPerHost,
+    // Workers count a host's flows in shared memory (host-counts.ts): the limit is the host's, across them.
+    maxFlowsPerHost: cfg.maxFlowsPerHost,
+    ...(hostCounts ? { hostCounts } : {}),
     icmpOnExhaustion: cfg.icmpErrors,
     ...(worker ? { slice: worker } : {}),
   });

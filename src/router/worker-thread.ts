@@ -17,6 +17,7 @@ import { Observatory, traceQuery } from '../observe/observatory.js';
 import { liveSnapshot } from '../observe/live.js';
 import { flowFilterFromQuery } from '../observe/filter.js';
 import { createLogger } from '../util/log.js';
+import { SharedHostCounts } from '../nat/host-counts.js';
 import { PcapRelay } from '../observe/pcap-relay.js';
 import { SNAP_HEADERS } from '../observe/pcapng.js';
 
@@ -34,7 +35,10 @@ const log = createLogger(cfg.logLevel);
 
 /** Open this worker's queue and start its loop: called once the main thread has opened the TUN. */
 function start(base: WorkerBase, saved: RestoredFlow[]) {
-  const nat = buildTranslator(cfg, base, { index, count });
+  // A restarted worker's flows are gone: so are the per-host counts it kept.
+  const hostCounts = new SharedHostCounts(base.hostCounts, count, index);
+  hostCounts.clearOwn();
+  const nat = buildTranslator(cfg, base, { index, count }, hostCounts);
   // Flows saved by the last run (--state) go back before the queue opens and the first packet comes.
   const now = performance.now();
   restored = 0;
@@ -224,7 +228,7 @@ port.on('message', (m: ToWorker) => {
         timeouts: next.timeouts,
         egress: next.allowEgress ? new EgressPolicy(next.allowEgress) : null,
         egressReject: next.egressReject,
-        maxFlowsPerHost: next.maxFlowsPerHost > 0 ? Math.ceil(next.maxFlowsPerHost / count) : 0,
+        maxFlowsPerHost: next.maxFlowsPerHost,
         icmpOnExhaustion: next.icmpErrors,
         forwards: next.forwards,
       });

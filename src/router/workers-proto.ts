@@ -29,6 +29,8 @@ export interface WorkerBase {
    * its number outlive a worker that dies); the worker reads and writes a copy of it.
    */
   queueFds: number[];
+  /** Flows per LAN host, counted by all the workers (host-counts.ts). */
+  hostCounts: SharedArrayBuffer;
 }
 
 /** What the main thread tells a data-plane worker when it starts it (worker-thread.ts). */

@@ -17,6 +17,7 @@ import { Steering } from '../dataplane/steering.js';
 import { steeringProgram } from '../dataplane/steer-bpf.js';
 import { cidrToString, ipToString } from '../wire/addr.js';
 import { WorkerObservatory } from './workers-observe.js';
+import { SharedHostCounts } from '../nat/host-counts.js';
 import { PcapngWriter, SNAP_HEADERS } from '../observe/pcapng.js';
 import { replayPcap } from '../observe/pcap-relay.js';
 import { LoopMetrics } from '../metrics/loop-metrics.js';
@@ -245,7 +246,10 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
       rings.push([]);
       for (let j = 0; j < count; j++) rings[i]!.push(PacketRing.create(i === j ? RING_BYTES / 16 : RING_BYTES).sab);
     }
-    base = { slotSize, rings, vnetHdr: t.vnetHdr, publicIp: t.publicIp, owned: t.owned, dynamicPool: t.dynamicPool, publicPool: t.publicPool, queueFds: t.queueFds };
+    base = {
+      slotSize, rings, vnetHdr: t.vnetHdr, publicIp: t.publicIp, owned: t.owned, dynamicPool: t.dynamicPool, publicPool: t.publicPool, queueFds: t.queueFds,
+      hostCounts: SharedHostCounts.create(count),
+    };
     const shares = savedFlows(t.publicIp, publicAddressesOf(cfg, t));
     const restored = await Promise.all(slots.map((_, i) => initWorker(i, shares?.[i] ?? [])));
     if (shares) log.info('flows restored from the state file', { file: cfg.stateFile, restored: restored.reduce((a, b) => a + b, 0), saved: shares.reduce((n, l) => n + l.length, 0), workers: count });

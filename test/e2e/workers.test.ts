@@ -168,16 +168,18 @@ describe.skipIf(!isRoot)('tunnat run --workers 2', () => {
   it("flow events and the trace gather every worker's flows into one stream", async () => {
     const target = `unix:${router.socketPath!}`;
     const events = new NsProcess(null, [process.execPath, defaultCliPath(), 'conntrack', '--events', '--http', target, '--proto', 'udp', '--src', lab.lanHosts[1]!.address], { cleanup, label: 'events' });
-    const trace = new NsProcess(null, [process.execPath, defaultCliPath(), 'trace', 'udp', 'and', 'host', lab.lanHosts[1]!.address, '--count', '16', '--rate', '1000', '--http', target], { cleanup, label: 'trace' });
+    const trace = new NsProcess(null, [process.execPath, defaultCliPath(), 'trace', 'udp', 'and', 'host', lab.lanHosts[1]!.address, '--count', '64', '--rate', '1000', '--http', target], { cleanup, label: 'trace' });
     await events.waitForLine(/following flow events/);
     await trace.waitForLine(/tracing /);
-    const r = await inNs(h1, [PY, '-c', EIM_CLIENT, servers[0]!, servers[1]!, String(PORT), '8'], { timeoutMs: 60_000 });
+    // 16 sockets, each a datagram to two servers and their answers: 64 packets to trace. The chance that
+    // all 16 ports fall in one worker's slice is 1 in 32,768.
+    const r = await inNs(h1, [PY, '-c', EIM_CLIENT, servers[0]!, servers[1]!, String(PORT), '16'], { timeoutMs: 60_000 });
     const ports = r.stdout.trim().split('\n').map((l) => (JSON.parse(l) as { local: number }).local);
-    expect(ports).toHaveLength(8);
+    expect(ports).toHaveLength(16);
     // Every flow's birth is in the one event stream, whichever worker holds it.
     for (const p of ports) await events.waitForLine(new RegExp(`\\[NEW\\] udp .*sport=${p} `), 10_000);
     expect(new Set(ports.map((p) => sliceOwner(p, 2))).size).toBe(2);
-    // The trace (16 records, the rate shared by the workers) has packets from both workers' flows.
+    // The trace (every one of those packets, the rate shared by the workers) has both workers' flows.
     expect(await trace.exited).toBe(0);
     const traced = [...trace.output().matchAll(/OUTBOUND +udp [\d.]+:(\d+) →/g)].map((m) => Number(m[1]));
     expect(traced.length).toBeGreaterThan(0);
