@@ -139,7 +139,9 @@ describe.skipIf(!isRoot)('tunnat run --workers 2', () => {
     }
     const flows = (await router.conntrack()) as unknown as FlowWithWorker[];
     const mine = flows.filter((f) => f.protocol === 'udp' && f.original.src === lab.lanHosts[0]!.address && f.original.srcPort !== 0);
-    expect(mine.length).toBeGreaterThanOrEqual(80);
+    // One flow per (inside port, server): a closed socket's port may be given to the next one, whose
+    // flows are then the same as its predecessor's.
+    expect(mine.length).toBeGreaterThanOrEqual(new Set(rows.map((row) => row.local)).size * 2);
     const workers = new Set<number>();
     for (const f of mine) {
       workers.add(f.worker);
