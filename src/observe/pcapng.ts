@@ -318,18 +318,15 @@ export class PcapngWriter implements TapConsumer {
 
   private epb(iface: number, now: number, buf: Buffer, off: number, len: number, flags: number, comment: string | null): void {
     const cap = snapLength(this.snaplen, buf, off, len);
-    this.block(iface, Math.round(this.wallClock(now) * 1000), buf, off, cap, len, flags, comment);
+    this.record(iface, Math.round(this.wallClock(now) * 1000), buf, off, cap, len, flags, comment);
   }
 
   /**
-   * One packet captured elsewhere (a data-plane worker's PcapRelay): `data` holds its first bytes, already
-   * cut to the snap length, `len` its length on the wire; `us` wall-clock microseconds.
+   * One Enhanced Packet Block: `cap` bytes of the packet at buf[off] (already cut to the snap length), `len`
+   * its length on the wire, `us` wall-clock microseconds. Public for packets captured elsewhere (a
+   * data-plane worker's PcapRelay).
    */
-  record(iface: number, us: number, data: Buffer, off: number, cap: number, len: number, flags: number, comment: string | null): void {
-    this.block(iface, us, data, off, cap, len, flags, comment);
-  }
-
-  private block(iface: number, us: number, buf: Buffer, off: number, cap: number, len: number, flags: number, comment: string | null): void {
+  record(iface: number, us: number, buf: Buffer, off: number, cap: number, len: number, flags: number, comment: string | null): void {
     const c = comment ? Buffer.from(comment) : null;
     const total = 28 + pad4(cap) + (c ? optLen(c.length) : 0) + optLen(4) + 4 + 4;
     if (this.closed || this.failed) {

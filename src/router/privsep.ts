@@ -195,11 +195,10 @@ export async function startPrivsep(cfg: RouterConfig, log: Logger, user: Privsep
       else sock.destroy();
     });
   }
-  let forwards = cfg.forwards;
   const stopFollowing = sys.masquerade
     ? sys.followAddress((addr, all) => {
         send({ type: 'publicIp', addr, all });
-        queues?.setPublicAddresses(addr, all, sys.dynamicPool, forwards);
+        queues?.setPublicAddresses(addr, all);
       })
     : () => {};
   logRunning(cfg, log, sys, { dataplaneUser: user.name, dataplanePid: kid.pid });
@@ -257,7 +256,6 @@ export async function startPrivsep(cfg: RouterConfig, log: Logger, user: Privsep
     done,
     reload(next: RouterConfig): string[] {
       send({ type: 'reload', cfg: next });
-      forwards = next.forwards;
       queues?.steer(next.forwards);
       return [];
     },

@@ -41,7 +41,7 @@ function start(base: WorkerBase, saved: RestoredFlow[]) {
   const nat = buildTranslator(cfg, base, { index, count }, hostCounts);
   // Flows saved by the last run (--state) go back before the queue opens and the first packet comes.
   const now = performance.now();
-  restored = 0;
+  let restored = 0;
   for (const f of saved) if (nat.restoreFlow(f, now)) restored++;
   // The queue is attached already (the main thread opened it): what arrived meanwhile waits in it.
   const tun = NativeTun.fromFd(base.queueFds[index]!, { vnetHdr: base.vnetHdr, multiQueue: true, dup: true });
@@ -117,7 +117,7 @@ function start(base: WorkerBase, saved: RestoredFlow[]) {
     }, 20),
   ];
   loop.start();
-  return { nat, loop, tun, steering, kick, timers, clock, onKick, frags, observe, relay };
+  return { nat, loop, tun, steering, kick, timers, clock, onKick, frags, observe, relay, restored };
 }
 
 let dp: ReturnType<typeof start> | null = null;
@@ -144,12 +144,11 @@ function pushItem(sub: number, event: string, data: unknown) {
   if (s.items.length >= BATCH_ITEMS) flushSubs();
   else if (flushTimer === null) flushTimer = setTimeout(flushSubs, 20);
 }
-let restored = 0;
 
 port.on('message', (m: ToWorker) => {
   if (m.t === 'init') {
     dp = start(m.base, m.restore);
-    port.postMessage({ t: 'ready', restored });
+    port.postMessage({ t: 'ready', restored: dp.restored });
     return;
   }
   if (dp === null) {

@@ -257,9 +257,10 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
   };
 
   /**
-   * A worker died: its queue closed with it (the kernel steers to the others meanwhile, and they hand
-   * that worker's packets to its ring). A new worker takes its index, its slice of the ports and its
-   * rings; the flows it held are gone and counted (its last snapshot says how many).
+   * A worker died: its queue stays open (the opener holds it), so what the kernel steers to it waits
+   * there, and what other workers hand to it waits in its ring. A new worker takes its index, its slice
+   * of the ports, its rings and its queue; the flows it held are gone and counted (its last report says
+   * how many).
    */
   const restart = async (index: number): Promise<void> => {
     const slot = slots[index]!;
@@ -465,14 +466,18 @@ function publicAddressesOf(cfg: RouterConfig, t: Pick<PlaneBase, 'publicIp' | 'd
 export class WorkerQueues {
   readonly queues: NativeTun[] = [];
   private device: NativeTun | null = null;
+  private dynamicPool = false;
   private addresses: number[] = [];
+  private forwards: RouterConfig['forwards'];
   steered = false;
 
   constructor(
     private readonly cfg: RouterConfig,
     private readonly log: Logger,
     private readonly onSteered: (on: boolean) => void = () => {},
-  ) {}
+  ) {
+    this.forwards = cfg.forwards;
+  }
 
   open(t: OpenedTun): PlaneBase {
     if (!(t.tun instanceof NativeTun)) throw new Error('--workers needs the native TUN');
@@ -484,23 +489,25 @@ export class WorkerQueues {
       this.close();
       throw err;
     }
+    this.dynamicPool = t.dynamicPool;
     this.addresses = publicAddressesOf(this.cfg, t);
-    this.steer(this.cfg.forwards);
+    this.steer();
     return { vnetHdr: t.vnetHdr, tunMtu: t.tunMtu, publicIp: t.publicIp, owned: t.owned, dynamicPool: t.dynamicPool, publicPool: t.publicPool, queueFds: this.queues.map((q) => q.fd) };
   }
 
   /** The WAN's addresses changed (masquerade): the program tells inbound packets by them. */
-  setPublicAddresses(primary: number, all: readonly number[], dynamicPool: boolean, forwards: RouterConfig['forwards']): void {
-    this.addresses = dynamicPool ? [...all] : [primary, ...this.cfg.publicPool.slice(1)];
-    this.steer(forwards);
+  setPublicAddresses(primary: number, all: readonly number[]): void {
+    this.addresses = publicAddressesOf(this.cfg, { publicIp: primary, dynamicPool: this.dynamicPool, publicPool: [...all] });
+    this.steer();
   }
 
   /**
    * Let the kernel put each packet on its owner's queue (steer-bpf.ts), so that hand-offs are the exception.
    * Without it (a kernel that refuses the program) the kernel hashes flows onto queues and the workers hand
-   * about (N-1)/N of the packets to their owners: correct, only slower.
+   * about (N-1)/N of the packets to their owners: correct, only slower. `forwards`: new ones (SIGHUP).
    */
-  steer(forwards: RouterConfig['forwards']): void {
+  steer(forwards: RouterConfig['forwards'] = this.forwards): void {
+    this.forwards = forwards;
     if (!this.device) return;
     try {
       this.device.setSteering(steeringProgram({ count: this.cfg.workers, publicAddrs: this.addresses, forwards }));
@@ -540,7 +547,6 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
     await closeListeners(httpHandles);
     throw err;
   }
-  let current = cfg;
   let addresses = sys.dynamicPool ? sys.publicPool : [sys.publicIp];
   const stopFollowing = sys.masquerade
     ? sys.followAddress((primary, all) => {
@@ -548,7 +554,7 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
         log.info('external address changed; new flows use the new address', { from: addresses.map(ipToString).join(','), to: next.map(ipToString).join(',') });
         addresses = next;
         plane.setPublicAddresses(primary, all);
-        queues.setPublicAddresses(primary, all, sys.dynamicPool, current.forwards);
+        queues.setPublicAddresses(primary, all);
       })
     : () => {};
   if (process.env.TUNNAT_TEST_HOOKS === '1') {
@@ -581,7 +587,6 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
     done,
     snapshots: () => plane.snapshots(),
     reload(next: RouterConfig): string[] {
-      current = next;
       const restartNeeded = plane.reload(next);
       queues.steer(next.forwards);
       return restartNeeded;
