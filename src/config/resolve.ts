@@ -254,13 +254,6 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
   for (const a of publicPool) {
     if (cfg.internal.some((c) => ((a & c.mask) >>> 0) === c.network)) throw new ConfigError('publicIp', `${ipToString(a)} lies inside --internal`);
   }
-  if (cfg.workers > 1) {
-    // Not yet carried across workers (docs/workers.md): refused rather than half done.
-    const unsupported = [
-      [cfg.algFtp.length > 0, 'alg'],
-    ] as const;
-    for (const [set, key] of unsupported) if (set) throw new ConfigError('workers', `--${key} does not work with more than one worker yet; use --workers 1`);
-  }
   const [glo, ghi] = cfg.gatewayPorts;
   const [plo, phi] = cfg.ports;
   if (glo <= plo && ghi >= phi) {

@@ -318,6 +318,9 @@ export class Dataplane {
         this.outOffsets[this.outCount] = slot;
         this.outLens[this.outCount] = len + grown;
         this.outCount++;
+      } else if (verdict === Verdict.HANDOFF && handoff !== null) {
+        if (handoff.send(nat.handoffTo, buf, slot, len)) this.stats.handoffsOut++;
+        else this.stats.handoffDrops++;
       }
     }
     const out = this.outCount;

@@ -47,7 +47,7 @@ export interface FtpAlgStats {
   expectationsUsed: number;
   expectationsExpired: number;
   expectationsRemoved: number;
-  /** Commands left alone: expectation limit reached, no public port, line split over segments, malformed
+  /** Commands left alone: expectation limit reached (or, with workers, alg-redirect.ts full), no public port, line split over segments, malformed
    *  or naming a foreign address, no room in the packet's slot to grow, GSO superpacket. */
   refusedLimit: number;
   refusedNoPort: number;
@@ -312,6 +312,14 @@ export class FtpAlg {
     if (total + delta > room || total + delta > 65535) {
       maps.releaseIfUnused(m);
       this.stats.noRoom++;
+      return 0;
+    }
+    // With workers, the data connection's LAN side may be steered to another worker: published before the
+    // rewritten command leaves, so that worker hands it here (alg-redirect.ts).
+    const redirects = nat.algRedirects;
+    if (redirects !== null && !redirects.add(this.addr, this.port, m)) {
+      maps.releaseIfUnused(m);
+      this.stats.refusedLimit++;
       return 0;
     }
     maps.ref(m);

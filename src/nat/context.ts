@@ -11,6 +11,7 @@ import { BLOCK, PortPool, type Rng } from './ports.js';
 import { PermissionTable } from './permissions.js';
 import type { EgressPolicy, PortForward } from './policy.js';
 import type { FtpAlg } from './alg-ftp.js';
+import type { AlgRedirects } from './alg-redirect.js';
 import { FragmentTracker, DEFAULT_FRAGMENT_LIMITS, type FragmentLimits } from './fragments.js';
 import {
   DropReason, Filtering, FILTERING_NAMES, Path, PortChoice, Verdict, newNatStats,
@@ -192,6 +193,10 @@ export class NatContext {
   packetRoom = 0;
   /** The FTP ALG, when switched on (alg-ftp.ts enableFtpAlg). */
   alg: FtpAlg | null = null;
+  /** With --workers N and the ALG: FTP data endpoints another worker holds (alg-redirect.ts). */
+  algRedirects: AlgRedirects | null = null;
+  /** Verdict.HANDOFF: the worker to hand the packet to. */
+  handoffTo = NONE;
 
   // ---- What a slow path leaves for the next step (valid only right after the call that set it)
   /** Setup.CREATED: the new flow's entry (its original direction). */

@@ -14,6 +14,8 @@ export const Verdict = {
   DROP: 1,
   /** A fragment kept until its first fragment decides its fate; sent later through the sink. */
   HELD: 2,
+  /** Another worker holds this packet's flow (an FTP data endpoint: alg-redirect.ts): hand it to NatContext.handoffTo, unchanged. */
+  HANDOFF: 3,
 } as const;
 
 /** Drop reasons; index into NatStats.drops. Names are the `reason` label of tunnat_drops_total. */

@@ -17,7 +17,7 @@ import { translateOther } from './generic.js';
 import { laterFragment, openFirstFragment, settleFirstFragment } from './fragment-path.js';
 import { restoreFlow, type RestoredFlow } from './restore.js';
 import { udpTimer, WELL_KNOWN_BELOW } from './udp-timer.js';
-import { DropReason, Path, PortChoice, Setup } from './outcome.js';
+import { DropReason, Path, PortChoice, Setup, Verdict } from './outcome.js';
 
 export * from './outcome.js';
 export type { Cidr, NatOptions } from './context.js';
@@ -140,6 +140,7 @@ export class Translator extends NatContext {
   sweep(now: number, budget: number): number {
     if (this.fragments.size > 0) this.fragments.expire(now);
     if (this.alg !== null && this.alg.pending > 0) this.alg.expire(this, now);
+    if (this.algRedirects !== null && this.algRedirects.size > 0) this.algRedirects.prune(this.mappings);
     return this.flows.sweep(now, budget);
   }
 
@@ -156,7 +157,8 @@ export class Translator extends NatContext {
   /**
    * Translate one packet in place. `len` is what the TUN read returned (never trusted beyond the buffer).
    * Returns Verdict.FORWARD (write the packet back; its length is unchanged), Verdict.DROP, or
-   * Verdict.HELD (a fragment kept until its first fragment arrives; sent later through the sink).
+   * Verdict.HELD (a fragment kept until its first fragment arrives; sent later through the sink), or
+   * Verdict.HANDOFF (another worker holds its flow: the packet is unchanged, handoffTo names the worker).
    */
   process(buf: Uint8Array, off: number, len: number, now: number, csumPartial = false): number {
     this.partial = csumPartial;
@@ -243,6 +245,8 @@ export class Translator extends NatContext {
     const flows = this.flows;
     let e = flows.lookup(proto, src, dst, sport, dport, now);
     if (e < 0) {
+      // An FTP data endpoint whose flow another worker holds: that worker translates it (alg-redirect.ts).
+      if (this.algRedirects !== null && proto === IPPROTO.TCP && fromInside && !firstFragment && this.redirected(src, sport)) return Verdict.HANDOFF;
       if (!this.mayOpen(proto, tcpFlags)) return this.notOpened(proto, tcpFlags, fromInside, toPublic, dport, total);
       const setup = setUpFlow(this, buf, proto, src, dst, sport, dport, fromInside, toPublic, now);
       if (setup === Setup.TO_GATEWAY) return this.toGateway(total);
@@ -330,6 +334,15 @@ export class Translator extends NatContext {
       if (tcpIsAssured(st.state)) flows.flags[flow] = flows.flags[flow]! | FLOW_ASSURED;
       for (const ob of this.observers) ob.updated?.(flow, before, now);
     }
+    return true;
+  }
+
+  /** Whether another worker published the LAN endpoint addr:port (left in handoffTo). Out of line. */
+  private redirected(addr: number, port: number): boolean {
+    const r = this.algRedirects!;
+    const w = r.ownerOf(addr, port);
+    if (w < 0 || w === r.self) return false;
+    this.handoffTo = w;
     return true;
   }
 

@@ -41,6 +41,7 @@ export const EPB_OUTBOUND = 2;
 export function packetComment(p: TapPacket): string | null {
   const nat = p.nat;
   if (p.verdict === Verdict.HELD) return 'held: a fragment waiting for its first fragment';
+  if (p.verdict === Verdict.HANDOFF) return `handed to worker ${nat.handoffTo}: it holds this FTP data flow`;
   if (p.verdict !== Verdict.FORWARD) return `dropped: ${DROP_REASON_NAMES[nat.lastDrop] ?? 'unknown'}`;
   if (nat.lastCreated && nat.lastEntry >= 0) {
     const choice = nat.lastPortChoice !== PortChoice.NONE ? `, port ${PORT_CHOICE_NAMES[nat.lastPortChoice]}` : '';

@@ -48,7 +48,7 @@ function clock(iso: string): string {
 
 export function formatTrace(r: TraceRecord): string[] {
   const lines: string[] = [];
-  const what = r.verdict === 'drop' ? `DROP (${r.drop ?? '?'})` : r.verdict === 'held' ? 'HELD' : (r.path ?? 'forward').toUpperCase();
+  const what = r.verdict === 'drop' ? `DROP (${r.drop ?? '?'})` : r.verdict === 'held' ? 'HELD' : r.verdict === 'handoff' ? 'HANDOFF' : (r.path ?? 'forward').toUpperCase();
   lines.push(`#${r.seq} ${clock(r.time)} ${what.padEnd(9)} ${r.before ? describePacket(r.before) : '(not an IPv4 packet)'}`);
   const f = r.flow;
   if (f) {
@@ -67,6 +67,10 @@ export function formatTrace(r: TraceRecord): string[] {
   if (r.alg) lines.push(`  ${r.alg.name} ALG rewrote ${JSON.stringify(r.alg.old)} → ${JSON.stringify(r.alg.new)}`);
   if (r.verdict === 'held') {
     lines.push('  held: a fragment that came before its first fragment; it is sent, translated, once the first one arrives');
+    return lines;
+  }
+  if (r.verdict === 'handoff') {
+    lines.push('  handed to the worker that holds this FTP data endpoint (its control connection is there); it is translated there');
     return lines;
   }
   if (r.path === 'hairpin') lines.push('  hairpin: LAN to LAN through the public address; both ends see each other as public endpoints');

@@ -30,7 +30,7 @@ export interface TraceRecord {
   seq: number;
   time: string;
   /** held: a fragment kept until its first fragment arrives (sent later, translated). */
-  verdict: 'forward' | 'drop' | 'held';
+  verdict: 'forward' | 'drop' | 'held' | 'handoff';
   /** Forwarded: outbound (LAN → WAN), inbound (WAN → LAN), local (to the gateway, unchanged). */
   path: (typeof PATH_NAMES)[number] | null;
   /** Dropped: the reason (the `reason` label of tunnat_drops_total). */
@@ -172,7 +172,7 @@ export class Tracer implements TapConsumer {
     return {
       seq: ++this.seq,
       time: new Date().toISOString(),
-      verdict: forwarded ? 'forward' : p.verdict === Verdict.HELD ? 'held' : 'drop',
+      verdict: forwarded ? 'forward' : p.verdict === Verdict.HELD ? 'held' : p.verdict === Verdict.HANDOFF ? 'handoff' : 'drop',
       path: forwarded && nat.lastPath >= 0 ? (PATH_NAMES[nat.lastPath] ?? null) : null,
       drop: p.verdict === Verdict.DROP && nat.lastDrop >= 0 ? (DROP_REASON_NAMES[nat.lastDrop] ?? String(nat.lastDrop)) : null,
       before,

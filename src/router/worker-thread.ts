@@ -18,6 +18,8 @@ import { liveSnapshot } from '../observe/live.js';
 import { flowFilterFromQuery } from '../observe/filter.js';
 import { createLogger } from '../util/log.js';
 import { SharedHostCounts } from '../nat/host-counts.js';
+import { AlgRedirects } from '../nat/alg-redirect.js';
+import { enableFtpAlg } from '../nat/alg-ftp.js';
 import { PcapRelay } from '../observe/pcap-relay.js';
 import { SNAP_HEADERS } from '../observe/pcapng.js';
 
@@ -39,6 +41,12 @@ function start(base: WorkerBase, saved: RestoredFlow[]) {
   const hostCounts = new SharedHostCounts(base.hostCounts, count, index);
   hostCounts.clearOwn();
   const nat = buildTranslator(cfg, base, { index, count }, hostCounts);
+  if (cfg.algFtp.length > 0) {
+    enableFtpAlg(nat, cfg.algFtp);
+    // A restarted worker's mappings are gone: so are the FTP data endpoints it published.
+    nat.algRedirects = new AlgRedirects(base.algRedirects, count, index);
+    nat.algRedirects.clearOwn();
+  }
   // Flows saved by the last run (--state) go back before the queue opens and the first packet comes.
   const now = performance.now();
   let restored = 0;

@@ -31,6 +31,8 @@ export interface WorkerBase {
   queueFds: number[];
   /** Flows per LAN host, counted by all the workers (host-counts.ts). */
   hostCounts: SharedArrayBuffer;
+  /** FTP data endpoints published by the worker that holds them (alg-redirect.ts). */
+  algRedirects: SharedArrayBuffer;
 }
 
 /** What the main thread tells a data-plane worker when it starts it (worker-thread.ts). */
@@ -79,6 +81,8 @@ export interface WorkerSnapshot {
   pools: { proto: number; addr: number; used: number; size: number }[];
   fragments: { stats: Record<string, number>; size: number; heldBytes: number };
   publicAddresses: number[];
+  /** The FTP ALG's counters and waiting expectations, when it is on. */
+  alg?: { stats: Record<string, number>; pending: number; redirects: number };
   /** Fragments met at this worker before their owner was known (fragment-steer.ts). */
   fragmentSteering?: { held: number; released: number; heldDropped: number };
   /** Per-host traffic and flows by state (observe/hosts.ts). */
@@ -222,6 +226,7 @@ export function workerSnapshot(nat: Translator, loop: Dataplane): WorkerSnapshot
     pools,
     fragments: { stats: { ...nat.fragments.stats }, size: nat.fragments.size, heldBytes: nat.fragments.heldBytes },
     publicAddresses: nat.publicAddresses,
+    ...(nat.alg ? { alg: { stats: { ...nat.alg.stats }, pending: nat.alg.pending, redirects: nat.algRedirects?.size ?? 0 } } : {}),
   };
 }
 
@@ -268,7 +273,7 @@ export function aggregate(snaps: readonly WorkerSnapshot[]): { nat: Translator; 
     flows: { size: snaps.reduce((n, s) => n + s.flows, 0), capacity: snaps.reduce((n, s) => n + s.capacity, 0) },
     mappings: { size: snaps.reduce((n, s) => n + s.mappings, 0), poolAt: (proto: number, addr: number) => pools.get(`${proto}/${addr}`) ?? null },
     fragments: sum((s) => s.fragments),
-    alg: null,
+    alg: snaps.some((s) => s.alg) ? { stats: sum((s) => s.alg?.stats ?? {}), pending: snaps.reduce((n, s) => n + (s.alg?.pending ?? 0), 0) } : null,
     publicAddresses: snaps[0]?.publicAddresses ?? [],
   };
   const loop = { stats: sum((s) => s.loop) };

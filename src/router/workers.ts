@@ -17,6 +17,7 @@ import { Steering } from '../dataplane/steering.js';
 import { steeringProgram } from '../dataplane/steer-bpf.js';
 import { cidrToString, ipToString } from '../wire/addr.js';
 import { WorkerObservatory } from './workers-observe.js';
+import { AlgRedirects } from '../nat/alg-redirect.js';
 import { SharedHostCounts } from '../nat/host-counts.js';
 import { PcapngWriter, SNAP_HEADERS } from '../observe/pcapng.js';
 import { replayPcap } from '../observe/pcap-relay.js';
@@ -249,6 +250,7 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
     base = {
       slotSize, rings, vnetHdr: t.vnetHdr, publicIp: t.publicIp, owned: t.owned, dynamicPool: t.dynamicPool, publicPool: t.publicPool, queueFds: t.queueFds,
       hostCounts: SharedHostCounts.create(count),
+      algRedirects: AlgRedirects.create(count),
     };
     const shares = savedFlows(t.publicIp, publicAddressesOf(cfg, t));
     const restored = await Promise.all(slots.map((_, i) => initWorker(i, shares?.[i] ?? [])));

@@ -64,8 +64,6 @@ describe('config', () => {
     [{ ...base, busyPoll: '20000' }, 'busyPoll'],
     [{ ...base, workers: '0' }, 'workers'],
     [{ ...base, workers: '65' }, 'workers'],
-    // Not carried across workers yet: refused, not half done.
-    [{ ...base, workers: '2', alg: 'ftp' }, 'workers'],
     [{ ...base, alg: 'sip' }, 'alg'],
     [{ ...base, alg: ['ftp:0'] }, 'alg'],
     [{ ...base, alg: 'ftp:70000' }, 'alg'],

@@ -134,6 +134,31 @@ describe.skipIf(!isRoot)('FTP ALG with vsftpd and curl', () => {
     expect(text).not.toMatch(/192[.,]168/);
   }, 120_000);
 
+  it('with --workers 2, a data port in the other worker\'s slice: its LAN side is handed to the control connection\'s worker', async () => {
+    router = await startRfcRouter(lab, cleanup, 'algw', ['--alg', 'ftp', '--workers', '2']);
+    try {
+      const m0 = await router.metrics();
+      // The control connection from port 40000 is worker 0's ((40000 >> 1) % 2); the data port 50002 the
+      // client names is worker 1's. The server's connection to the public port reaches worker 0, which made
+      // that mapping; the client's side of it is steered to worker 1, which hands it over.
+      const t = await activeGet(h0, blob.name, ['--disable-eprt', '--local-port', '40000', '--ftp-port', `${LAN_SERVER}:50002-50002`]);
+      expect(t.stderr).toBe('');
+      expect(t.code).toBe(0);
+      expect(t.sha256).toBe(blob.sha256);
+      const m = await router.metrics();
+      expect(metricValue(m, 'tunnat_alg_expectations_total', { alg: 'ftp', event: 'used' })).toBe(1);
+      const handed = metricValue(m, 'tunnat_worker_handoffs_total', { worker: '1', direction: 'out' }) - metricValue(m0, 'tunnat_worker_handoffs_total', { worker: '1', direction: 'out' });
+      // Every packet of the client's side of the data connection (20 MB of ACKs at least) went through the ring.
+      expect(handed).toBeGreaterThan(100);
+      expect(metricValue(m, 'tunnat_worker_handoff_drops_total', { worker: '1' })).toBe(0);
+      const conns = (await router.conntrack()) as { alg?: string }[];
+      expect(conns.some((f) => f.alg === 'ftp-data')).toBe(true);
+    } finally {
+      await router.stop();
+      router = null;
+    }
+  }, 120_000);
+
   it('passive FTP to a LAN server behind --forward tcp:21: 227 and 229 rewritten, data connection let in', async () => {
     router = await startRfcRouter(lab, cleanup, 'pasv', ['--forward', `tcp:21=${LAN_SERVER}:21`, '--alg', 'ftp']);
     const capture = await captureOn(lab.inet.netns, lab.inet.dev, cleanup, ['tcp', 'port', '21']);
