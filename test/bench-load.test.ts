@@ -5,6 +5,7 @@
  * asserted and no namespace is built: `npm run bench:load` itself is the integration test.
  */
 import { Script } from 'node:vm';
+import { availableParallelism } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { parseLoadArgs, planFromArgs, resultsFileName, UsageError, DEFAULT_MEASURE, QUICK_MEASURE } from '../bench/load/args.js';
 import { clientAddresses, floorQueues, maxFlowsArgs } from '../bench/load/engines.js';
@@ -229,9 +230,12 @@ describe('traffic programs and plans', () => {
     expect(maxFlowsArgs(1_000_000, ['--max-flows', '2000000'])).toEqual([]);
   });
 
-  it('the TUN floor reads as many queues as tunnat has workers', () => {
-    expect(floorQueues([])).toBe(1);
+  it('the TUN floor reads as many queues as tunnat has workers (one per core by default)', () => {
+    const cores = Math.min(64, availableParallelism());
+    expect(floorQueues([])).toBe(cores);
+    expect(floorQueues(['--workers', 'auto'])).toBe(cores);
     expect(floorQueues(['--busy-poll', '0', '--workers', '2'])).toBe(2);
+    expect(floorQueues(['--workers', '1'])).toBe(1);
     expect(floorQueues(['--workers', 'x'])).toBe(1);
   });
 

@@ -204,7 +204,7 @@ export function maxFlowsArgs(flows: number | undefined, userArgs: readonly strin
  */
 export function floorQueues(userArgs: readonly string[]): number {
   const i = userArgs.indexOf('--workers');
-  const n = i >= 0 ? Number(userArgs[i + 1]) : DEFAULTS.workers;
+  const n = i >= 0 && userArgs[i + 1] !== 'auto' ? Number(userArgs[i + 1]) : DEFAULTS.workers;
   return Number.isInteger(n) && n >= 1 ? n : 1;
 }
 

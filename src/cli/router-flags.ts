@@ -20,7 +20,7 @@ export const ROUTER_FLAGS = {
   'max-flows': { type: 'string', arg: 'N', about: 'connection-tracking table size (default 262144)' },
   table: { type: 'string', arg: 'N', about: 'routing table for outbound traffic; N+1 is used for inbound (default 7301)' },
   batch: { type: 'string', arg: 'N', about: 'packets read and written per system call (default 64)' },
-  workers: { type: 'string', arg: 'N', about: 'data-plane threads, one queue of a multi-queue TUN each (1-64; default 1: one loop)' },
+  workers: { type: 'string', arg: 'N|auto', about: 'data-plane threads, one queue of a multi-queue TUN each (1-64, or auto: one per core, the default; 1: one loop, no threads)' },
   'busy-poll': { type: 'string', arg: 'US', about: 'keep reading for US µs (0-10000) after a wake-up that found packets, then sleep; 0: never (default 50)' },
   'log-level': { type: 'string', arg: 'LEVEL', about: 'debug, info, warn or error (default info)' },
   engine: { type: 'string', arg: 'userspace|kernel|auto', about: 'who translates: tunnat, the kernel, or tunnat falling back to the kernel' },

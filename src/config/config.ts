@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import type { Cidr } from '../wire/addr.js';
 import type { Timeouts } from '../conntrack/timeouts.js';
 import type { FilteringName } from '../nat/translator.js';
@@ -62,7 +63,7 @@ export interface RouterConfig {
   batch: number;
   /** Microseconds the data plane keeps reading after the last packet before sleeping in poll; 0: off. */
   busyPoll: number;
-  /** Data-plane workers, each reading its own queue of a multi-queue TUN (1: one loop, no threads). */
+  /** Data-plane workers, each reading its own queue of a multi-queue TUN (1: one loop, no threads; default one per core). */
   workers: number;
   logLevel: 'debug' | 'info' | 'warn' | 'error';
   /** Who translates: tunnat itself, the kernel's netfilter, or tunnat with the kernel as fallback. */
@@ -108,7 +109,10 @@ export const DEFAULTS = {
   table: 7301,
   batch: 64,
   busyPoll: 50,
-  workers: 1,
+  /** One data-plane worker per core (`--workers auto`), at most 64. */
+  get workers(): number {
+    return Math.max(1, Math.min(64, availableParallelism()));
+  },
   logLevel: 'info' as const,
   pcapSnaplen: 'headers' as const,
   pcapSize: 100,

@@ -232,7 +232,7 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
     table: get('table') !== undefined ? positiveInt('table', get('table'), 0x7ffffffe) : DEFAULTS.table,
     batch: get('batch') !== undefined ? positiveInt('batch', get('batch'), 1024) : DEFAULTS.batch,
     busyPoll: get('busyPoll') !== undefined ? boundedInt('busyPoll', get('busyPoll'), 0, 10_000) : DEFAULTS.busyPoll,
-    workers: get('workers') !== undefined ? boundedInt('workers', get('workers'), 1, 64) : DEFAULTS.workers,
+    workers: get('workers') !== undefined && get('workers') !== 'auto' ? boundedInt('workers', get('workers'), 1, 64) : DEFAULTS.workers,
     logLevel: logLevel as RouterConfig['logLevel'],
     engine: engine as RouterConfig['engine'],
     backend: backend as RouterConfig['backend'],

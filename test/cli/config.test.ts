@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import { writeFileSync, mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { tmpdir, availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError } from '../../src/config/config.js';
 import { resolveConfig } from '../../src/config/resolve.js';
@@ -18,10 +18,12 @@ describe('config', () => {
       http: { host: '127.0.0.1', port: 9100 },
       table: 7301,
       busyPoll: 50,
-      workers: 1,
+      workers: Math.min(64, availableParallelism()),
     });
     expect(resolveConfig({ ...base, busyPoll: '0' }).busyPoll).toBe(0);
     expect(resolveConfig({ ...base, workers: '4' }).workers).toBe(4);
+    expect(resolveConfig({ ...base, workers: 'auto' }).workers).toBe(Math.min(64, availableParallelism()));
+    expect(() => resolveConfig({ ...base, workers: '0' })).toThrow(/workers/);
     expect(c.internal).toHaveLength(1);
     expect(c.timeouts.udp).toBe(300);
   });
