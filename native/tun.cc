@@ -14,6 +14,7 @@
 #include <net/if.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -136,6 +137,7 @@ class Tun : public Napi::ObjectWrap<Tun> {
                            InstanceMethod<&Tun::StopPoll>("stopPoll"),
                            InstanceMethod<&Tun::Close>("close"),
                            InstanceMethod<&Tun::Stats>("stats"),
+                           InstanceMethod<&Tun::Preemptions>("preemptions"),
                            InstanceMethod<&Tun::SetOffload>("setOffload"),
                            InstanceMethod<&Tun::SetVnetHdrSize>("setVnetHdrSize"),
                            InstanceMethod<&Tun::SetPersist>("setPersist"),
@@ -413,6 +415,16 @@ class Tun : public Napi::ObjectWrap<Tun> {
   Napi::Value Close(const Napi::CallbackInfo& info) {
     CloseNow(false);
     return info.Env().Undefined();
+  }
+
+  // preemptions(): how many times the calling thread has been switched out while it still wanted the CPU
+  // (getrusage(RUSAGE_THREAD).ru_nivcsw). A busy-poll spin during which this grew shared its core with
+  // other work (the LAN's endpoints, the kernel's softirq), which the spin held up: the loop then polls
+  // for a shorter window. -1 when the kernel cannot say.
+  Napi::Value Preemptions(const Napi::CallbackInfo& info) {
+    struct rusage ru;
+    if (::getrusage(RUSAGE_THREAD, &ru) < 0) return Napi::Number::New(info.Env(), -1);
+    return Napi::Number::New(info.Env(), static_cast<double>(ru.ru_nivcsw));
   }
 
   Napi::Value Stats(const Napi::CallbackInfo& info) {

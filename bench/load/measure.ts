@@ -173,7 +173,7 @@ export async function flows(bl: BenchLab, s: EngineSession, cfg: MeasureConfig):
     throw new Error(`${s.runner}'s flow table holds ${capacity} entries, fewer than the ${plan.flows} flows asked for${s.capacityHint ? ` (${s.capacityHint})` : ''}`);
   }
   let opener: Record<string, unknown>;
-  const countBefore = await s.flowCount();
+  const countBefore = await settledFlowCount(s);
   const memBefore = await s.memory();
   try {
     const seconds = (FLOW_PASSES * plan.flows) / cfg.flowRate;
@@ -228,6 +228,25 @@ export async function flows(bl: BenchLab, s: EngineSession, cfg: MeasureConfig):
     bytesPerFlow: rssPerFlow ?? slabPerFlow,
   };
 }
+
+/**
+ * The engine's flow count before a flows run, once the flows of its start-up probe have gone. Held is
+ * after − before, so a probe flow that expires during a long run would make the run's own flows read one
+ * short (tunnat ends an answered UDP query after 5 s). Waits at most PROBE_SETTLE_MS; an engine whose
+ * leftovers live longer (the kernel keeps the probe for 30 s) is counted as it is, which can only make
+ * "held" read lower than what happened, never higher.
+ */
+async function settledFlowCount(s: EngineSession): Promise<number | null> {
+  const deadline = performance.now() + PROBE_SETTLE_MS;
+  let n = await s.flowCount();
+  while (n !== null && n > 0 && performance.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 500));
+    n = await s.flowCount();
+  }
+  return n;
+}
+
+const PROBE_SETTLE_MS = 8000;
 
 export async function latency(bl: BenchLab, s: EngineSession, cfg: MeasureConfig): Promise<RunValues> {
   const ping = async (count: number, interval: number): Promise<string> => {

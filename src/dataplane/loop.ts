@@ -56,6 +56,8 @@ export interface LoopStats {
   /** Busy-poll windows run, and the packets they caught (which would otherwise each have cost a wake-up). */
   spins: number;
   spinPackets: number;
+  /** Spins after which the window was halved because the thread had been preempted while spinning. */
+  spinShrinks: number;
   /** Packets read from the TUN (forwarded, dropped, handed to another worker, or too long for a slot). */
   packetsRead: number;
   /** Packets handed to the worker that owns their flow (--workers), received from other workers, and
@@ -108,6 +110,8 @@ export class Dataplane {
   private readonly maxBatches: number;
   private readonly clock: () => number;
   private readonly busyPollMs: number;
+  /** The spin's current window (adaptive: see spin()), between busyPollMs / 16 and busyPollMs. */
+  private spinMs: number;
   private readonly prefetchMinFlows: number;
   private readonly keys: FlowKeys;
   private readonly vnet = new VnetHeader();
@@ -137,6 +141,7 @@ export class Dataplane {
     const busy = opts.busyPollUs ?? 0;
     if (!Number.isInteger(busy) || busy < 0 || busy > 10_000) throw new RangeError(`busyPollUs must be an integer in 0..10000, got ${busy}`);
     this.busyPollMs = busy / 1000;
+    this.spinMs = this.busyPollMs;
     this.prefetchMinFlows = opts.prefetchMinFlows ?? 16384;
     this.keys = new FlowKeys(this.batch);
     // The lower half takes what is read; the upper half what the translator generates (ICMP errors,
@@ -149,7 +154,7 @@ export class Dataplane {
     this.lens = new Uint32Array(this.batch);
     this.outOffsets = new Uint32Array(this.batch * 2);
     this.outLens = new Uint32Array(this.batch * 2);
-    this.stats = { packetsRead: 0, batches: 0, oversize: 0, badVnet: 0, superpackets: 0, segments: 0, writeShort: 0, spins: 0, spinPackets: 0, handoffsOut: 0, handoffsIn: 0, handoffDrops: 0, batchSizes: new Float64Array(8) };
+    this.stats = { packetsRead: 0, batches: 0, oversize: 0, badVnet: 0, superpackets: 0, segments: 0, writeShort: 0, spins: 0, spinPackets: 0, spinShrinks: 0, handoffsOut: 0, handoffsIn: 0, handoffDrops: 0, batchSizes: new Float64Array(8) };
     const hdr = this.hdrLen;
     nat.packetRoom = this.slotSize - this.hdrLen;
     const loop = this;
@@ -197,26 +202,48 @@ export class Dataplane {
     return total;
   }
 
+  /** The busy-poll window now, in microseconds (it adapts; see spin()). */
+  get spinWindowUs(): number {
+    return this.spinMs * 1000;
+  }
+
   /**
-   * Keep reading for busyPollMs after the last packet (the kernel's busy_poll, in userspace). Bounded by the
-   * per-wake batch budget, so a steady stream still returns to the event loop (timers, metrics, clients)
+   * Keep reading for a short window after the last packet (the kernel's busy_poll, in userspace). Bounded by
+   * the per-wake batch budget, so a steady stream still returns to the event loop (timers, metrics, clients)
    * as often as without busy polling. Real time, not `clock`: tests drive that one by hand.
+   *
+   * The window adapts to whether this core is shared. Linux stops a busy poll as soon as another task needs
+   * the CPU (need_resched); userspace cannot see that directly, but it can see afterwards that the thread was
+   * switched out while it still wanted to run (involuntary context switches). A spin that was preempted held
+   * up other work on its core (the LAN's endpoints, the kernel's softirq on a small machine), so the next one
+   * polls half as long, down to 1/16 of --busy-poll; a spin that ran alone and caught packets doubles it back
+   * up to --busy-poll. A device that cannot count preemptions keeps the window fixed.
    */
   private spin(): number {
     this.stats.spins++;
+    const tun = this.tun;
+    const before = tun.preemptions !== undefined ? tun.preemptions() : -1;
+    const window = this.spinMs;
     let total = 0;
     let batches = 0;
-    let deadline = performance.now() + this.busyPollMs;
+    let deadline = performance.now() + window;
     for (;;) {
       const n = this.runBatch();
       const t = performance.now();
       if (n > 0) {
         total += n;
         if (++batches >= this.maxBatches) break;
-        deadline = t + this.busyPollMs;
+        deadline = t + window;
       } else if (t >= deadline) break;
     }
     this.stats.spinPackets += total;
+    if (before >= 0) {
+      const after = (tun.preemptions as () => number)();
+      if (after > before) {
+        this.spinMs = Math.max(this.busyPollMs / 16, window / 2);
+        this.stats.spinShrinks++;
+      } else if (total > 0 && window < this.busyPollMs) this.spinMs = Math.min(this.busyPollMs, window * 2);
+    }
     return total;
   }
 

@@ -464,6 +464,14 @@ export function createRegistry(nat: Translator, loop: Dataplane | null, opts: Re
         mirror(this, {}, loop.stats.spinPackets ?? 0);
       },
     });
+    new Counter({
+      name: 'tunnat_busy_poll_shrinks_total',
+      help: 'Busy polls during which the thread was preempted (its core was wanted by other work), each halving the next window',
+      registers: [registry],
+      collect() {
+        mirror(this, {}, loop.stats.spinShrinks ?? 0);
+      },
+    });
   }
   const lm = opts.loopMetrics;
   if (lm) {

@@ -27,6 +27,13 @@ export interface TunDevice {
    */
   writeBatch(buf: Buffer, offsets: Uint32Array, lens: Uint32Array, count: number): number;
 
+  /**
+   * How many times the calling thread has been switched out while it still wanted to run (a count that
+   * only grows; -1 if unknown). The loop compares it across a busy-poll spin to learn whether spinning
+   * holds up other work on its core. Optional: without it the spin window stays fixed.
+   */
+  preemptions?(): number;
+
   /** Call `cb` whenever packets are waiting to be read (level-triggered); replaces any earlier callback. */
   onReadable(cb: () => void): void;
 

@@ -42,6 +42,8 @@ export class FakeTun implements TunDevice {
   readonly written: Buffer[] = [];
   /** Per-call write limit; may be changed between calls to fill and drain the "queue". */
   writeCapacity: number;
+  /** Unset: the fake cannot count preemptions (the busy-poll window stays fixed). Tests set it to play a shared core. */
+  preemptions?: () => number;
 
   private readonly truncatedLength: 'actual' | 'slot';
   private readonly queue: Buffer[] = [];

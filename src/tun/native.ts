@@ -54,6 +54,7 @@ interface NativeHandle {
   stopPoll(): void;
   close(): void;
   stats(): NativeTunStats;
+  preemptions(): number;
   setOffload(flags: number): void;
   setVnetHdrSize(size: number): void;
   setPersist(persist: boolean): void;
@@ -208,6 +209,11 @@ export class NativeTun implements TunDevice {
     } catch (err) {
       throw convert(err);
     }
+  }
+
+  /** Involuntary context switches of the calling thread so far (getrusage RUSAGE_THREAD); -1 if unknown. */
+  preemptions(): number {
+    return this.handle.preemptions();
   }
 
   /**

@@ -148,6 +148,48 @@ describe('data plane on a fake TUN', () => {
       expect(loop.stats.batches).toBe(5);
     });
 
+    it('halves the window after a spin that was preempted, and grows it back when spinning pays off alone', () => {
+      const { tun, loop } = lateArrival(Number.MAX_SAFE_INTEGER, 8, 1600);
+      let switches = 0;
+      let preemptedDuringSpin = true;
+      // The fake thread is preempted once per spin while the "core" is shared.
+      tun.preemptions = () => (preemptedDuringSpin ? ++switches : switches);
+      const request = (port: number) => udpPacket({ src: HOST_A, dst: REMOTE, srcPort: port, dstPort: 7, payload });
+      expect(loop.spinWindowUs).toBe(1600);
+      for (let i = 0; i < 6; i++) {
+        tun.inject(request(4000 + i));
+        loop.drain();
+      }
+      // 1600 → 800 → 400 → 200 → 100 (1/16 of --busy-poll, the floor), and there it stays.
+      expect(loop.spinWindowUs).toBe(100);
+      expect(loop.stats.spinShrinks).toBe(6);
+      preemptedDuringSpin = false;
+      // An empty spin that ran alone leaves the window as it is; one that caught a packet doubles it.
+      tun.inject(request(5000));
+      loop.drain();
+      expect(loop.spinWindowUs).toBe(100);
+      const read = tun.readBatch;
+      let empty = 0;
+      tun.readBatch = (buf, slot, lens) => {
+        const n = read(buf, slot, lens);
+        if (n === 0 && ++empty === 1) tun.inject(request(6000));
+        return n;
+      };
+      tun.inject(request(5001));
+      expect(loop.drain()).toBe(2);
+      expect(loop.spinWindowUs).toBe(200);
+      expect(loop.stats.spinShrinks).toBe(6);
+    });
+
+    it('keeps the window fixed on a device that cannot count preemptions', () => {
+      const { tun, loop } = lateArrival(Number.MAX_SAFE_INTEGER, 8, 200);
+      expect(tun.preemptions).toBeUndefined();
+      tun.inject(udpPacket({ src: HOST_A, dst: REMOTE, srcPort: 4000, dstPort: 7, payload }));
+      loop.drain();
+      expect(loop.spinWindowUs).toBe(200);
+      expect(loop.stats.spinShrinks).toBe(0);
+    });
+
     it('rejects an impossible window', () => {
       expect(() => new Dataplane(new FakeTun(), makeNat(), { busyPollUs: -1 })).toThrow(RangeError);
       expect(() => new Dataplane(new FakeTun(), makeNat(), { busyPollUs: 1.5 })).toThrow(RangeError);

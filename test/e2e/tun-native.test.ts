@@ -81,6 +81,13 @@ describe.skipIf(process.getuid?.() !== 0)('native TUN device in a private networ
       expect(r.phases).toEqual(['read', 'truncation', 'write', 'vnet']);
     });
 
+    it('counts the thread\'s preemptions (getrusage), a number that never falls', () => {
+      const [before, after, spun] = r.preemptions as [number, number, boolean];
+      expect(spun).toBe(true);
+      expect(Number.isInteger(before) && before >= 0).toBe(true);
+      expect(after).toBeGreaterThanOrEqual(before);
+    });
+
     it('reads every datagram the namespace sent, several per readBatch call', () => {
       const seqs = r.readSeqs as string[];
       expect(seqs).toHaveLength(count);
