@@ -19,6 +19,7 @@ import {
   buildBenchLab,
   cliBuilt,
   decideKernelVariant,
+  floorQueues,
   KERNEL_VARIANT_TEXT,
   probeTranslation,
   SLIRP_MTU,
@@ -238,6 +239,7 @@ async function main(): Promise<number> {
     const bl = await buildBenchLab({ addresses: plan.flowAddresses, withSlirp: engines.includes('slirp4netns'), cleanup, log, cliPath });
     seen = bl.notes;
     if (plan.tunnatArgs.length > 0) bl.notes.add(`the userspace engine ran as \`tunnat run … ${plan.tunnatArgs.join(' ')}\` (not the defaults)`);
+    else bl.notes.add(`the userspace engine ran with its defaults: ${floorQueues([])} data-plane worker(s), one per core (\`--workers auto\`), and an adaptive busy poll of up to 50 µs (\`--busy-poll 50\`)`);
     if (engines.includes('kernel')) {
       kernel = await decideKernelVariant(bl, args.kernel);
       log(`kernel column: ${KERNEL_VARIANT_TEXT[kernel.variant]} (${kernel.reason})`);

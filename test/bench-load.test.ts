@@ -25,7 +25,7 @@ import {
 import { connClientArgv, connServerArgv, flowOpenerArgv, flowSinkArgv, planFlows, FLOW_PORT_CEILING } from '../bench/load/programs.js';
 import { columnsOf, DOCS_HEADING, formatText, markdownSection, markdownTable, renderSvg, spliceSection, chartPanels } from '../bench/load/render.js';
 import { busyCpuSeconds, bytesPerFlow, goalMet, goalText, median, parseProcStatCpu, percentile, ratio } from '../bench/load/stats.js';
-import { autoNotes, formatValue, isAutoNote, summarize, type LoadReport, type RunRecord } from '../bench/load/summary.js';
+import { autoNotes, formatRatio, formatValue, goalCell, isAutoNote, summarize, type LoadReport, type RunRecord } from '../bench/load/summary.js';
 import type { RunnerName } from '../bench/load/engines.js';
 import type { MeasurementName, RunValues } from '../bench/load/measure.js';
 
@@ -360,6 +360,28 @@ describe('summary', () => {
     expect(tcp.goal).toEqual({ text: '≥ 0.8× kernel', met: false });
     // Measurements that did not run have no row.
     expect(rows.find((r) => r.metric === 'tcp4')).toBeUndefined();
+  });
+
+  it('a missed kernel goal falls back to 0.9 × the TUN floor, judged on the unrounded ratio', () => {
+    const withFloor: RunRecord[] = [];
+    // TCP: 8.97 against a floor of 10 is 0.897 × (missed, though two decimals would say 0.90).
+    for (const [n, gbps, cpu] of [['userspace', 8.97, 1.2], ['kernel', 20, 0.5], ['tun-floor', 10, 1.07]] as const) {
+      withFloor.push(runOf('tcp-bulk-4', n, 1, { gbps, retransmits: 0, cpuSeconds: 1, cpuSecPerGB: cpu }));
+      withFloor.push(runOf('tcp-bulk-1', n, 1, { gbps: n === 'userspace' ? 9.2 : gbps, retransmits: 0 }));
+    }
+    const sum = summarize(withFloor);
+    const get = (id: string) => sum.find((r) => r.metric === id)!;
+    expect(get('tcp4').floorGoal).toEqual({ text: '≥ 0.9× TUN floor', met: false });
+    expect(formatRatio(get('tcp4').floorRatio ?? null)).toBe('0.897×');
+    expect(goalCell(get('tcp4'))).toBe('≥ 0.8× kernel: MISSED; ≥ 0.9× TUN floor: MISSED');
+    expect(get('tcp1').floorGoal).toEqual({ text: '≥ 0.9× TUN floor', met: true });
+    // CPU per GB is lower-is-better: at most 1 / 0.9 of the floor's (1.2 / 1.07 = 1.12 ×: missed).
+    expect(get('tcp4-cpu').floorGoal).toEqual({ text: '≤ 1.11× TUN floor', met: false });
+    expect(formatRatio(get('tcp4-cpu').floorRatio ?? null)).toBe('1.12×');
+    expect(formatRatio(1.1118)).toBe('1.112×');
+    // A goal met against the kernel needs no fallback; ordinary ratios keep two decimals.
+    expect(formatRatio(0.7)).toBe('0.70×');
+    expect(formatRatio(0.999)).toBe('0.999×');
   });
 
   it('scales pps to kpps, keeps a failed engine as null, and gives loss no ratio', () => {

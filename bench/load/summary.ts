@@ -54,7 +54,15 @@ export interface SummaryRow {
   /** userspace / TUN floor, when the floor ran for this measurement. */
   floorRatio?: number | null;
   goal: { text: string; met: boolean | null; note?: string } | null;
+  /**
+   * Where a kernel-ratio goal was missed and the TUN floor ran: whether tunnat reached the floor's share the
+   * goal falls back to (≥ 0.9 × the floor; for "lower is better", at most 1 / 0.9 of it).
+   */
+  floorGoal?: { text: string; met: boolean } | null;
 }
+
+/** The share of the TUN floor a measure must reach when its kernel ratio is out of reach. */
+export const FLOOR_SHARE = 0.9;
 
 export interface LoadReport {
   kind: 'tunnat-load-benchmark';
@@ -170,6 +178,12 @@ export function summarize(runs: readonly RunRecord[]): SummaryRow[] {
     if (def.goal) {
       const met = goalMet(def.goal, row.medians.userspace ?? null, row.ratio);
       row.goal = { text: goalText(def.goal), met, ...(def.goalNote ? { note: def.goalNote } : {}) };
+      const fr = row.floorRatio;
+      if (met === false && fr !== undefined && fr !== null && (def.goal.kind === 'ratio-at-least' || def.goal.kind === 'ratio-at-most')) {
+        row.floorGoal = def.better === 'higher'
+          ? { text: `≥ ${FLOOR_SHARE}× TUN floor`, met: fr >= FLOOR_SHARE }
+          : { text: `≤ ${(1 / FLOOR_SHARE).toFixed(2)}× TUN floor`, met: fr <= 1 / FLOOR_SHARE };
+      }
     }
     rows.push(row);
   }
@@ -206,14 +220,19 @@ export function formatValue(v: number | null | undefined): string {
   return v.toFixed(3);
 }
 
+/** Two decimals, or three where two would round across the floor share (0.895 must not read 0.90). */
 export function formatRatio(r: number | null): string {
-  return r === null ? '—' : `${r.toFixed(2)}×`;
+  if (r === null) return '—';
+  const two = r.toFixed(2);
+  const crosses = (x: number) => (r < x) !== (Number(two) < x) || (r > x) !== (Number(two) > x);
+  return `${crosses(FLOOR_SHARE) || crosses(1 / FLOOR_SHARE) || crosses(1) ? r.toFixed(3) : two}×`;
 }
 
 export function goalCell(row: SummaryRow): string {
   if (!row.goal) return '';
   const verdict = row.goal.met === null ? 'n/a' : row.goal.met ? 'met' : 'MISSED';
-  return `${row.goal.text}: ${verdict}${row.goal.note ? ` (${row.goal.note})` : ''}`;
+  const floor = row.floorGoal ? `; ${row.floorGoal.text}: ${row.floorGoal.met ? 'met' : 'MISSED'}` : '';
+  return `${row.goal.text}: ${verdict}${floor}${row.goal.note ? ` (${row.goal.note})` : ''}`;
 }
 
 function runValues(runs: readonly RunRecord[], m: MeasurementName, runner: RunnerName, field: string): number[] {
