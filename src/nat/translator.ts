@@ -188,22 +188,26 @@ export class Translator extends NatContext {
     }
     if (fromInside && this.isInternal(dst)) return this.drop(DropReason.NOT_OURS);
     const frag = rd16(buf, off + IPV4_OFF.FLAGS_FRAGMENT) & (IPV4_FRAG.MORE_FRAGMENTS | IPV4_FRAG.OFFSET_MASK); // any fragment
-    if (frag === 0) return this.translate(buf, now, src, dst, fromInside, toPublic, false);
+    if (frag === 0) return this.translate(buf, now, fromInside, toPublic, false);
     if ((frag & IPV4_FRAG.OFFSET_MASK) !== 0) return laterFragment(this, buf, off, now, src, dst, fromInside);
     // A first fragment carries the ports: translate it as a whole packet, then the rest follow it.
     const datagram = openFirstFragment(this, src, dst, now);
     if (datagram === null) return this.drop(DropReason.FRAGMENT);
-    return settleFirstFragment(this, datagram, this.translate(buf, now, src, dst, fromInside, toPublic, true));
+    return settleFirstFragment(this, datagram, this.translate(buf, now, fromInside, toPublic, true));
   }
 
   /**
    * A whole packet or a first fragment: read its tuple, find its flow (or set one up), track its state,
    * and rewrite it to the inverse of the other direction's tuple.
+   *
+   * The addresses are read again here rather than passed in: an IPv4 address is a 32-bit number, too wide
+   * for V8's small integers, so passing it to a function that is not inlined (this one is too big to be)
+   * boxes it in a new heap number — two allocations per packet, garbage the collector then has to sweep.
    */
-  private translate(
-    buf: Uint8Array, now: number, src: number, dst: number, fromInside: boolean, toPublic: boolean, firstFragment: boolean,
-  ): number {
+  private translate(buf: Uint8Array, now: number, fromInside: boolean, toPublic: boolean, firstFragment: boolean): number {
     const ip = this.ip;
+    const src = rd32(buf, ip.off + IPV4_OFF.SOURCE);
+    const dst = rd32(buf, ip.off + IPV4_OFF.DESTINATION);
     const total = ip.totalLength;
     const proto = buf[ip.off + IPV4_OFF.PROTOCOL]!;
     const l4 = ip.off + ip.headerLength;
