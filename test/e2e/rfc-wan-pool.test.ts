@@ -76,6 +76,11 @@ describe.skipIf(!isRoot)('--masquerade all pairs hosts with every WAN address an
       hosts.map((h, i) => inNs(h.netns, ['python3', '-c', UDP_FLOWS_CLIENT, ECHO, String(ECHO_PORT), String(base + i * 100), String(FLOWS)], { timeoutMs: 60_000 })),
     );
     expect(replies.map((r) => Number(r.stdout.trim()))).toEqual(hosts.map(() => FLOWS));
+    // Every datagram was answered, so the echo has logged it; but its output reaches this process through
+    // a pipe that may not have been read yet when the clients exit. Wait for the lines (briefly).
+    for (const end = Date.now() + 5000; echoLog(echo).length - before < hosts.length * FLOWS && Date.now() < end; ) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
     const seen = echoLog(echo).slice(before).map((e) => {
       const [addr, port] = e.from.split(':');
       return { addr: addr!, port: Number(port) };
