@@ -11,6 +11,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release, totalmem } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
+import { DEFAULTS } from '../src/config/config.js';
 import { Cleanup } from '../src/lab/cleanup.js';
 import { repoRoot } from '../src/lab/router.js';
 import { run } from '../src/util/exec.js';
@@ -239,7 +240,7 @@ async function main(): Promise<number> {
     const bl = await buildBenchLab({ addresses: plan.flowAddresses, withSlirp: engines.includes('slirp4netns'), cleanup, log, cliPath });
     seen = bl.notes;
     if (plan.tunnatArgs.length > 0) bl.notes.add(`the userspace engine ran as \`tunnat run … ${plan.tunnatArgs.join(' ')}\` (not the defaults)`);
-    else bl.notes.add(`the userspace engine ran with its defaults: ${floorQueues([])} data-plane worker(s), one per core (\`--workers auto\`), and an adaptive busy poll of up to 50 µs (\`--busy-poll 50\`)`);
+    else bl.notes.add(`the userspace engine ran with its defaults: ${floorQueues([])} data-plane worker(s), one per core (\`--workers auto\`), and an adaptive busy poll of up to ${DEFAULTS.busyPoll} µs (\`--busy-poll ${DEFAULTS.busyPoll}\`)`);
     if (engines.includes('kernel')) {
       kernel = await decideKernelVariant(bl, args.kernel);
       log(`kernel column: ${KERNEL_VARIANT_TEXT[kernel.variant]} (${kernel.reason})`);

@@ -224,7 +224,8 @@ export function formatValue(v: number | null | undefined): string {
 export function formatRatio(r: number | null): string {
   if (r === null) return '—';
   const two = r.toFixed(2);
-  const crosses = (x: number) => (r < x) !== (Number(two) < x) || (r > x) !== (Number(two) > x);
+  // Rounding must not move the ratio to the other side of (or onto) a threshold a reader compares it with.
+  const crosses = (x: number) => Math.sign(r - x) !== Math.sign(Number(two) - x);
   return `${crosses(FLOOR_SHARE) || crosses(1 / FLOOR_SHARE) || crosses(1) ? r.toFixed(3) : two}×`;
 }
 
