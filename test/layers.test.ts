@@ -19,6 +19,7 @@ const LAYERS: readonly (readonly string[])[] = [
   ['dataplane'],
   ['metrics'],
   ['observe'],
+  ['ha'],
   ['kernel', 'router'],
   ['lab'],
   ['cli'],
