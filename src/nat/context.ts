@@ -83,6 +83,17 @@ export interface NatOptions {
    * slice (sliceOwner in ports.ts), so no two workers can hand out one public port.
    */
   slice?: { index: number; count: number };
+  /**
+   * This translator is gateway `node` (0 or 1) of a pair (`--ha-node`): new mappings take ports only in its
+   * half of the range (ports.ts nodeHalf); mappings replicated from the peer keep theirs.
+   */
+  haNode?: number | null;
+  /**
+   * Pick up a TCP connection from the LAN side in the middle (a segment with ACK and no flow), as
+   * `nf_conntrack_tcp_loose` does: after a failover, connections the old active opened in its last moments
+   * carry on. Never from the WAN side, which would open a path for unsolicited traffic.
+   */
+  tcpLoose?: boolean;
 }
 
 /** A static SNAT entry: the inside prefix, and the pool address it leaves through. */
@@ -152,6 +163,14 @@ export class NatContext {
   forwardList: readonly PortForward[] = [];
   egress: EgressPolicy | null;
   egressReject: boolean;
+  /** Gateway 0 or 1 of a pair (NatOptions.haNode), or null. */
+  readonly haNode: number | null;
+  readonly tcpLoose: boolean;
+  /**
+   * A standby gateway of a pair: it holds the replicated flows but forwards nothing (every packet is a
+   * counted drop), since it does not hold the public address it would translate to.
+   */
+  standby = false;
   maxPerHost: number;
   icmpOnExhaustion: boolean;
 
@@ -236,6 +255,10 @@ export class NatContext {
     if (slice && !(Number.isInteger(slice.count) && slice.count >= 1 && Number.isInteger(slice.index) && slice.index >= 0 && slice.index < slice.count)) {
       throw new RangeError(`worker slice ${slice.index}/${slice.count} is impossible`);
     }
+    const node = opts.haNode ?? null;
+    if (node !== null && node !== 0 && node !== 1) throw new RangeError(`gateway ${node} of a pair is impossible (0 or 1)`);
+    this.haNode = node;
+    this.tcpLoose = opts.tcpLoose ?? false;
     const addresses = opts.publicPool && opts.publicPool.length > 0 ? opts.publicPool.map((a) => a >>> 0) : [this.publicIp];
     if (addresses[0] !== this.publicIp) throw new RangeError('the first address of the public pool must be publicIp');
     if (new Set(addresses).size !== addresses.length) throw new RangeError('the public pool names an address twice');
@@ -248,7 +271,7 @@ export class NatContext {
     }
     this.mappings = new MappingTable(opts.maxFlows, opts.seed ^ 0x5bd1e995, (p) =>
       // ICMP identifiers are not ports: the whole 16-bit space is usable.
-      p === IPPROTO.ICMP ? new PortPool(0, 65535, [], slice) : new PortPool(lo, hi, excluded, slice), TRACKED, addresses, this.dynamicPool ? MAX_POOL : 0);
+      p === IPPROTO.ICMP ? new PortPool(0, 65535, [], slice, node) : new PortPool(lo, hi, excluded, slice, node), TRACKED, addresses, this.dynamicPool ? MAX_POOL : 0);
     this.permissions = this.filtering === Filtering.ADDRESS ? new PermissionTable(opts.maxFlows * 2, opts.seed ^ 0x27d4eb2f) : null;
     this.setForwards(opts.forwards ?? []);
     this.egress = opts.egress ?? null;

@@ -35,11 +35,13 @@ export const DropReason = {
   HOST_LIMIT: 12,
   /** An address-only protocol already has a flow from another LAN host to the same remote address. */
   PROTOCOL_BUSY: 13,
+  /** The gateway is the standby of a pair: it forwards nothing until it holds the addresses. */
+  STANDBY: 14,
 } as const;
 export const DROP_REASON_NAMES = [
   'malformed', 'no-mapping', 'table-full', 'ports-exhausted', 'fragment', 'unsupported-protocol', 'tcp-flags',
   'checksum', 'not-ours', 'ttl', 'filtered', 'egress-policy', 'host-limit',
-  'protocol-busy',
+  'protocol-busy', 'standby',
 ] as const;
 
 /** Where a forwarded packet went; index into NatStats.packets/bytes. */
@@ -83,6 +85,8 @@ export interface NatStats {
   flowsCreated: number;
   /** Public ports taken from an unassured flow because the pool was full (port-reclaim.ts). */
   portsReclaimed: number;
+  /** TCP connections picked up from the LAN side in the middle (NatOptions.tcpLoose, after a failover). */
+  tcpPickedUp: number;
   /** Flows removed, by reason name. */
   readonly flowsRemoved: Record<RemoveReason, number>;
   icmpErrorsTranslated: number;
@@ -99,6 +103,7 @@ export function newNatStats(): NatStats {
     drops: new Float64Array(DROP_REASON_NAMES.length),
     flowsCreated: 0,
     portsReclaimed: 0,
+    tcpPickedUp: 0,
     flowsRemoved: { expired: 0, 'early-drop': 0, flush: 0, closed: 0 },
     icmpErrorsTranslated: 0,
     generated: 0,

@@ -21,7 +21,23 @@ export const BLOCK = {
   FORWARD: 4,
   /** Another data-plane worker's slice of the port space (--workers): fixed at construction. */
   SLICE: 8,
+  /**
+   * The other gateway's half of the range (a pair, `--ha-node`): fixed at construction. New mappings never
+   * take it, so two gateways that are both active at once (split brain) cannot give one public port to two
+   * inside endpoints; a mapping replicated from the peer may (take()).
+   */
+  NODE: 16,
 } as const;
+
+/**
+ * The half of `lo..hi` that gateway `node` (0 or 1) of a pair maps new ports in: node 0 the lower half,
+ * node 1 the upper. Halves rather than interleaved ports, so that the workers' slices (pairs of ports dealt
+ * round robin) stay whole inside each half.
+ */
+export function nodeHalf(lo: number, hi: number, node: number): [number, number] {
+  const mid = lo + Math.floor((hi - lo + 1) / 2);
+  return node === 0 ? [lo, mid - 1] : [mid, hi];
+}
 
 /**
  * The worker that owns a port (or ICMP identifier) when `count` workers share the port space. Ports go
@@ -42,12 +58,15 @@ export class PortPool {
   private readonly blocked = new Uint8Array(65536);
   private allowedCount = 0;
   used = 0;
+  /** Ports of the other gateway's half held by mappings replicated from it (not counted in `used`). */
+  peerHeld = 0;
 
   constructor(
     readonly lo: number,
     readonly hi: number,
     excluded: readonly (readonly [number, number])[] = [],
     slice: { index: number; count: number } | null = null,
+    node: number | null = null,
   ) {
     if (!(Number.isInteger(lo) && Number.isInteger(hi) && lo >= 0 && hi <= 65535 && lo <= hi)) {
       throw new RangeError(`port range ${lo}-${hi} is not within 0-65535`);
@@ -62,6 +81,14 @@ export class PortPool {
         if (sliceOwner(p, slice.count) === slice.index) continue;
         this.allowed[p] = 0;
         this.blocked[p]! |= BLOCK.SLICE;
+      }
+    }
+    if (node !== null) {
+      const [a, b] = nodeHalf(lo, hi, node);
+      for (let p = lo; p <= hi; p++) {
+        if (p >= a && p <= b) continue;
+        this.allowed[p] = 0;
+        this.blocked[p]! |= BLOCK.NODE;
       }
     }
     for (let p = lo; p <= hi; p++) this.allowedCount += this.allowed[p]!;
@@ -115,8 +142,18 @@ export class PortPool {
     return fallback;
   }
 
-  /** Take exactly `port` for `mapping` if it is free and mappable; -1 otherwise. */
+  /**
+   * Take exactly `port` for `mapping` (a mapping restored or replicated, which must keep its port) if it is
+   * free and mappable, or free and kept only for the other gateway of a pair (the peer made it); -1 otherwise.
+   */
   take(port: number, mapping: number): number {
+    if (this.owner[port] !== NO_OWNER || port < this.lo || port > this.hi) return -1;
+    const b = this.blocked[port]!;
+    if (b === BLOCK.NODE) {
+      this.owner[port] = mapping;
+      this.peerHeld++;
+      return port;
+    }
     if (!this.isFree(port)) return -1;
     this.owner[port] = mapping;
     this.used++;
@@ -126,7 +163,8 @@ export class PortPool {
   release(port: number, mapping: number): void {
     if (this.owner[port] === mapping) {
       this.owner[port] = NO_OWNER;
-      this.used--;
+      if (this.blocked[port] === BLOCK.NODE) this.peerHeld--;
+      else this.used--;
     }
   }
 

@@ -2,6 +2,9 @@ import { DIR_ORIGINAL, DIR_REPLY, FLOW_ALG, FLOW_INBOUND } from '../conntrack/ta
 import { NONE, type NatContext } from './context.js';
 import { commitFlow } from './flow-setup.js';
 
+/** Flow detail bits the translator sets when it has a direction's next sequence number (translator.ts). */
+export const TCP_SEQ_SEEN = 0x30;
+
 /**
  * Putting back the flows a previous run saved (`--state`; the file format is snapshot.ts), each with its
  * mappings on the same public ports, so that connections through the gateway survive a restart.
@@ -61,7 +64,9 @@ export function restoreFlow(nat: NatContext, r: RestoredFlow, now: number): bool
   const flags = nat.alg !== null ? r.flags : r.flags & ~FLOW_ALG;
   commitFlow(nat, flow, r.protocol, m, m2, flags, host, peer, now);
   t.state[flow] = r.state;
-  t.detail[flow] = r.detail;
+  // Not the bits that say a sequence number was seen: the sequence numbers themselves were not saved, and
+  // an RST would be judged against zero. They are learnt again from the next segment each way.
+  t.detail[flow] = r.detail & ~TCP_SEQ_SEEN;
   t.expires[flow] = now + r.msLeft;
   t.packets[flow * 2] = r.packets[0];
   t.packets[flow * 2 + 1] = r.packets[1];

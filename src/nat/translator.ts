@@ -47,7 +47,7 @@ export type { RestoredFlow, SavedMapping } from './restore.js';
 
 /** Flow detail bits (beside conntrack/tcp.ts's FIN bits): a sequence number was seen from this direction. */
 const TCP_SEQ_ORIG = 0x10;
-const TCP_SEQ_REPLY = 0x20;
+const TCP_SEQ_REPLY = 0x20; // together: TCP_SEQ_SEEN in restore.ts
 /** How far from the expected sequence number an RST may be and still count (generous: windows scale). */
 const RST_WINDOW = 1 << 24;
 /** The flags that move the TCP state machine; a segment with none of them but ACK is the bulk of all TCP. */
@@ -180,6 +180,9 @@ export class Translator extends NatContext {
     const fromInside = this.isInternal(src);
     // One compare for a single address; a pool looks further only when that one fails.
     const toPublic = dst === this.publicIp || (this.multiAddress && this.isPublic(dst));
+    // A standby of a pair translates nothing: it does not hold the public address it would send from. (The
+    // gateway's own ICMP, below, is its own address's business and goes on.)
+    if (this.standby && (fromInside || toPublic)) return this.drop(DropReason.STANDBY);
     if (!fromInside && !toPublic) {
       // Neither side is ours to translate. The routing sends the gateway's own ICMP to the WAN through the
       // TUN (rule 998), so that its errors about packets tunnat translated into the LAN do not quote LAN
@@ -251,11 +254,16 @@ export class Translator extends NatContext {
     if (e < 0) {
       // An FTP data endpoint whose flow another worker holds: that worker translates it (alg-redirect.ts).
       if (this.algRedirects !== null && proto === IPPROTO.TCP && fromInside && !firstFragment && this.redirected(src, sport)) return Verdict.HANDOFF;
-      if (!this.mayOpen(proto, tcpFlags)) return this.notOpened(proto, tcpFlags, fromInside, toPublic, dport, total);
+      let pickUp = false;
+      if (!this.mayOpen(proto, tcpFlags)) {
+        if (!this.mayPickUp(proto, tcpFlags, fromInside, toPublic)) return this.notOpened(proto, tcpFlags, fromInside, toPublic, dport, total);
+        pickUp = true;
+      }
       const setup = setUpFlow(this, buf, proto, src, dst, sport, dport, fromInside, toPublic, now);
       if (setup === Setup.TO_GATEWAY) return this.toGateway(total);
       if (setup === Setup.REFUSED) return this.drop(this.setupReason);
       e = this.setupEntry;
+      if (pickUp) this.pickedUp(e >> 1);
       if (proto === IPPROTO.TCP && this.alg !== null) this.alg.flowCreated(this, e >> 1, dport, fromInside, toPublic);
     }
     const flow = e >> 1;
@@ -368,6 +376,23 @@ export class Translator extends NatContext {
   private mayOpen(proto: number, tcpFlags: number): boolean {
     if (proto === IPPROTO.TCP) return tcpMayCreate(tcpFlags);
     return proto !== IPPROTO.ICMP || this.icmp.isQueryRequest;
+  }
+
+  /**
+   * A TCP segment with no flow that is not a SYN may still be picked up as an established connection
+   * (NatOptions.tcpLoose): only from the LAN side, only to the outside, only a segment with ACK (FIN+ACK
+   * included) and no RST. A segment from the WAN never opens a flow this way.
+   */
+  private mayPickUp(proto: number, tcpFlags: number, fromInside: boolean, toPublic: boolean): boolean {
+    if (!this.tcpLoose || proto !== IPPROTO.TCP || !fromInside || toPublic) return false;
+    const c = tcpPacketClass(tcpFlags);
+    return c === TcpClass.ACK || c === TcpClass.FIN;
+  }
+
+  /** A connection picked up in the middle: established, as far as anyone can tell. */
+  private pickedUp(flow: number): void {
+    this.flows.state[flow] = TcpState.ESTABLISHED;
+    this.stats.tcpPickedUp++;
   }
 
   /** The verdict for a packet that matched no flow and may not open one. */
