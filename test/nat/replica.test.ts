@@ -9,7 +9,7 @@ import { TcpState } from '../../src/conntrack/tcp.js';
 import { IPPROTO } from '../../src/wire/ipv4.js';
 import type { Translator } from '../../src/nat/translator.js';
 
-const { SYN, ACK, FIN, RST } = TCP_FLAGS;
+const SYN = TCP_FLAGS.SYN, ACK = TCP_FLAGS.ACK, FIN = TCP_FLAGS.FIN, RST = TCP_FLAGS.RST;
 
 /** Run a packet through a translator; the rewritten packet, or null when it was dropped. */
 function send(nat: Translator, pkt: Buffer, now: number): ReturnType<typeof parse> | null {
@@ -136,8 +136,8 @@ describe('a pair never hands out one public port twice', () => {
     expect(p1).toBeGreaterThanOrEqual(33280);
     expect(p1).not.toBe(p0);
     // The standby holds the active's port too, in its pool, without counting it as its own.
-    expect(standby.mappings.pool(IPPROTO.TCP).owner[p0]).toBeGreaterThanOrEqual(0);
-    expect(standby.mappings.pool(IPPROTO.TCP).peerHeld).toBe(1);
+    expect(standby.mappings.pool(IPPROTO.TCP)!.owner[p0]).toBeGreaterThanOrEqual(0);
+    expect(standby.mappings.pool(IPPROTO.TCP)!.peerHeld).toBe(1);
   });
 });
 
