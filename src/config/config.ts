@@ -98,6 +98,18 @@ export interface RouterConfig {
   stateFile: string | null;
   /** Run the data plane as this unprivileged user (privilege separation); null: one root process. */
   user: string | null;
+  /**
+   * One gateway (0 or 1) of a pair that shares --public-ip (docs/ha.md): it translates only while it holds
+   * that address on --external (keepalived moves it), maps new ports in its half of --ports, and picks up
+   * TCP connections from the LAN side. null: a single gateway.
+   */
+  haNode: number | null;
+  /** Where this gateway's flow-state sync listens (on the sync link); null: no sync. */
+  haSync: { address: number; port: number } | null;
+  /** The other gateway's sync endpoint. */
+  haPeer: { address: number; port: number } | null;
+  /** File holding the pair's shared key (at least 16 bytes) that authenticates every sync message. */
+  haKey: string | null;
 }
 
 export const DEFAULTS = {
@@ -124,4 +136,5 @@ export const CONFIG_KEYS = [
   'internal', 'external', 'publicIp', 'masquerade', 'snat', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows',
   'timeouts', 'table', 'batch', 'busyPoll', 'workers', 'logLevel', 'engine', 'backend', 'filtering', 'forward', 'alg', 'allowEgress',
   'egressReject', 'maxFlowsPerHost', 'icmpErrors', 'pcap', 'pcapSnaplen', 'pcapSize', 'pcapFiles', 'offload', 'state', 'user',
+  'haNode', 'haSync', 'haPeer', 'haKey',
 ] as const;

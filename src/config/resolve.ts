@@ -215,6 +215,7 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
       throw new ConfigError('pcapSnaplen', `expected "headers" or bytes per packet in 0..${MAX_SNAPLEN} (0: whole packets), got ${JSON.stringify(snapV)}`);
     }
   }
+  const ha = resolveHa(get, { publicPool, engine: engine as string, user: userV ?? null, masquerade: publicIp === null });
   const cfg: RouterConfig = {
     internal,
     external,
@@ -250,6 +251,7 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
     offload: bool('offload', get('offload'), true),
     stateFile: stateFile ?? null,
     user: userV ?? null,
+    ...ha,
   };
   for (const a of publicPool) {
     if (cfg.internal.some((c) => ((a & c.mask) >>> 0) === c.network)) throw new ConfigError('publicIp', `${ipToString(a)} lies inside --internal`);
@@ -260,6 +262,52 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
     throw new ConfigError('gatewayPorts', `${glo}-${ghi} covers the whole --ports range ${plo}-${phi}: nothing left to map`);
   }
   return cfg;
+}
+
+/** An address and a port: `192.168.255.1:7400`. */
+function parseAddrPort(field: string, v: unknown): { address: number; port: number } {
+  const e = parseEndpoint(field, v);
+  const address = parseIpv4(e.host);
+  if (address === null || e.port < 1) throw new ConfigError(field, `expected ADDR:PORT with an IPv4 address and a port 1-65535, got ${JSON.stringify(v)}`);
+  return { address, port: e.port };
+}
+
+/** The pair settings (`--ha-…`), checked against what a pair needs. */
+function resolveHa(
+  get: (k: string) => unknown,
+  o: { publicPool: number[]; engine: string; user: string | null; masquerade: boolean },
+): Pick<RouterConfig, 'haNode' | 'haSync' | 'haPeer' | 'haKey'> {
+  const nodeV = get('haNode');
+  const syncV = get('haSync');
+  const peerV = get('haPeer');
+  const keyV = get('haKey');
+  const none = { haNode: null, haSync: null, haPeer: null, haKey: null };
+  if (nodeV === undefined || nodeV === null) {
+    for (const [k, v] of [['haSync', syncV], ['haPeer', peerV], ['haKey', keyV]] as const) {
+      if (v !== undefined && v !== null) throw new ConfigError(k, 'needs --ha-node (this gateway is 0 or 1 of the pair)');
+    }
+    return none;
+  }
+  const node = String(nodeV) === '0' ? 0 : String(nodeV) === '1' ? 1 : null;
+  if (node === null) throw new ConfigError('haNode', `expected 0 or 1, got ${JSON.stringify(nodeV)}`);
+  if (o.engine !== 'userspace') {
+    throw new ConfigError('haNode', "--ha-node is the userspace engine's pair; the kernel engine's is keepalived and conntrackd (docs/ha.md)");
+  }
+  if (o.masquerade || o.publicPool.length !== 1) {
+    throw new ConfigError('haNode', 'a pair shares one public address that keepalived moves: give it as --public-ip ADDR (one address, not masquerade)');
+  }
+  if (o.user !== null) throw new ConfigError('haNode', '--ha-node does not work with --user yet (the data plane would need the routing to answer ARP by role)');
+  if (peerV === undefined || peerV === null) {
+    if (syncV !== undefined && syncV !== null) throw new ConfigError('haSync', 'needs --ha-peer too');
+    if (keyV !== undefined && keyV !== null) throw new ConfigError('haKey', 'needs --ha-peer too');
+    return { ...none, haNode: node };
+  }
+  if (syncV === undefined || syncV === null) throw new ConfigError('haPeer', 'needs --ha-sync (where this gateway listens) too');
+  if (typeof keyV !== 'string' || keyV === '') throw new ConfigError('haPeer', 'needs --ha-key FILE: the sync is authenticated with the pair\'s shared key');
+  const haSync = parseAddrPort('haSync', syncV);
+  const haPeer = parseAddrPort('haPeer', peerV);
+  if (haSync.address === haPeer.address && haSync.port === haPeer.port) throw new ConfigError('haPeer', 'is this gateway\'s own --ha-sync');
+  return { haNode: node, haSync, haPeer, haKey: keyV };
 }
 
 /** The config as JSON-friendly values (for logs and `tunnat run --dry-run`). */
@@ -275,6 +323,8 @@ export function describeConfig(c: RouterConfig): Record<string, unknown> {
     http: c.http ? `${c.http.host}:${c.http.port}` : 'off',
     forwards: c.forwards.map(forwardText),
     allowEgress: c.allowEgress === null ? 'everything' : c.allowEgress.length + ' rule(s)',
+    haSync: c.haSync ? `${ipToString(c.haSync.address)}:${c.haSync.port}` : null,
+    haPeer: c.haPeer ? `${ipToString(c.haPeer.address)}:${c.haPeer.port}` : null,
   };
 }
 

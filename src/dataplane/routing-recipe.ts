@@ -174,13 +174,13 @@ export function stepAddress(st: RoutingStep): number | null {
   return to < 0 ? null : parseIpv4(st.args[to + 1] ?? '');
 }
 
-/** Route one public address through tunnat: its rules, then the WAN's ARP answer for it. */
+/** Route one public address through tunnat: its rules, then the WAN's ARP answer for it (a pair's: by role). */
 export async function addAddressSteps(j: Journal, cfg: RoutingConfig, addr: number, primary: boolean, log: Log, io: RecipeIo = hostRecipeIo): Promise<void> {
   for (const args of addressRules(cfg, addr)) {
     await j.step({ kind: 'rule', args, ...(primary ? { inbound: true } : {}) }, () => io.run(['ip', 'rule', 'add', ...args]));
     log(`ip rule add ${args.join(' ')}`);
   }
-  await addProxyNeighbour(j, ipToString(addr), cfg.externalIface, log, io);
+  if (!cfg.proxyArpByRole) await addProxyNeighbour(j, ipToString(addr), cfg.externalIface, log, io);
 }
 
 /**

@@ -80,6 +80,12 @@ export interface RoutingConfig {
   /** The gateway's own ephemeral port range; tunnat maps ports outside it (default [20000, 29999]). */
   gatewayPorts: [number, number];
   tunMtu?: number;
+  /**
+   * One gateway of a pair (`--ha-node`): the public address belongs to whichever gateway holds it now, so
+   * the WAN's ARP answer for it is not part of the set-up; setProxyArp adds it while this gateway holds the
+   * address and removes it when it goes (a standby never answers for an address it does not hold).
+   */
+  proxyArpByRole?: boolean;
 }
 
 

@@ -6,7 +6,7 @@ import { netnsInode, processStartTime, readStateFile, stateFilePath, writeStateF
 import { procSysctls } from '../host/sysctl.js';
 import { ipToString } from '../wire/addr.js';
 import { refuseConflicts, type Leftover } from './leftovers.js';
-import { addAddressSteps, applySteps, planLocalRule, stepAddress, validateConfig } from './routing-recipe.js';
+import { addAddressSteps, addProxyNeighbour, applySteps, planLocalRule, stepAddress, validateConfig } from './routing-recipe.js';
 import { cidrText, parseAppliedRouting, RoutingError, type AppliedRouting, type RoutingConfig, type RoutingStep } from './routing-record.js';
 
 export { gatewayOwnsAddress, interfacePrimaryIpv4 } from '../host/ip-json.js';
@@ -198,6 +198,30 @@ export async function followAddresses(applied: AppliedRouting, primary: number, 
   j.save();
   if (ctx.errors.length > 0) {
     throw new RoutingError('ROUTING_FAILED', `${pub} is routed, but entries of addresses that went remain:\n  ${ctx.errors.join('\n  ')}`);
+  }
+  return structuredClone(state);
+}
+
+/**
+ * A gateway of a pair gained (`on`) or lost the public address: answer ARP for it on the WAN, or stop. The
+ * entry is journalled like every other change, so a killed run's is found and removed. No change when it
+ * is already as asked.
+ */
+export async function setProxyArp(applied: AppliedRouting, on: boolean, log: Log = quiet): Promise<AppliedRouting> {
+  const state = stateToUndo(applied);
+  if (state === null) {
+    throw new RoutingError('ROUTING_FAILED', `no routing of this run to update (state file ${applied.stateFile} is gone or belongs to another run)`);
+  }
+  const addr = ipToString(state.config.publicIp);
+  const dev = state.config.externalIface;
+  const held = state.steps.filter((st) => st.kind === 'proxy-neigh' && st.address === addr && st.dev === dev);
+  if (on && held.length === 0) {
+    await addProxyNeighbour(new Journal(state), addr, dev, log);
+  } else if (!on && held.length > 0) {
+    const ctx = undoCtx(log);
+    for (const st of held) if (await drive(undoStep(st, ctx))) state.steps.splice(state.steps.indexOf(st), 1);
+    new Journal(state).save();
+    if (ctx.errors.length > 0) throw new RoutingError('ROUTING_FAILED', `could not stop answering ARP for ${addr}: ${ctx.errors.join('; ')}`);
   }
   return structuredClone(state);
 }

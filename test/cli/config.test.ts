@@ -93,3 +93,32 @@ describe('local ports', () => {
     expect([...parseProcNet(text, 0xcb007101, false)].sort((a, b) => a - b)).toEqual([22, 8080, 20000]);
   });
 });
+
+describe('a gateway pair (--ha-…)', () => {
+  const pair = { ...base, publicIp: '203.0.113.1', haNode: '1', haSync: '192.168.255.2:7400', haPeer: '192.168.255.1:7400', haKey: '/etc/tunnat/ha.key' };
+  it('resolves the node, the sync endpoints and the key file', () => {
+    const c = resolveConfig(pair);
+    expect(c.haNode).toBe(1);
+    expect(c.haSync).toEqual({ address: 0xc0a8ff02, port: 7400 });
+    expect(c.haPeer).toEqual({ address: 0xc0a8ff01, port: 7400 });
+    expect(c.haKey).toBe('/etc/tunnat/ha.key');
+    expect(resolveConfig({ ...base, publicIp: '203.0.113.1', haNode: '0' })).toMatchObject({ haNode: 0, haPeer: null, haSync: null });
+    expect(resolveConfig(base)).toMatchObject({ haNode: null, haPeer: null });
+  });
+
+  it.each([
+    [{ haNode: '2' }, /haNode.*0 or 1/],
+    [{ publicIp: undefined }, /one public address/],
+    [{ publicIp: '203.0.113.1,203.0.113.5' }, /one address/],
+    [{ engine: 'kernel' }, /keepalived and conntrackd/],
+    [{ user: 'nobody' }, /--user/],
+    [{ haKey: undefined }, /--ha-key/],
+    [{ haSync: undefined }, /--ha-sync/],
+    [{ haPeer: 'gw-b:7400' }, /IPv4 address/],
+    [{ haPeer: '192.168.255.2:7400' }, /own --ha-sync/],
+    [{ haNode: undefined }, /needs --ha-node/],
+  ] as [Record<string, unknown>, RegExp][])('refuses %o', (change, why) => {
+    expect(() => resolveConfig({ ...pair, ...change })).toThrow(ConfigError);
+    expect(() => resolveConfig({ ...pair, ...change })).toThrow(why);
+  });
+});
