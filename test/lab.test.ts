@@ -305,6 +305,26 @@ describe('Cleanup', () => {
     expect(done).toEqual(['inner2', 'inner1', 'outer']);
   });
 
+  it('undoOnFailure undoes what a failed build registered and rethrows; a good build keeps its steps', async () => {
+    const done: string[] = [];
+    const c = new Cleanup();
+    c.defer({ label: 'outer', sync: () => done.push('outer') });
+    const failing = c.undoOnFailure(async () => {
+      c.defer({ label: 'half', sync: () => done.push('half') });
+      throw new Error('broke half-way');
+    });
+    await expect(failing).rejects.toThrow('broke half-way');
+    expect(done).toEqual(['half']);
+    expect(c.labels()).toEqual(['outer']);
+    const value = await c.undoOnFailure(async () => {
+      c.defer({ label: 'kept', sync: () => done.push('kept') });
+      return 7;
+    });
+    expect(value).toBe(7);
+    expect(c.labels()).toEqual(['outer', 'kept']);
+    c.runSync();
+  });
+
   it('concurrent runs share one pass', async () => {
     let n = 0;
     const c = new Cleanup();

@@ -82,6 +82,20 @@ export class Cleanup {
     await sub.run();
   }
 
+  /**
+   * Run `build`; when it throws, undo what was registered while it ran (not the caller's earlier steps)
+   * and rethrow. A lab that fails half-way through building leaves nothing of itself behind.
+   */
+  async undoOnFailure<T>(build: () => Promise<T>): Promise<T> {
+    const mark = this.mark();
+    try {
+      return await build();
+    } catch (err) {
+      await this.rollback(mark);
+      throw err;
+    }
+  }
+
   /** Undo everything, newest first. Failures are logged and do not stop the remaining steps. */
   run(): Promise<void> {
     if (this.running) return this.running;

@@ -126,13 +126,7 @@ export async function buildLab(opts: LabOptions = {}): Promise<Lab> {
   checkOptions(opts);
   const log = opts.log ?? (() => {});
   const cleanup = opts.cleanup ?? new Cleanup(log);
-  const mark = cleanup.mark();
-  try {
-    return await build(opts, cleanup, log);
-  } catch (err) {
-    await cleanup.rollback(mark);
-    throw err;
-  }
+  return cleanup.undoOnFailure(() => build(opts, cleanup, log));
 }
 
 async function build(opts: LabOptions, cleanup: Cleanup, log: (line: string) => void): Promise<Lab> {
