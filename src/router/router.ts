@@ -18,7 +18,7 @@ import type { HostCounts } from '../nat/host-counts.js';
 import { Dataplane } from '../dataplane/loop.js';
 import {
   applyRouting, removeRouting, removeRoutingSync, followAddresses, detectLeftovers, cleanLeftovers,
-  adoptRouting, canAdoptRouting, keepForRestart, type RoutingConfig,
+  adoptRouting, canAdoptRouting, keepForRestart, setProxyArp, type RoutingConfig,
   gatewayOwnsAddress, type AppliedRouting,
 } from '../dataplane/routing.js';
 import { interfaceIpv4s } from '../host/ip-json.js';
@@ -31,6 +31,10 @@ import { SNAP_HEADERS } from '../observe/pcapng.js';
 import { listFlows } from '../conntrack/listing.js';
 import { ipToString, cidrToString } from '../wire/addr.js';
 import { IPPROTO } from '../wire/ipv4.js';
+import { newApplyCounts, Replica } from '../nat/replica.js';
+import { HaController, type HaPlane } from '../ha/controller.js';
+import type { Registry } from 'prom-client';
+import type { RouteHandler } from '../observe/http.js';
 
 /**
  * The running userspace router: TUN + routing + translator + loop + HTTP, started in that order and
@@ -85,6 +89,8 @@ export interface SystemSetup {
   followAddress(onChange: (primary: number, all: number[]) => void): () => void;
   /** Make the TUN outlive this process and leave the rules for the next run (false if impossible). */
   keepForRestart(): boolean;
+  /** A gateway of a pair gained or lost the public address: answer ARP for it on the WAN, or stop. */
+  setProxyArp(on: boolean): Promise<void>;
   /** Remove the routing (unless kept) and close the TUN. */
   teardown(): Promise<void>;
 }
@@ -165,11 +171,15 @@ export async function setupSystem(cfg: RouterConfig, log: Logger, opts: SetupOpt
     table: cfg.table,
     gatewayPorts: cfg.gatewayPorts,
     tunMtu,
+    ...(cfg.haNode !== null ? { proxyArpByRole: true } : {}),
   };
   const leftover = await detectLeftovers(cfg.tun, cfg.table);
   // A set-up left for a restart (or by a killed run) with the same LAN, WAN, TUN and tables is taken over
   // as it is: removing it first would open a moment in which LAN traffic meets no tunnat rule at all.
-  const adoptable = leftover !== null && !leftover.foreign && canAdoptRouting(routingCfg, leftover);
+  // Not for a gateway of a pair: a killed active's set-up answers ARP for the public address, which this
+  // run (a standby until it holds the address) must not do even for a moment once its TUN is up; it starts
+  // clean instead (the removal turns forwarding off first, and its LAN hosts use the other gateway).
+  const adoptable = leftover !== null && !leftover.foreign && cfg.haNode === null && canAdoptRouting(routingCfg, leftover);
   if (leftover && !adoptable) {
     if (leftover.foreign) {
       // Rules in our tables that no tunnat state file explains: someone else's, never ours to delete.
@@ -286,6 +296,9 @@ export async function setupSystem(cfg: RouterConfig, log: Logger, opts: SetupOpt
       timer.unref();
       return () => clearInterval(timer);
     },
+    async setProxyArp(on: boolean) {
+      if (applied) applied = await setProxyArp(applied, on, (m: string) => log.debug(m));
+    },
     keepForRestart() {
       if (!applied || !(tun instanceof NativeTun)) return false;
       try {
@@ -346,6 +359,47 @@ export interface RunningDataplane {
   reload(next: RouterConfig): string[];
   /** Stop the loop; with `saveTo`, write the flow table there first. Closes HTTP and taps, not the TUN. */
   close(saveTo: string | null): Promise<void>;
+  /** A gateway of a pair (--ha-node): its controller, started once the routing is in place (startHa). */
+  ha: HaController | null;
+  startHa(setProxyArp: (on: boolean) => Promise<void>): Promise<void>;
+}
+
+/** Every few ms, off the packet path, what changed in the flows goes to the standby (replica.ts). */
+const HA_DRAIN_MS = 10;
+
+/**
+ * The data plane of one loop as a gateway of a pair sees it (HaPlane): the translator's standby switch, its
+ * change log drained every HA_DRAIN_MS, records applied straight into its tables.
+ */
+export function singlePlane(nat: Translator, replica: Replica | null, clock: () => number): HaPlane & { stop(): void } {
+  const counts = newApplyCounts();
+  const plane: HaPlane & { stop(): void } = {
+    onChanges: null,
+    onLost: null,
+    setStandby(standby: boolean) {
+      if (!standby && nat.standby) replica?.promote(clock());
+      nat.standby = standby;
+      if (replica) replica.logging = !standby;
+    },
+    apply(records: Uint8Array) {
+      replica?.apply(records, clock(), counts);
+    },
+    dump: async () => (replica ? [replica.dump(clock())] : []),
+    flowCount: () => nat.flows.size,
+    applied: () => ({ ...counts }),
+    healthy: async () => true,
+    stop: () => clearInterval(timer),
+  };
+  const timer = setInterval(() => {
+    if (replica === null || !replica.logging) return;
+    const recs = replica.drain(clock());
+    if (recs) plane.onChanges?.(recs);
+    if (replica.lost) {
+      replica.lost = false;
+      plane.onLost?.();
+    }
+  }, HA_DRAIN_MS);
+  return plane;
 }
 
 /** The unprivileged half: translator, loop, taps, HTTP. Touches nothing outside the process but its TUN fd. */
@@ -385,22 +439,36 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
   }
 
   const refreshLocalPorts = localPortsFollower(nat);
+  // A gateway of a pair: the change log (with a peer to send it to) and the plane its controller drives.
+  const replica = cfg.haNode !== null && cfg.haPeer !== null ? new Replica(nat) : null;
+  const plane = cfg.haNode !== null ? singlePlane(nat, replica, clock) : null;
 
   loop.start();
   const sweepBudget = Math.max(1024, Math.ceil(cfg.maxFlows / 50));
   const timers: NodeJS.Timeout[] = [];
-  timers.push(setInterval(() => nat.sweep(clock(), sweepBudget), SWEEP_INTERVAL_MS));
+  // A standby's flows are the active's: they end when the active says so, not by this gateway's timers.
+  timers.push(setInterval(() => nat.standby || nat.sweep(clock(), sweepBudget), SWEEP_INTERVAL_MS));
   timers.push(setInterval(refreshLocalPorts, LOCAL_PORTS_POLL_MS));
   timers.forEach((t) => t.unref());
 
   const registry = createRegistry(nat, loop, { hosts: observe.hosts, loopMetrics: observe.loopMetrics, observe, tunName: cfg.tun });
+  const handlers: Record<string, RouteHandler> = { ...observe.handlers() };
   // Serving sockets that already listen cannot fail, so a running data plane always has its endpoint.
   const closeHttp = await startHttp(
-    { registry, conntrack: () => listFlows(nat.flows, clock()), handlers: observe.handlers() },
+    { registry, conntrack: () => listFlows(nat.flows, clock()), handlers },
     { tcp: null, unixPath: null, handles: base.httpHandles },
   );
 
+  let ha: HaController | null = null;
   return {
+    get ha() {
+      return ha;
+    },
+    async startHa(setArp: (on: boolean) => Promise<void>) {
+      if (plane === null) return;
+      ha = await HaController.start(cfg, log, plane, setArp);
+      attachHa(ha, registry, handlers);
+    },
     nat,
     loop,
     setPublicAddresses(primary: number, all: readonly number[]) {
@@ -427,6 +495,8 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
       return restartNeeded;
     },
     async close(saveTo: string | null) {
+      ha?.close();
+      plane?.stop();
       timers.forEach((t) => clearInterval(t));
       loop.stop();
       if (saveTo) {
@@ -439,6 +509,12 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
   };
 }
 
+/** A pair's controller on a data plane's endpoint: the tunnat_ha_* metrics and GET /ha. */
+export function attachHa(ha: HaController, registry: Registry, handlers: Record<string, RouteHandler>): void {
+  ha.register(registry);
+  handlers['/ha'] = ha.handler;
+}
+
 /** The translator a data plane runs: the whole port space, or one worker's slice of it (--workers). */
 export function buildTranslator(
   cfg: RouterConfig,
@@ -446,7 +522,7 @@ export function buildTranslator(
   worker: { index: number; count: number } | null = null,
   hostCounts?: HostCounts,
 ): Translator {
-  return new Translator({
+  const nat = new Translator({
     internal: cfg.internal,
     publicIp: base.publicIp,
     // A static pool (its first address is base.publicIp); masquerade has the one address it follows,
@@ -470,7 +546,12 @@ export function buildTranslator(
     ...(hostCounts ? { hostCounts } : {}),
     icmpOnExhaustion: cfg.icmpErrors,
     ...(worker ? { slice: worker } : {}),
+    // A gateway of a pair: new ports in its half; TCP picked up from the LAN side after a failover; and a
+    // standby until its controller finds the public address on the WAN.
+    ...(cfg.haNode !== null ? { haNode: cfg.haNode, tcpLoose: true } : {}),
   });
+  nat.standby = cfg.haNode !== null;
+  return nat;
 }
 
 /**
@@ -516,6 +597,14 @@ export async function startRouter(cfg: RouterConfig, log: Logger, opts: { tun?: 
     throw err;
   }
   const stopFollowing = sys.masquerade ? sys.followAddress((primary, all) => dp.setPublicAddresses(primary, all)) : () => {};
+  try {
+    await dp.startHa((on) => sys.setProxyArp(on));
+  } catch (err) {
+    await dp.close(null);
+    await closeListeners(httpHandles);
+    await sys.teardown();
+    throw err;
+  }
   logRunning(cfg, log, sys);
 
   let resolveDone!: () => void;

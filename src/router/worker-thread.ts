@@ -22,6 +22,7 @@ import { AlgRedirects } from '../nat/alg-redirect.js';
 import { enableFtpAlg } from '../nat/alg-ftp.js';
 import { PcapRelay } from '../observe/pcap-relay.js';
 import { SNAP_HEADERS } from '../observe/pcapng.js';
+import { newApplyCounts, Replica } from '../nat/replica.js';
 
 /**
  * One data-plane worker (--workers N): its own queue of the multi-queue TUN, its own translator over its
@@ -114,8 +115,12 @@ function start(base: WorkerBase, saved: RestoredFlow[]) {
 
   const refreshLocalPorts = localPortsFollower(nat);
   const sweepBudget = Math.max(1024, Math.ceil(nat.flows.capacity / 50));
+  // A gateway of a pair with a peer: this worker's change log, drained off the packet path (replica.ts).
+  const replica = cfg.haNode !== null && cfg.haPeer !== null ? new Replica(nat) : null;
+  const applied = newApplyCounts();
   const timers = [
-    setInterval(() => nat.sweep(clock(), sweepBudget), 100),
+    // A standby's flows are the active's: they end when the active says so, not by this gateway's timers.
+    setInterval(() => nat.standby || nat.sweep(clock(), sweepBudget), 100),
     setInterval(refreshLocalPorts, 5000),
     // A safety net for the one race a ring's wake-up can lose (the peer saw one packet waiting just as this
     // worker took the last): whatever waits is taken within 20 ms.
@@ -124,8 +129,21 @@ function start(base: WorkerBase, saved: RestoredFlow[]) {
       for (const r of fromPeer) if (r !== null && !r.empty) return void loop.drainHandoffs();
     }, 20),
   ];
+  if (replica) {
+    timers.push(
+      setInterval(() => {
+        if (!replica.logging) return;
+        const buf = replica.drain(clock());
+        if (buf) port.postMessage({ t: 'ha-changes', buf } satisfies FromWorker, [buf.buffer as ArrayBuffer]);
+        if (replica.lost) {
+          replica.lost = false;
+          port.postMessage({ t: 'ha-lost' } satisfies FromWorker);
+        }
+      }, 10),
+    );
+  }
   loop.start();
-  return { nat, loop, tun, steering, kick, timers, clock, onKick, frags, observe, relay, restored };
+  return { nat, loop, tun, steering, kick, timers, clock, onKick, frags, observe, relay, restored, replica, applied };
 }
 
 let dp: ReturnType<typeof start> | null = null;
@@ -255,6 +273,22 @@ port.on('message', (m: ToWorker) => {
       for (const p of kick) p?.close();
       port.postMessage({ t: 'reply', id: m.id, data: null });
       port.close();
+      break;
+    case 'ha-standby':
+      if (!m.on && nat.standby) dp.replica?.promote(clock());
+      nat.standby = m.on;
+      if (dp.replica) dp.replica.logging = !m.on;
+      break;
+    case 'ha-apply':
+      dp.replica?.apply(m.buf, clock(), dp.applied);
+      break;
+    case 'ha-dump': {
+      const buf = dp.replica ? dp.replica.dump(clock()) : new Uint8Array(0);
+      port.postMessage({ t: 'reply', id: m.id, data: buf } satisfies FromWorker, [buf.buffer as ArrayBuffer]);
+      break;
+    }
+    case 'ha-applied':
+      port.postMessage({ t: 'reply', id: m.id, data: { ...dp.applied } } satisfies FromWorker);
       break;
     case 'crash':
       // For the restart test only (the main thread sends it when TUNNAT_TEST_HOOKS is set).

@@ -58,6 +58,13 @@ export type ToWorker =
   /** Start a flow-event or trace stream (`query`: the client's URL query); items come back as `items`. */
   | { t: 'sub'; sub: number; kind: 'events' | 'trace'; query: string }
   | { t: 'unsub'; sub: number }
+  /** A gateway of a pair: forward nothing (standby), or translate (active). */
+  | { t: 'ha-standby'; on: boolean }
+  /** Records from the active for this worker's flows (replica.ts), in order. */
+  | { t: 'ha-apply'; buf: Uint8Array }
+  /** Every flow as records (a full resync); and what applying records came to. */
+  | { t: 'ha-dump'; id: number }
+  | { t: 'ha-applied'; id: number }
   | { t: 'crash' };
 
 export type FromWorker =
@@ -67,7 +74,11 @@ export type FromWorker =
   /** Stream messages for subscription `sub`, in order: [SSE event name, data]. */
   | { t: 'items'; sub: number; items: [string, unknown][] }
   /** Packets for the --pcap file (pcap-relay.ts). */
-  | { t: 'pcap'; chunk: Uint8Array };
+  | { t: 'pcap'; chunk: Uint8Array }
+  /** A gateway of a pair, active: what changed in this worker's flows, as records (replica.ts). */
+  | { t: 'ha-changes'; buf: Uint8Array }
+  /** Its change log overflowed: the standby needs a full resync. */
+  | { t: 'ha-lost' };
 
 /** One worker's counters and table sizes, as it sends them to the main thread. */
 export interface WorkerSnapshot {
@@ -289,8 +300,14 @@ const scratch = Buffer.alloc(64);
  * its owner's slice; it would be skipped and counted, never half restored.
  */
 export function restoredOwner(steering: Steering, f: RestoredFlow): number {
-  const buf = scratch;
   const [src, dst, sport, dport] = f.original;
+  return tupleOwner(steering, f.protocol, src, dst, sport, dport);
+}
+
+/** The worker that owns the flow whose original tuple this is: the owner of its first packet. */
+export function tupleOwner(steering: Steering, protocol: number, src: number, dst: number, sport: number, dport: number): number {
+  const buf = scratch;
+  const f = { protocol };
   let len: number;
   if (f.protocol === IPPROTO.ICMP) {
     len = emitIpv4IcmpEcho(buf, 0, { src, dst, type: 8, identifier: sport, sequence: 0 });

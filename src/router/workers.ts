@@ -24,7 +24,11 @@ import { replayPcap } from '../observe/pcap-relay.js';
 import { LoopMetrics } from '../metrics/loop-metrics.js';
 import type { FlowCensus } from '../metrics/registry.js';
 import type { LiveSnapshot } from '../observe/live.js';
-import { aggregate, mergeCensus, mergeLoopMetrics, restoredOwner, type FromWorker, type ToWorker, type WorkerBase, type WorkerInit, type WorkerSnapshot } from './workers-proto.js';
+import { HaController, type HaPlane } from '../ha/controller.js';
+import { forEachRecord, newApplyCounts, REC, recordBytes, recordKey, type ApplyCounts } from '../nat/replica.js';
+import type { RouteHandler } from '../observe/http.js';
+import { attachHa } from './router.js';
+import { aggregate, mergeCensus, mergeLoopMetrics, restoredOwner, tupleOwner, type FromWorker, type ToWorker, type WorkerBase, type WorkerInit, type WorkerSnapshot } from './workers-proto.js';
 
 /**
  * The multi-core data plane (--workers N, N > 1). The main thread sets the system up as for one loop (the
@@ -89,6 +93,8 @@ export interface WorkerPlane {
   abort(): Promise<void>;
   /** For the restart test (TUNNAT_TEST_HOOKS=1): make worker 0 throw. */
   crashWorker0(): void;
+  /** A gateway of a pair (--ha-node): start its controller, once the routing is in place. */
+  startHa(setProxyArp: (on: boolean) => Promise<void>): Promise<void>;
 }
 
 export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandles: Server[]): Promise<WorkerPlane> {
@@ -105,6 +111,11 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
   let steered = false;
   let closeHttp: () => Promise<void> = async () => {};
   let counting: NodeJS.Timeout | null = null;
+  // A gateway of a pair: the workers' standby switch, the plane its controller drives, what it serves.
+  let haStandby = true;
+  let haPlane: HaPlane | null = null;
+  let ha: HaController | null = null;
+  let served: { registry: Registry; handlers: Record<string, RouteHandler> } | null = null;
 
   /** Start worker `index` and wait until its code is loaded (it opens nothing before `init`). */
   const spawn = (index: number, peers: (MessagePort | null)[]): Promise<void> => {
@@ -133,6 +144,10 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
           observe?.deliver(m.sub, m.items);
         } else if (m.t === 'pcap') {
           if (pcapWriter) replayPcap(pcapWriter, m.chunk);
+        } else if (m.t === 'ha-changes') {
+          haPlane?.onChanges?.(m.buf);
+        } else if (m.t === 'ha-lost') {
+          haPlane?.onLost?.();
         }
       });
       worker.on('error', (err) => {
@@ -167,6 +182,8 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
         reject(new Error(`worker ${index} could not start: ${err.message}`));
       };
       slot.worker.postMessage({ t: 'init', base: base!, restore } satisfies ToWorker);
+      // A worker starts as a standby of a pair; one (re)started while this gateway is active is told so.
+      if (cfg.haNode !== null && !haStandby) slot.worker.postMessage({ t: 'ha-standby', on: false } satisfies ToWorker);
     });
   };
 
@@ -252,6 +269,7 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
       hostCounts: SharedHostCounts.create(count),
       algRedirects: AlgRedirects.create(count),
     };
+    if (cfg.haNode !== null) haPlane = workersPlane(t.publicIp);
     const shares = savedFlows(t.publicIp, publicAddressesOf(cfg, t));
     const restored = await Promise.all(slots.map((_, i) => initWorker(i, shares?.[i] ?? [])));
     if (shares) log.info('flows restored from the state file', { file: cfg.stateFile, restored: restored.reduce((a, b) => a + b, 0), saved: shares.reduce((n, l) => n + l.length, 0), workers: count });
@@ -292,7 +310,7 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
     }
   };
 
-  const ask = <T>(slot: Slot, t: 'stats' | 'flows' | 'count' | 'stop' | 'save' | 'live', extra: Record<string, unknown> = {}): Promise<T | null> => {
+  const ask = <T>(slot: Slot, t: 'stats' | 'flows' | 'count' | 'stop' | 'save' | 'live' | 'ha-dump' | 'ha-applied', extra: Record<string, unknown> = {}): Promise<T | null> => {
     if (!slot.ready) return Promise.resolve(null);
     const id = ++askId;
     return new Promise<T | null>((resolve) => {
@@ -320,6 +338,65 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
   };
 
   const broadcast = (m: ToWorker) => slots.forEach((s) => s.ready && s.worker.postMessage(m));
+
+  /**
+   * The workers as a gateway of a pair sees them (HaPlane): records from the active go to the worker that
+   * owns each flow (the owner of its original tuple's first packet, as for --state), a resync's BEGIN and
+   * END to every worker, in the order they came.
+   */
+  function workersPlane(publicIp: number): HaPlane {
+    const steering = new Steering(count);
+    steering.setPublicAddresses([publicIp]);
+    steering.setForwards(cfg.forwards);
+    let applied: ApplyCounts = newApplyCounts();
+    const refreshApplied = setInterval(() => {
+      void Promise.all(slots.map((s) => ask<ApplyCounts>(s, 'ha-applied'))).then((parts) => {
+        const sum = newApplyCounts();
+        for (const p of parts) {
+          if (!p) continue;
+          for (const k of ['upserts', 'removes', 'failed', 'malformed', 'swept'] as const) sum[k] += p[k];
+        }
+        applied = sum;
+      });
+    }, 1000);
+    refreshApplied.unref();
+    return {
+      onChanges: null,
+      onLost: null,
+      setStandby(standby: boolean) {
+        haStandby = standby;
+        broadcast({ t: 'ha-standby', on: standby });
+      },
+      apply(records: Uint8Array) {
+        const shares: Uint8Array[][] = Array.from({ length: count }, () => []);
+        const dv = new DataView(records.buffer, records.byteOffset, records.byteLength);
+        forEachRecord(records, (kind, off) => {
+          const rec = records.subarray(off, off + recordBytes(kind));
+          if (kind === REC.BEGIN || kind === REC.END) {
+            for (const sh of shares) sh.push(rec);
+            return;
+          }
+          const [proto, src, dst, sport, dport] = recordKey(dv, off);
+          shares[tupleOwner(steering, proto, src, dst, sport, dport)]!.push(rec);
+        });
+        shares.forEach((parts, i) => {
+          if (parts.length === 0 || !slots[i]?.ready) return;
+          const buf = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+          let o = 0;
+          for (const p of parts) {
+            buf.set(p, o);
+            o += p.length;
+          }
+          slots[i]!.worker.postMessage({ t: 'ha-apply', buf } satisfies ToWorker, [buf.buffer]);
+        });
+      },
+      dump: async () => (await Promise.all(slots.map((s) => ask<Uint8Array>(s, 'ha-dump')))).filter((b): b is Uint8Array => b !== null),
+      flowCount: () => slots.reduce((n, s) => n + s.flows, 0),
+      applied: () => ({ ...applied }),
+      // Every worker answers a message, so none is stuck in its loop.
+      healthy: async () => (await Promise.all(slots.map((s) => ask<number>(s, 'count')))).every((n) => n !== null),
+    };
+  }
   observe = new WorkerObservatory(
     {
       broadcast,
@@ -364,18 +441,20 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
         this.set(steered ? 1 : 0);
       },
     });
-    const served = {
+    const scraped = {
       contentType: registry.contentType,
       metrics: async () => {
         await refresh();
         return registry.metrics();
       },
     } as unknown as Registry;
+    const handlers: Record<string, RouteHandler> = { ...observe!.handlers() };
+    served = { registry, handlers };
     closeHttp = await startHttp(
       {
-        registry: served,
+        registry: scraped,
         conntrack: async () => (await Promise.all(slots.map((s) => ask<unknown[]>(s, 'flows')))).flatMap((l) => l ?? []),
-        handlers: observe!.handlers(),
+        handlers,
       },
       { tcp: null, unixPath: null, handles: httpHandles },
     );
@@ -408,7 +487,13 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
       log.info('configuration reloaded; flows kept', restartNeeded.length > 0 ? { needsRestart: restartNeeded.join(',') } : {});
       return restartNeeded;
     },
+    async startHa(setProxyArp: (on: boolean) => Promise<void>) {
+      if (haPlane === null || served === null) return;
+      ha = await HaController.start(cfg, log, haPlane, setProxyArp);
+      attachHa(ha, served.registry, served.handlers);
+    },
     async stop(save: boolean): Promise<boolean> {
+      ha?.close();
       if (counting) clearInterval(counting);
       stopping = true;
       let saved = false;
@@ -559,6 +644,15 @@ export async function startWorkerRouter(cfg: RouterConfig, log: Logger): Promise
         queues.setPublicAddresses(primary, all);
       })
     : () => {};
+  try {
+    await plane.startHa((on) => sys.setProxyArp(on));
+  } catch (err) {
+    stopFollowing();
+    await plane.stop(false);
+    queues.close();
+    await leaveSystem(sys, false, log);
+    throw err;
+  }
   if (process.env.TUNNAT_TEST_HOOKS === '1') {
     // The restart test kills worker 0 from outside: SIGUSR2 makes it throw.
     process.on('SIGUSR2', () => plane.crashWorker0());
