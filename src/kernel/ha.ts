@@ -303,15 +303,18 @@ export function kernelHaFiles(dir: string, o: KernelHaFilesOptions): { paths: Ke
 
 /**
  * Directories of `path` that a user other than root could write to. keepalived with
- * `enable_script_security` refuses to run a script when the script or any directory above it is
- * writable by a non-root user (someone could swap it for their own, which keepalived runs as root).
+ * `enable_script_security` refuses to run a script when the script or a directory above it could be
+ * replaced by someone else (who would then have keepalived run their script as root). Its rule, followed
+ * here: not owned by root, or writable by others or by a group other than root's — a directory with the
+ * sticky bit (/tmp) excepted, since there others cannot rename or delete what is not theirs.
  */
 function unsafeDirs(path: string): string[] {
   const out: string[] = [];
   for (let d = dirname(path); ; d = dirname(d)) {
     try {
       const st = statSync(d);
-      if (st.uid !== 0 || (st.mode & 0o022) !== 0) out.push(`${d} (owner uid ${st.uid}, mode ${(st.mode & 0o7777).toString(8)})`);
+      const writable = (st.mode & 0o002) !== 0 || (st.gid !== 0 && (st.mode & 0o020) !== 0);
+      if (st.uid !== 0 || (writable && (st.mode & 0o1000) === 0)) out.push(`${d} (owner uid ${st.uid}, mode ${(st.mode & 0o7777).toString(8)})`);
     } catch {
       // not there (yet): nothing to judge
     }

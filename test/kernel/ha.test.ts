@@ -1,6 +1,6 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { conntrackdConf, haNotifyScript, KernelHaError, writeKernelHaFiles, type ConntrackdOptions } from '../../src/kernel/ha.js';
@@ -208,8 +208,19 @@ describe('writeKernelHaFiles', () => {
     expect(k).toContain(`notify_fault "${files.notifyScript} fault"`);
     expect(k).toContain(`script "/usr/sbin/conntrackd -C ${files.conntrackdConf} -s"`);
     expect(k).not.toContain('track_interface');
-    // The temporary directory sits under a world-writable /tmp: keepalived's script security would refuse it.
-    if ((statSync(tmpdir()).mode & 0o002) !== 0) expect(files.warnings.join('\n')).toMatch(/enable_script_security/);
+    if (process.getuid?.() === 0) expect(files.warnings).toEqual([]);
+    else expect(files.warnings.join('\n')).toMatch(/not owned by root/);
+  });
+
+  it('warns when keepalived would refuse the script: a directory on its way writable by others', () => {
+    const open = join(tempDir(), 'open');
+    mkdirSync(open);
+    chmodSync(open, 0o777);
+    const files = writeKernelHaFiles(join(open, 'ha'), {
+      conntrackd: base,
+      keepalived: { name: 'gw-a', lanIf: 'lan0', wanIf: 'wan0', lanVip: '192.168.1.1/24', wanVip: '203.0.113.1/32', vrid: 51, priority: 150 },
+    });
+    expect(files.warnings.join('\n')).toMatch(new RegExp(`enable_script_security.*${open} \\(owner uid \\d+, mode 777\\)`));
   });
 });
 
