@@ -13,7 +13,7 @@
  * authentication: anyone who can reach the sync port can plant entries in B's external cache. That is
  * why the sync link must be dedicated to the two gateways; this test does not try to forge messages.
  */
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -23,6 +23,7 @@ import { addAddress, addRoute, addVeth, createNetns, linkUp, listNetns, netnsNam
 import { spawnIn } from '../../src/lab/process.js';
 import { startConntrackd, type ConntrackdHandle } from '../../src/lab/kernel-ha.js';
 import { conntrackdConf, haNotifyScript } from '../../src/kernel/ha.js';
+import { defaultCliPath, repoRoot } from '../../src/lab/router.js';
 
 const isRoot = process.getuid?.() === 0;
 const TOOLS = ['conntrackd', 'conntrack', 'socat', 'iptables', 'ping', 'ss'];
@@ -30,6 +31,16 @@ const which = (t: string): string => runSync(['sh', '-c', `command -v ${t}`], { 
 const missing = isRoot ? TOOLS.filter((t) => which(t) === '') : [];
 const skipReason = !isRoot ? 'needs root (network namespaces)' : missing.length > 0 ? `needs ${missing.join(', ')} installed` : null;
 if (skipReason) console.log(`test/e2e/kernel-ha.test.ts skipped: ${skipReason}`);
+
+/** `tunnat kernel apply --ha` runs the compiled CLI: skipped when dist/ is missing or older than this feature's sources. */
+const CLI = defaultCliPath();
+const FEATURE = ['src/kernel/ha.ts', 'src/kernel/plan.ts', 'src/cli/kernel-cmd.ts', 'src/cli/kernel-ha.ts', 'src/cli/verbs.ts'];
+const distStale = FEATURE.filter((f) => {
+  const out = join(repoRoot(), 'dist', f.replace(/\.ts$/, '.js'));
+  return !existsSync(out) || statSync(out).mtimeMs < statSync(join(repoRoot(), f)).mtimeMs;
+});
+const cliSkip = distStale.length > 0 ? `dist/ is missing or older than ${distStale.join(', ')} (npm run build)` : null;
+if (!skipReason && cliSkip) console.log(`test/e2e/kernel-ha.test.ts: \`tunnat kernel apply --ha\` skipped: ${cliSkip}`);
 
 const PUBLIC = '203.0.113.1';
 const SERVER = '203.0.113.2';
@@ -96,14 +107,20 @@ describe.skipIf(skipReason !== null)('kernel engine pair: conntrackd replicates 
     }
     await addRoute(ns.h, 'default', { via: LAN_VIP });
     await setSysctl(ns.a, 'net.ipv4.ip_forward', '1');
-    // The same SNAT on both gateways. A port range, so that the public port differs from the host's and
-    // "the same public port on B" means the binding was copied, not chosen again.
-    for (const n of [ns.a, ns.b]) {
-      for (const p of ['tcp', 'udp']) {
-        await run(['iptables', '-t', 'nat', '-A', 'POSTROUTING', '-s', '192.168.1.0/24', '-o', 'wan0', '-p', p, '-j', 'SNAT', '--to-source', `${PUBLIC}:50000-50999`], { netns: n });
-      }
-      await run(['iptables', '-t', 'nat', '-A', 'POSTROUTING', '-s', '192.168.1.0/24', '-o', 'wan0', '-j', 'SNAT', '--to-source', PUBLIC], { netns: n });
+    // A's SNAT by hand, with a port range, so that the public port differs from the host's and "the same
+    // public port on B" means the binding was copied, not chosen again. B's comes from `tunnat kernel apply
+    // --ha` (first test); the commit does not need it (ctnetlink sets the copied binding up by itself), the
+    // flows B opens after a takeover do.
+    for (const p of ['tcp', 'udp']) {
+      await run(['iptables', '-t', 'nat', '-A', 'POSTROUTING', '-s', '192.168.1.0/24', '-o', 'wan0', '-p', p, '-j', 'SNAT', '--to-source', `${PUBLIC}:50000-50999`], { netns: ns.a });
     }
+    await run(['iptables', '-t', 'nat', '-A', 'POSTROUTING', '-s', '192.168.1.0/24', '-o', 'wan0', '-j', 'SNAT', '--to-source', PUBLIC], { netns: ns.a });
+    // B's own WAN, on the public VIP's subnet: without --ha, the plan would take the VIP there (ip addr add).
+    // (A veth with both ends in B: this kernel has no dummy interfaces.)
+    await addVeth({ netns: ns.b, name: 'wan0' }, { netns: ns.b, name: 'wan0p' });
+    await addAddress(ns.b, 'wan0', '203.0.113.3/24');
+    await linkUp(ns.b, 'wan0');
+    await linkUp(ns.b, 'wan0p');
 
     const conf = (node: 0 | 1, local: string, peer: string) => (f: { socketPath: string; lockFile: string; logFile: string }) =>
       conntrackdConf({
@@ -139,6 +156,32 @@ describe.skipIf(skipReason !== null)('kernel engine pair: conntrackd replicates 
   afterAll(async () => {
     await cleanup.run();
     expect((await listNetns()).filter((n) => n.includes(id))).toEqual([]);
+  });
+
+  it.skipIf(cliSkip !== null)('the standby applies its NAT with `tunnat kernel apply --ha`: SNAT to the VIP, the VIP not taken, the files written', async () => {
+    const dir = join(scriptDir, 'ha');
+    const args = ['--internal', '192.168.1.0/24', '--external', 'wan0', '--public-ip', PUBLIC, '--backend', 'iptables', '--http', 'off'];
+    const pair = ['--ha', dir, '--ha-node', '1', '--ha-lan-if', 'lan0', '--ha-lan-vip', `${LAN_VIP}/24`, '--ha-sync-if', 'sync0', '--ha-sync-local', '192.168.255.2', '--ha-sync-peer', '192.168.255.1'];
+    const remove = (): void => void runSync([process.execPath, CLI, 'kernel', 'remove'], { netns: ns.b, allowFail: true });
+    const forget = cleanup.defer({ label: `tunnat kernel remove in ${ns.b}`, sync: remove });
+    const plain = await run([process.execPath, CLI, 'kernel', 'plan', ...args], { netns: ns.b });
+    expect(plain.stdout).toContain(`ip addr add ${PUBLIC}/32 dev wan0`);
+    const r = await run([process.execPath, CLI, 'kernel', 'apply', ...args, ...pair], { netns: ns.b, allowFail: true });
+    expect(r.exitCode, r.stderr + r.stdout).toBe(0);
+    expect(r.stdout).toContain(`wrote ${dir}/conntrackd.conf, ${dir}/tunnat-ha-notify and ${dir}/keepalived.conf`);
+    const rules = (await run(['iptables', '-t', 'nat', '-S'], { netns: ns.b })).stdout;
+    expect(rules).toContain(`-A TUNNAT-POSTROUTING -s 192.168.1.0/24 -o wan0 -j SNAT --to-source ${PUBLIC}`);
+    expect((await run(['ip', '-4', '-o', 'addr', 'show'], { netns: ns.b })).stdout).not.toContain(PUBLIC);
+    expect(readFileSync(join(dir, 'conntrackd.conf'), 'utf8')).toContain('IPv4_Destination_Address 192.168.255.1');
+    expect(statSync(join(dir, 'tunnat-ha-notify')).mode & 0o777).toBe(0o755);
+    // keepalived's own parser accepts the file (-t: check the configuration and exit; it starts nothing).
+    if (which('keepalived') !== '') {
+      const k = await run(['keepalived', '-t', '-f', join(dir, 'keepalived.conf')], { netns: ns.b, allowFail: true });
+      expect(k.exitCode, k.stdout + k.stderr).toBe(0);
+    }
+    remove();
+    forget();
+    expect((await run(['iptables', '-t', 'nat', '-S'], { netns: ns.b })).stdout).not.toContain('TUNNAT');
   });
 
   it("copies A's TCP, UDP and ICMP flows to B's external cache, leaves the gateway's own out, and B's kernel takes them on commit", async () => {
