@@ -19,7 +19,10 @@ import {
   type AppliedKernel,
 } from '../kernel/apply.js';
 import { preflight } from '../host/preflight.js';
-import { formatPlan, planKernelNat, sysctlName, NFT_FAMILY, NFT_TABLE, type KernelBackend, type KernelPlan } from '../kernel/plan.js';
+import { formatPlan, planKernelNat, sysctlName, NFT_FAMILY, NFT_TABLE, type KernelBackend, type KernelPlan, type KernelPlanOptions } from '../kernel/plan.js';
+import { kernelHaFiles, KernelHaError, writeKernelHaFiles } from '../kernel/ha.js';
+import { KeepalivedConfError } from '../ha/keepalived.js';
+import { formatHaFiles, haNextSteps, resolveKernelHa, splitHaFlags } from './kernel-ha.js';
 
 /**
  * `tunnat kernel plan|apply|remove`: the kernel engine without a running process.
@@ -32,15 +35,24 @@ import { formatPlan, planKernelNat, sysctlName, NFT_FAMILY, NFT_TABLE, type Kern
 
 class UsageError extends Error {}
 
-function parseFlags(args: string[]): Record<string, unknown> {
+interface KernelFlags {
+  /** The router flags as resolveConfig takes them. */
+  flags: Record<string, unknown>;
+  /** --ha and the --ha-* flags, as given. */
+  ha: ReturnType<typeof splitHaFlags>['ha'];
+  help: boolean;
+}
+
+function parseFlags(args: string[]): KernelFlags {
   let values: Record<string, unknown>;
   try {
     values = parseArgs({ args, options: KERNEL_VERB.flags, strict: true, allowPositionals: false }).values as Record<string, unknown>;
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
-  const { help, ...rest } = values;
-  return { ...configFlags(rest), ...(help !== undefined ? { help } : {}) };
+  const { help, ...others } = values;
+  const { ha, rest } = splitHaFlags(others);
+  return { flags: configFlags(rest), ha, help: help === true };
 }
 
 function backendFlag(flags: Record<string, unknown>): 'auto' | KernelBackend {
@@ -52,7 +64,7 @@ function backendFlag(flags: Record<string, unknown>): 'auto' | KernelBackend {
 const out = (s: string): void => void process.stdout.write(s);
 const err = (s: string): void => void process.stderr.write(s);
 
-async function planFor(cfg: RouterConfig, forApply: boolean): Promise<{ plan: KernelPlan; reason: string }> {
+async function planFor(cfg: RouterConfig, forApply: boolean, opts: KernelPlanOptions = {}): Promise<{ plan: KernelPlan; reason: string }> {
   let backend: KernelBackend;
   let reason: string;
   try {
@@ -74,7 +86,7 @@ async function planFor(cfg: RouterConfig, forApply: boolean): Promise<{ plan: Ke
   } catch (e) {
     if (forApply) throw e;
   }
-  return { plan: planKernelNat(cfg, backend, env ?? {}), reason };
+  return { plan: planKernelNat(cfg, backend, env ?? {}, opts), reason };
 }
 
 /** How to make an applied set-up survive a reboot, for this plan's backend. */
@@ -114,18 +126,34 @@ export function persistenceInstructions(plan: KernelPlan, applied: AppliedKernel
   return text.join('\n') + '\n';
 }
 
-async function cmdPlan(flags: Record<string, unknown>): Promise<number> {
-  const cfg = resolveConfig(flags);
-  const { plan, reason } = await planFor(cfg, false);
-  out(formatPlan(plan, `tunnat kernel NAT plan — backend ${plan.backend} (${reason})`));
+async function cmdPlan(k: KernelFlags): Promise<number> {
+  const cfg = resolveConfig(k.flags);
+  const ha = resolveKernelHa(k.ha, cfg);
+  // The files first: a setting they refuse is bad usage, before any host is probed.
+  const haText = ha ? formatHaFiles(ha) : '';
+  const { plan, reason } = await planFor(cfg, false, { ha: ha !== null });
+  const pair = ha ? `, node ${ha.options.conntrackd.node} of a standby pair` : '';
+  out(formatPlan(plan, `tunnat kernel NAT plan — backend ${plan.backend} (${reason})${pair}`));
+  if (ha) out('\n' + haText);
   return 0;
 }
 
-async function cmdApply(flags: Record<string, unknown>): Promise<number> {
-  const cfg = resolveConfig(flags);
+async function cmdApply(k: KernelFlags): Promise<number> {
+  const cfg = resolveConfig(k.flags);
+  const ha = resolveKernelHa(k.ha, cfg);
+  if (ha) kernelHaFiles(ha.dir, ha.options); // refuses bad settings before anything is changed
   const log = createLogger(cfg.logLevel);
-  const { plan } = await planFor(cfg, true);
-  const applied = await applyKernelNat(plan, log, { persistent: true, onStale: 'clean' });
+  const { plan } = await planFor(cfg, true, { ha: ha !== null });
+  // The pair's files are written before the NAT is applied: a directory that cannot be written stops here
+  // with nothing changed on the host.
+  const files = ha ? writeKernelHaFiles(ha.dir, ha.options) : null;
+  let applied: AppliedKernel;
+  try {
+    applied = await applyKernelNat(plan, log, { persistent: true, onStale: 'clean' });
+  } catch (e) {
+    if (files) err(`tunnat: the --ha files in ${ha!.dir} were written, but the kernel NAT was not applied:\n`);
+    throw e;
+  }
   const v = await verifyKernelNat(applied);
   if (!v.ok) {
     await removeKernelNat(applied, log);
@@ -134,12 +162,17 @@ async function cmdApply(flags: Record<string, unknown>): Promise<number> {
   out(`tunnat: kernel NAT applied with ${plan.backend}: ${plan.internal.join(', ')} → ${plan.external} (${plan.nat.kind}${plan.nat.address ? ` to ${plan.nat.address}` : ''}).\n`);
   out(`It stays until \`tunnat kernel remove\` or a reboot; the record is ${applied.stateFile}.\n`);
   for (const w of applied.warnings) out(`note: ${w}\n`);
+  if (files) {
+    out(`\ntunnat: wrote ${files.conntrackdConf}, ${files.notifyScript} and ${files.keepalivedConf}.\n`);
+    for (const w of files.warnings) out(`warning: ${w}\n`);
+    out(haNextSteps(files).replace(/^# ?/gm, ''));
+  }
   out('\n' + persistenceInstructions(plan, applied));
   return 0;
 }
 
-async function cmdRemove(flags: Record<string, unknown>): Promise<number> {
-  backendFlag(flags);
+async function cmdRemove(k: KernelFlags): Promise<number> {
+  backendFlag(k.flags);
   const rec = readKernelState();
   if (rec) {
     if (rec.alive && rec.state.owner) {
@@ -172,11 +205,10 @@ export async function cmdKernel(args: string[]): Promise<number> {
       return sub === undefined ? 2 : 0;
     }
     const flags = parseFlags(rest);
-    if (flags['help']) {
+    if (flags.help) {
       out(verbHelp(KERNEL_VERB) + '\n');
       return 0;
     }
-    delete flags['help'];
     switch (sub) {
       case 'plan':
         return await cmdPlan(flags);
@@ -188,7 +220,7 @@ export async function cmdKernel(args: string[]): Promise<number> {
         throw new UsageError(`unknown kernel command ${JSON.stringify(sub)} (plan, apply or remove)`);
     }
   } catch (e) {
-    if (e instanceof UsageError || e instanceof ConfigError) {
+    if (e instanceof UsageError || e instanceof ConfigError || e instanceof KernelHaError || e instanceof KeepalivedConfError) {
       err(`tunnat: ${e.message}\n(see \`tunnat kernel help\`)\n`);
       return 2;
     }

@@ -1,4 +1,4 @@
-import { HELP_FLAG, synopsis, type Verb } from './flags.js';
+import { HELP_FLAG, synopsis, type Flags, type Verb } from './flags.js';
 import { ROUTER_FLAGS } from './router-flags.js';
 import { CONNTRACK_VERB } from './conntrack-cmd.js';
 import { STATS_VERB } from './stats-cmd.js';
@@ -23,6 +23,23 @@ export const RUN_VERB = {
   },
 } as const satisfies Verb;
 
+/**
+ * One gateway of a standby pair with the kernel engine (`kernel plan|apply --ha DIR`): keepalived moves
+ * the addresses, conntrackd replicates the kernel's connection table over a dedicated sync link.
+ */
+export const KERNEL_HA_FLAGS = {
+  ha: { type: 'string', arg: 'DIR', about: 'one gateway of a standby pair: also write conntrackd.conf, keepalived.conf and their notify script into DIR (plan prints them); needs --public-ip VIP and the --ha-* flags' },
+  'ha-node': { type: 'string', arg: '0|1', about: 'with --ha: which gateway of the pair this is' },
+  'ha-lan-if': { type: 'string', arg: 'IFACE', about: "with --ha: the LAN interface, where keepalived puts --ha-lan-vip" },
+  'ha-lan-vip': { type: 'string', arg: 'ADDR/PREFIX', about: "with --ha: the LAN hosts' gateway address, e.g. 192.168.1.1/24" },
+  'ha-wan-vip': { type: 'string', arg: 'ADDR/PREFIX', about: 'with --ha: the public VIP on --external, the address of --public-ip (default --public-ip/32)' },
+  'ha-sync-if': { type: 'string', arg: 'IFACE', about: 'with --ha: the link dedicated to conntrackd between the two gateways' },
+  'ha-sync-local': { type: 'string', arg: 'ADDR', about: "with --ha: this gateway's address on the sync link" },
+  'ha-sync-peer': { type: 'string', arg: 'ADDR', about: "with --ha: the other gateway's address on the sync link" },
+  'ha-vrid': { type: 'string', arg: 'N', about: "with --ha: keepalived's VRRP id of the LAN address; the public one takes N+1 (default 51)" },
+  'ha-priority': { type: 'string', arg: 'N', about: 'with --ha: VRRP priority 1-254, the higher is master when both start together (default 150 for node 0, 100 for node 1)' },
+} as const satisfies Flags;
+
 export const KERNEL_VERB = {
   name: 'kernel plan|apply|remove',
   brief: "the kernel's own NAT for the same flags: print the recipe, apply it, remove it",
@@ -31,8 +48,11 @@ export const KERNEL_VERB = {
     'plan    print the recipe (ip_forward, MASQUERADE or SNAT, conntrack sizing), each command with what it is for\n' +
     'apply   apply it and exit; it stays until `tunnat kernel remove` (or a reboot) and the output says how to\n' +
     '        make it survive reboots\n' +
-    'remove  remove what `tunnat kernel apply` (or a crashed `tunnat run --engine kernel`) left (takes --backend only)',
-  flags: { ...ROUTER_FLAGS, help: HELP_FLAG },
+    'remove  remove what `tunnat kernel apply` (or a crashed `tunnat run --engine kernel`) left (takes --backend only)\n' +
+    'With --ha DIR, plan and apply are for one gateway of a standby pair: SNAT to the public VIP (--public-ip),\n' +
+    'never the VIP taken by this gateway itself (keepalived moves it), and conntrackd.conf, keepalived.conf and\n' +
+    'their notify script for DIR: plan prints them, apply writes them (docs/ha.md).',
+  flags: { ...ROUTER_FLAGS, ...KERNEL_HA_FLAGS, help: HELP_FLAG },
 } as const satisfies Verb;
 
 export const LAB_VERB = {

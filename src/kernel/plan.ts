@@ -291,8 +291,27 @@ function describeNat(nat: KernelNatSpec, external: string): string {
   return nat.ports ? `${how}, TCP/UDP ports ${nat.ports[0]}-${nat.ports[1]}` : how;
 }
 
-export function planKernelNat(cfg: RouterConfig, backend: KernelBackend, env: PlanEnv = {}): KernelPlan {
+/** How the plan is meant to be used (not facts about the host: those are PlanEnv). */
+export interface KernelPlanOptions {
+  /**
+   * One gateway of a standby pair (`--ha`): the public address is a VIP that keepalived moves. Needs
+   * SNAT to one address; the gateway never takes that address itself (see the address step).
+   */
+  ha?: boolean;
+}
+
+/** Why a pair needs SNAT, for the refusal and docs/ha.md. */
+export const HA_NEEDS_SNAT =
+  "a standby pair (--ha) needs --public-ip with the public VIP: the kernel's MASQUERADE deletes its connection " +
+  'tracking entries when the interface loses its address, so the entries replicated to the standby would be ' +
+  'flushed exactly when the VIP moves; SNAT names the address and its entries survive the move';
+
+export function planKernelNat(cfg: RouterConfig, backend: KernelBackend, env: PlanEnv = {}, opts: KernelPlanOptions = {}): KernelPlan {
   const nat = natSpec(cfg);
+  if (opts.ha && nat.kind !== 'snat') throw new KernelNatError('UNSUPPORTED', `${HA_NEEDS_SNAT}. ${NOTHING_CHANGED}`);
+  if (opts.ha && nat.persistent) {
+    throw new KernelNatError('UNSUPPORTED', `a standby pair (--ha) moves one public address: give --public-ip one address, not a pool. ${NOTHING_CHANGED}`);
+  }
   const internal = cfg.internal.map(cidrToString);
   const lan = internal.join(', ');
   const ext = cfg.external;
@@ -334,7 +353,16 @@ export function planKernelNat(cfg: RouterConfig, backend: KernelBackend, env: Pl
     });
   }
 
-  if (nat.kind === 'snat' && env.publicIpOwned === false) {
+  if (opts.ha) {
+    // The address step below would make this gateway answer ARP for the VIP whether it is the master or
+    // not: on the standby that steals the public address's traffic from the master (whichever gateway
+    // answered ARP last gets the replies, and the standby has no entries for them). keepalived adds the VIP
+    // on the master only, and the kernel answers ARP for an address of its own without any help.
+    notes.push(
+      `--ha: ${nat.address} is the pair's public VIP: keepalived adds it on the master, whose kernel then answers ARP for it; ` +
+        'no `ip addr add` here, since a standby holding it would answer ARP for it too and draw the replies away from the master',
+    );
+  } else if (nat.kind === 'snat' && env.publicIpOwned === false) {
     if (env.publicIpOnLink) {
       steps.push({
         cmd: ['ip', 'addr', 'add', `${nat.address}/32`, 'dev', ext],

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { keepalivedConf, KeepalivedConfError, type KeepalivedOptions } from '../../src/ha/keepalived.js';
+import { confBlock as block } from './helpers.js';
 
 const base: KeepalivedOptions = {
   name: 'gw-a',
@@ -12,18 +13,6 @@ const base: KeepalivedOptions = {
   trackInterface: 'tunnat0',
   checkScript: '/usr/bin/node /opt/tunnat/dist/src/cli/main.js ha check',
 };
-
-/** The body of one `NAME {` … `}` block at the top level of the text. */
-function block(text: string, head: string): string {
-  const start = text.indexOf(`${head} {`);
-  expect(start, `${head} is in the configuration`).toBeGreaterThanOrEqual(0);
-  let depth = 0;
-  for (let i = text.indexOf('{', start); i < text.length; i++) {
-    if (text[i] === '{') depth++;
-    else if (text[i] === '}' && --depth === 0) return text.slice(start, i + 1);
-  }
-  throw new Error(`${head} is not closed`);
-}
 
 describe('keepalivedConf', () => {
   it('puts both addresses in one sync group, each instance tracking the TUN and the health check', () => {

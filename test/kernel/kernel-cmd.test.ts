@@ -1,4 +1,7 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { resolveConfig } from '../../src/config/resolve.js';
 import { cmdKernel, persistenceInstructions } from '../../src/cli/kernel-cmd.js';
 import { planKernelNat } from '../../src/kernel/plan.js';
@@ -67,5 +70,59 @@ describe('persistenceInstructions', () => {
     const text = persistenceInstructions(planKernelNat(cfg, 'iptables'), null);
     expect(text).toContain('netfilter-persistent save');
     expect(text).toContain('service iptables save');
+  });
+});
+
+describe('tunnat kernel plan --ha', () => {
+  const nat = ['--internal', '192.168.1.0/24', '--external', 'wan0', '--backend', 'nft'];
+  const pair = ['--ha-node', '1', '--ha-lan-if', 'lan0', '--ha-lan-vip', '192.168.1.1/24', '--ha-sync-if', 'sync0', '--ha-sync-local', '192.168.255.2', '--ha-sync-peer', '192.168.255.1'];
+
+  it('prints the NAT recipe and the three files, and writes nothing', async () => {
+    const parent = mkdtempSync(join(tmpdir(), 'tunnat-ha-plan-'));
+    const dir = join(parent, 'ha');
+    try {
+      const r = await kernel('plan', ...nat, '--public-ip', '203.0.113.1', '--ha', dir, ...pair);
+      expect(r.code, r.err).toBe(0);
+      expect(r.out).toMatch(/^# tunnat kernel NAT plan — .*node 1 of a standby pair/);
+      expect(r.out).toContain('snat to 203.0.113.1');
+      expect(r.out).not.toMatch(/^ip addr add/m);
+      expect(r.out).toContain(`# ==> ${dir}/conntrackd.conf (mode 0644) <==`);
+      expect(r.out).toContain('IPv4_Destination_Address 192.168.255.1');
+      expect(r.out).toContain('Path /run/tunnat-conntrackd.ctl');
+      expect(r.out).toContain(`# ==> ${dir}/tunnat-ha-notify (mode 0755) <==`);
+      expect(r.out).toContain(`# ==> ${dir}/keepalived.conf (mode 0644) <==`);
+      expect(r.out).toContain('203.0.113.1/32 dev wan0');
+      expect(r.out).toMatch(/priority 100\n/);
+      expect(existsSync(dir)).toBe(false);
+    } finally {
+      rmSync(parent, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a pair without --public-ip (masquerade), and --ha-* without --ha, as bad usage', async () => {
+    const masq = await kernel('plan', ...nat, '--ha', '/etc/tunnat/ha', ...pair);
+    expect(masq.code).toBe(2);
+    expect(masq.err).toMatch(/ha: a standby pair \(--ha\) needs --public-ip .*MASQUERADE deletes/);
+    const stray = await kernel('plan', ...nat, '--public-ip', '203.0.113.1', ...pair);
+    expect(stray.code).toBe(2);
+    expect(stray.err).toMatch(/ha-node: takes effect only with --ha DIR/);
+  });
+
+  it.each([
+    [['--ha-node', '2'], /ha-node: expected 0 or 1/],
+    [['--ha-wan-vip', '203.0.113.9/24'], /ha-wan-vip: .*is not --public-ip/],
+    [['--ha-sync-peer', '192.168.255.2'], /ha-sync-peer: is --ha-sync-local/],
+    [['--ha-vrid', '254'], /ha-vrid: expected an integer in 1\.\.253/],
+    [['--ha-lan-if', 'wan0'], /LAN and WAN interfaces are the same/],
+  ])('refuses %o with exit 2', async (change, why) => {
+    const r = await kernel('plan', ...nat, '--public-ip', '203.0.113.1', '--ha', '/etc/tunnat/ha', ...pair, ...change);
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(why);
+  });
+
+  it('names a missing --ha-* flag', async () => {
+    const r = await kernel('plan', ...nat, '--public-ip', '203.0.113.1', '--ha', '/etc/tunnat/ha', '--ha-node', '0');
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/ha-lan-vip: required with --ha/);
   });
 });
