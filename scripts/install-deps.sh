@@ -25,6 +25,8 @@ packages=(
   iperf3 socat traceroute hping3 python3-scapy stun-client stun-server coturn ca-certificates
   # The FTP ALG test: an FTP server in the internet namespace (curl is the client).
   vsftpd
+  # The gateway pair (docs/ha.md): keepalived moves the shared addresses; conntrackd is the kernel engine's state sync.
+  keepalived conntrackd
   # The live page's browser test (playwright-core drives Debian's chromium; no browser download).
   chromium
 )

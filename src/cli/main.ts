@@ -159,6 +159,8 @@ export async function main(argv: string[]): Promise<number> {
         return await cmdStats(rest);
       case 'trace':
         return await cmdTrace(rest);
+      case 'ha':
+        return await (await import('./ha-cmd.js')).cmdHa(rest);
       case 'lab':
         return await cmdLab(rest);
       case 'kernel':

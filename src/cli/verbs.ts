@@ -3,6 +3,7 @@ import { ROUTER_FLAGS } from './router-flags.js';
 import { CONNTRACK_VERB } from './conntrack-cmd.js';
 import { STATS_VERB } from './stats-cmd.js';
 import { TRACE_VERB } from './trace-cmd.js';
+import { HA_VERB } from './ha-cmd.js';
 
 /**
  * Every verb of `tunnat`, with its flags: what main.ts parses and what `tunnat help` and
@@ -80,7 +81,7 @@ export const DOWN_VERB = {
   },
 } as const satisfies Verb;
 
-export const VERBS: readonly Verb[] = [RUN_VERB, CONNTRACK_VERB, STATS_VERB, TRACE_VERB, LAB_VERB, KERNEL_VERB, DOWN_VERB];
+export const VERBS: readonly Verb[] = [RUN_VERB, CONNTRACK_VERB, STATS_VERB, TRACE_VERB, HA_VERB, LAB_VERB, KERNEL_VERB, DOWN_VERB];
 
 /** `tunnat help`: every verb's synopsis, then what each is for. */
 export function usage(): string {

@@ -108,7 +108,7 @@ function instance(o: KeepalivedOptions, side: 'lan' | 'wan'): string[] {
 export function keepalivedConf(o: KeepalivedOptions): string {
   check(o);
   const out = [
-    `# keepalived configuration for ${o.name}, one gateway of a tunnat pair (written by tunnat ha keepalived-conf).`,
+    `# keepalived configuration for ${o.name}, one gateway of a tunnat pair, written by tunnat.`,
     '# Both instances move together (sync group); no preemption unless asked for; see docs/ha.md.',
     'global_defs {',
     `  router_id ${o.name}`,

@@ -1,0 +1,215 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { keepalivedConf } from '../ha/keepalived.js';
+import type { HaStatus } from '../ha/controller.js';
+import { runSync } from '../util/exec.js';
+import type { Cleanup } from './cleanup.js';
+import type { HaLab } from './ha-topology.js';
+import { startKeepalived, type KeepalivedHandle } from './keepalived.js';
+import { spawnIn, type NsProcess } from './process.js';
+import { defaultCliPath, socketPathFor, startRouter, unixGet, type RouterHandle } from './router.js';
+import type { FailoverReport } from './failover-peer.js';
+
+/**
+ * tunnat as a gateway pair in the pair lab (ha-topology.ts): a tunnat on each gateway with --ha-node 0/1,
+ * the flow-state sync over the sync link (or none), and keepalived moving the shared addresses with the
+ * configuration `tunnat ha keepalived-conf` writes. Used by `tunnat lab --ha`, the e2e tests and
+ * `npm run bench:failover`; also the traffic that runs through the pair while a gateway fails
+ * (failover-peer.ts) and its report.
+ */
+
+export const PAIR_TUN = 'tnha0';
+export const SYNC_PORT = 7400;
+export const PEER_PORT = 7000;
+
+export interface PairOptions {
+  lab: HaLab;
+  cleanup: Cleanup;
+  /** Replicate flow state between the two (default true); false: roles only, as a comparison. */
+  sync?: boolean;
+  /** --workers for each tunnat (default: tunnat's own default). */
+  workers?: number;
+  cliPath?: string;
+  log?: (line: string) => void;
+}
+
+export interface PairGateway {
+  index: 0 | 1;
+  name: 'a' | 'b';
+  netns: string;
+  socketPath: string;
+  /** The running tunnat, or null after killRouter / stopRouter. */
+  router: RouterHandle | null;
+  keepalived: KeepalivedHandle;
+  /** (Re)start tunnat here and wait until it answers. */
+  startRouter(): Promise<void>;
+  /** SIGKILL tunnat (the crash a pair must survive). */
+  killRouter(): void;
+  stopRouter(): Promise<void>;
+  status(): Promise<HaStatus>;
+}
+
+export interface Pair {
+  gateways: [PairGateway, PairGateway];
+  /** Which gateway's tunnat says it is active (null: none, or both). */
+  active(): Promise<0 | 1 | null>;
+  /** Wait until gateway `i` is active and its peer is a standby that has applied a full resync. */
+  waitSynced(i: 0 | 1, timeoutMs?: number): Promise<void>;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export async function startPair(o: PairOptions): Promise<Pair> {
+  const { lab, cleanup } = o;
+  const log = o.log ?? (() => {});
+  const cliPath = o.cliPath ?? defaultCliPath();
+  const sync = o.sync ?? true;
+  const dir = mkdtempSync(join(tmpdir(), 'tunnat-pair-'));
+  cleanup.defer({ label: `remove ${dir}`, sync: () => rmSync(dir, { recursive: true, force: true }) });
+  const keyFile = join(dir, 'ha.key');
+  writeFileSync(keyFile, randomBytes(32).toString('base64') + '\n', { mode: 0o600 });
+
+  const confs: string[] = [];
+  const make = (index: 0 | 1): PairGateway => {
+    const g = lab.gateways[index];
+    const socketPath = socketPathFor(`${lab.id}-${g.name}`);
+    // A killed tunnat leaves its routing; the next start removes it, and so does this, last.
+    cleanup.defer({
+      label: `tunnat down in ${g.netns}`,
+      sync: () => void runSync([process.execPath, cliPath, 'down', '--tun', PAIR_TUN], { netns: g.netns, allowFail: true }),
+    });
+    const args = [
+      '--public-ip', lab.wanVip, '--tun', PAIR_TUN, '--ha-node', String(index),
+      ...(sync ? ['--ha-sync', `${g.syncAddress}:${SYNC_PORT}`, '--ha-peer', `${g.peerSyncAddress}:${SYNC_PORT}`, '--ha-key', keyFile] : []),
+      ...(o.workers !== undefined ? ['--workers', String(o.workers)] : []),
+    ];
+    confs[index] = keepalivedConf({
+      name: `tunnat-${lab.id}-${g.name}`,
+      lanIf: g.lanDev,
+      wanIf: g.wanDev,
+      lanVip: lab.lanVipCidr,
+      wanVip: lab.wanVipCidr,
+      vrid: 51,
+      priority: index === 0 ? 150 : 100,
+      trackInterface: PAIR_TUN,
+      checkScript: `${process.execPath} ${cliPath} ha check --http unix:${socketPath}`,
+    });
+    const gw: PairGateway = {
+      index,
+      name: g.name,
+      netns: g.netns,
+      socketPath,
+      router: null,
+      keepalived: null as unknown as KeepalivedHandle,
+      async startRouter() {
+        gw.router = await startRouter({
+          engine: 'userspace',
+          netns: g.netns,
+          internal: lab.lanSubnet,
+          external: g.wanDev,
+          id: `${lab.id}-${g.name}`,
+          socketPath,
+          cleanup,
+          extraArgs: args,
+          cliPath,
+          log,
+        });
+      },
+      killRouter() {
+        gw.router?.process?.signal('SIGKILL');
+        gw.router = null;
+      },
+      async stopRouter() {
+        await gw.router?.stop();
+        gw.router = null;
+      },
+      async status() {
+        const r = await unixGet(socketPath, '/ha', 2000);
+        return JSON.parse(r.body) as HaStatus;
+      },
+    };
+    return gw;
+  };
+  const gws: [PairGateway, PairGateway] = [make(0), make(1)];
+  const startKa = (gw: PairGateway) => {
+    gw.keepalived = startKeepalived({ netns: gw.netns, conf: confs[gw.index]!, label: `ka-${lab.id}-${gw.name}`, cleanup, log });
+  };
+
+  // A first: it holds the addresses before B starts, whatever the priorities say (no preemption).
+  log('starting tunnat and keepalived on gateway A');
+  await gws[0].startRouter();
+  startKa(gws[0]);
+  await gws[0].keepalived.waitForState('MASTER', 15_000);
+  log('starting tunnat and keepalived on gateway B');
+  await gws[1].startRouter();
+  startKa(gws[1]);
+  await gws[1].keepalived.waitForState('BACKUP', 15_000);
+
+  const pair: Pair = {
+    gateways: gws,
+    async active() {
+      const roles = await Promise.all(gws.map((g) => (g.router ? g.status().then((s) => s.role).catch(() => null) : null)));
+      const act = roles.map((r, i) => (r === 'active' ? i : -1)).filter((i) => i >= 0);
+      return act.length === 1 ? (act[0] as 0 | 1) : null;
+    },
+    async waitSynced(i: 0 | 1, timeoutMs = 15_000) {
+      const deadline = Date.now() + timeoutMs;
+      let last = '';
+      for (;;) {
+        try {
+          const [a, b] = [await gws[i].status(), await gws[1 - i]!.status()];
+          last = `${gws[i].name}: ${a.role}; ${gws[1 - i]!.name}: ${b.role}, resyncs applied ${b.sync?.stats.resyncsApplied ?? '-'}, flows ${b.flows}/${a.flows}`;
+          const synced = !sync || (b.sync !== null && b.sync.stats.resyncsApplied > 0 && b.sync.resync.appliedEpoch > 0 && a.sync?.lag.unacked === 0 && a.sync.peer.alive);
+          if (a.role === 'active' && b.role === 'standby' && synced) return;
+        } catch (err) {
+          last = (err as Error).message;
+        }
+        if (Date.now() > deadline) throw new Error(`the pair did not settle with ${gws[i].name} active and synced within ${timeoutMs} ms (${last})`);
+        await sleep(100);
+      }
+    },
+  };
+  await pair.waitSynced(0);
+  return pair;
+}
+
+/** The two ends of the failover traffic (failover-peer.ts). */
+export interface FailoverTraffic {
+  /** Sources the server saw, as ADDR:PORT, per protocol. */
+  sources(): { udp: string[]; tcp: string[] };
+  /** Outage of the UDP stream so far: the echo gaps over 100 ms, as the client prints them. */
+  recovered(): number[];
+  /** Stop the client: it checks every idle connection and reports. */
+  finish(): Promise<FailoverReport>;
+}
+
+const PEER_SCRIPT = new URL('./failover-peer.js', import.meta.url).pathname;
+
+export async function startTraffic(
+  o: { lab: HaLab; cleanup: Cleanup; idle?: number; udpPort?: number; tcpBase?: number; log?: (l: string) => void },
+): Promise<FailoverTraffic> {
+  const { lab, cleanup } = o;
+  const server: NsProcess = spawnIn(lab.inet.netns, [process.execPath, PEER_SCRIPT, 'server', String(PEER_PORT)], { label: 'failover server', cleanup });
+  await server.waitForLine(/^listening/, 10_000);
+  const host = lab.lanHosts[0]!;
+  const client = spawnIn(
+    host.netns,
+    [process.execPath, PEER_SCRIPT, 'client', lab.inet.address, String(PEER_PORT), String(o.idle ?? 200), String(o.udpPort ?? 41000), String(o.tcpBase ?? 42000)],
+    { label: 'failover client', cleanup },
+  );
+  await client.waitForLine(/^ready/, 30_000);
+  const grep = (re: RegExp) => server.output().split('\n').flatMap((l) => (re.exec(l)?.[1] ? [re.exec(l)![1]!] : []));
+  return {
+    sources: () => ({ udp: grep(/^udp-source (\S+)/), tcp: grep(/^tcp-source (\S+)/) }),
+    recovered: () => client.output().split('\n').flatMap((l) => (/^recovered (\d+)/.exec(l) ? [Number(/^recovered (\d+)/.exec(l)![1])] : [])),
+    async finish() {
+      client.signal('SIGUSR2');
+      const line = await client.waitForLine(/^report /, 15_000);
+      await client.exited;
+      await server.stop();
+      return JSON.parse(line.slice('report '.length)) as FailoverReport;
+    },
+  };
+}
