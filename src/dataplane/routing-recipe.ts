@@ -130,6 +130,12 @@ export async function applySteps(j: Journal, cfg: RoutingConfig, tunLink: LinkIn
   for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.lanToLan), 'to', cidrText(c), 'lookup', 'main']);
   await rule(['pref', String(RULE_PREF.gatewayIcmp), 'iif', 'lo', 'ipproto', 'icmp', 'lookup', T1]);
   for (const c of cfg.internal) await rule(['pref', String(RULE_PREF.outbound), 'from', cidrText(c), 'lookup', T]);
+  if (cfg.syncPath) {
+    const from = ipToString(cfg.syncPath.local);
+    const to = ipToString(cfg.syncPath.peer);
+    await rule(['pref', String(RULE_PREF.syncPath), 'from', from, 'to', to, 'lookup', 'main', 'suppress_prefixlength', '0']);
+    await rule(['pref', String(RULE_PREF.syncBlock), 'from', from, 'to', to, 'unreachable']);
+  }
   // Inert until the pref-0 local rule goes, so they are safe to add first.
   await addAddressSteps(j, cfg, cfg.publicIp, true, log, io);
   // The rest of a pool: the same rules and ARP answers, not marked inbound (only the primary address's

@@ -36,6 +36,13 @@ export const RULE_PREF = {
   hairpin: 50,
   /** The local table, moved here from 0 so that the inbound rule can come before it. */
   local: 100,
+  /**
+   * A gateway of a pair, from its sync address to the peer's: the main table without its default route, then
+   * unreachable. The sync may use the link (or LAN) the peer is on, never the default route: when that link
+   * is down, its private addresses must not leave on the WAN.
+   */
+  syncPath: 990,
+  syncBlock: 991,
   /** to <LAN prefix>: LAN-to-LAN traffic is routed, not translated. */
   lanToLan: 996,
   /**
@@ -86,6 +93,8 @@ export interface RoutingConfig {
    * address and removes it when it goes (a standby never answers for an address it does not hold).
    */
   proxyArpByRole?: boolean;
+  /** A gateway of a pair: its sync address and the peer's, kept off the default route (RULE_PREF.syncPath). */
+  syncPath?: { local: number; peer: number };
 }
 
 

@@ -127,10 +127,16 @@ async function client(host: string, port: number, idleCount: number, udpPort: nu
     // Every idle connection says one last line; it lived through the failover if that line comes back.
     let pending = idle.length;
     const done = () => {
-      for (const s of [...idle, active]) s.destroy();
-      udp.close();
-      console.log(`report ${JSON.stringify(report)}`);
-      process.exit(0);
+      // The busy connection's last lines may still be on their way back: up to 2 s for them.
+      const until = Date.now() + 2000;
+      const finish = () => {
+        if (report.active.echoed < report.active.sent && report.active.error === null && Date.now() < until) return void setTimeout(finish, 20);
+        for (const s of [...idle, active]) s.destroy();
+        udp.close();
+        console.log(`report ${JSON.stringify(report)}`);
+        process.exit(0);
+      };
+      finish();
     };
     if (pending === 0) return done();
     const deadline = setTimeout(() => {

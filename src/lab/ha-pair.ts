@@ -9,7 +9,7 @@ import type { Cleanup } from './cleanup.js';
 import type { HaLab } from './ha-topology.js';
 import { startKeepalived, type KeepalivedHandle } from './keepalived.js';
 import { spawnIn, type NsProcess } from './process.js';
-import { defaultCliPath, socketPathFor, startRouter, unixGet, type RouterHandle } from './router.js';
+import { defaultCliPath, repoRoot, socketPathFor, startRouter, unixGet, type RouterHandle } from './router.js';
 import type { FailoverReport } from './failover-peer.js';
 
 /**
@@ -185,7 +185,8 @@ export interface FailoverTraffic {
   finish(): Promise<FailoverReport>;
 }
 
-const PEER_SCRIPT = new URL('./failover-peer.js', import.meta.url).pathname;
+// The compiled script (the tests run this file from src/, where there is none).
+const PEER_SCRIPT = join(repoRoot(), 'dist', 'src', 'lab', 'failover-peer.js');
 
 export async function startTraffic(
   o: { lab: HaLab; cleanup: Cleanup; idle?: number; udpPort?: number; tcpBase?: number; log?: (l: string) => void },
@@ -212,4 +213,75 @@ export async function startTraffic(
       return JSON.parse(line.slice('report '.length)) as FailoverReport;
     },
   };
+}
+
+/** How the active gateway fails. */
+export type FailureKind = 'kill' | 'gone';
+
+export interface FailoverResult {
+  kind: FailureKind;
+  /** The gateway that failed, and the one active after. */
+  from: 0 | 1;
+  to: 0 | 1 | null;
+  /** The longest silence of the UDP stream (a datagram every 10 ms, echoed): the outage as a host sees it. */
+  outageMs: number;
+  /** The longest silence of the TCP connection that sends a line every 50 ms. */
+  tcpGapMs: number;
+  /** Public endpoints the remote saw the UDP stream come from (one: the mapping lived through it). */
+  udpSources: string[];
+  report: FailoverReport;
+  /** Every connection lived through it: the idle ones answer, the busy one lost nothing and saw no reset. */
+  connectionsKept: boolean;
+}
+
+/**
+ * One failover under traffic: the stream and the connections start (and are at least `settleMs` old when
+ * it happens), the active gateway fails as `kind` says, the other takes over, the traffic is checked, and
+ * the failed gateway comes back as the standby (its tunnat restarted, or its cables back) and is synced.
+ */
+export async function failoverOnce(
+  pair: Pair,
+  lab: HaLab,
+  cleanup: Cleanup,
+  kind: FailureKind,
+  o: { idle?: number; round?: number; settleMs?: number; afterMs?: number; log?: (l: string) => void } = {},
+): Promise<FailoverResult> {
+  const from = await pair.active();
+  if (from === null) throw new Error('no gateway of the pair is active');
+  const round = o.round ?? 0;
+  // Fresh ports each round: the last round's connections may still be in TIME_WAIT on the host.
+  const traffic = await startTraffic({ lab, cleanup, idle: o.idle ?? 200, udpPort: 41000 + (round % 50), tcpBase: 42000 + (round % 40) * 500 });
+  await sleep(o.settleMs ?? 1200);
+  const failed = pair.gateways[from];
+  if (kind === 'kill') failed.killRouter();
+  else await lab.gatewayGone(from, true);
+  const other = pair.gateways[1 - from]!;
+  const deadline = Date.now() + 10_000;
+  while ((await other.status().catch(() => null))?.role !== 'active') {
+    if (Date.now() > deadline) break;
+    await sleep(20);
+  }
+  await sleep(o.afterMs ?? 1500);
+  const report = await traffic.finish();
+  const to = await pair.active();
+  // Back as the standby.
+  if (kind === 'kill') await failed.startRouter();
+  else await lab.gatewayGone(from, false);
+  const result: FailoverResult = {
+    kind,
+    from,
+    to,
+    outageMs: report.udp.maxGapMs,
+    tcpGapMs: report.active.maxGapMs,
+    udpSources: traffic.sources().udp,
+    report,
+    connectionsKept:
+      report.idle.ok === report.idle.count && report.idle.errors.length === 0 && report.active.error === null &&
+      report.active.outOfOrder === 0 && report.active.echoed === report.active.sent,
+  };
+  o.log?.(
+    `${kind} ${failed.name}: outage ${result.outageMs} ms (TCP ${result.tcpGapMs} ms), ${report.idle.ok}/${report.idle.count} idle connections kept, ` +
+      `busy one ${report.active.echoed}/${report.active.sent} lines${report.active.error ? `, error: ${report.active.error}` : ''}, UDP from ${result.udpSources.join(' ')}`,
+  );
+  return result;
 }

@@ -172,6 +172,7 @@ export async function setupSystem(cfg: RouterConfig, log: Logger, opts: SetupOpt
     gatewayPorts: cfg.gatewayPorts,
     tunMtu,
     ...(cfg.haNode !== null ? { proxyArpByRole: true } : {}),
+    ...(cfg.haSync && cfg.haPeer ? { syncPath: { local: cfg.haSync.address, peer: cfg.haPeer.address } } : {}),
   };
   const leftover = await detectLeftovers(cfg.tun, cfg.table);
   // A set-up left for a restart (or by a killed run) with the same LAN, WAN, TUN and tables is taken over
