@@ -11,8 +11,10 @@ import { createConnection, createServer, type Socket } from 'node:net';
  * - client (a LAN host): a UDP stream from one fixed port (a datagram every 10 ms), one TCP connection
  *   that sends a numbered line every 50 ms, and IDLE TCP connections that say nothing until the end. It
  *   prints `ready` once every connection is up, `recovered GAP_MS` whenever an echo comes after a gap
- *   longer than 100 ms, and on SIGUSR2 checks every idle connection with one last line and prints its
- *   report as one JSON line (`report {…}`), then exits.
+ *   longer than 100 ms. On SIGUSR2 it checks every idle connection both ways and prints its report as one
+ *   JSON line (`report {…}`), then exits: the server speaks first on each (`push` on the busy connection
+ *   makes it write `pushed` on every other one), as a server that pushes data after a failover would,
+ *   then the client sends one last line and waits for its echo.
  */
 
 const UDP_EVERY_MS = 10;
@@ -39,10 +41,16 @@ function server(port: number): void {
     udp.send(msg, from.port, from.address);
   });
   udp.bind(port);
+  const open = new Set<Socket>();
   const tcp = createServer((sock) => {
     console.log(`tcp-source ${sock.remoteAddress}:${sock.remotePort}`);
     sock.setNoDelay(true);
-    sock.on('data', (d) => sock.write(d));
+    open.add(sock);
+    sock.on('close', () => open.delete(sock));
+    sock.on('data', (d) => {
+      sock.write(d);
+      if (d.includes('push\n')) for (const other of open) if (other !== sock && other.remoteAddress === sock.remoteAddress) other.write('pushed\n');
+    });
     sock.on('error', (err) => console.log(`tcp-error ${sock.remoteAddress}:${sock.remotePort} ${err.message}`));
   });
   tcp.listen(port + 1, () => console.log('listening'));
@@ -87,6 +95,7 @@ async function client(host: string, port: number, idleCount: number, udpPort: nu
   active.on('close', () => (report.active.error ??= 'closed by the other side'));
   let lastTcp = Date.now();
   lines(active, (line) => {
+    if (!line.startsWith('line ')) return;
     const n = Number(line.split(' ')[1]);
     if (n !== report.active.echoed) report.active.outOfOrder++;
     report.active.echoed++;
@@ -144,29 +153,35 @@ async function client(host: string, port: number, idleCount: number, udpPort: nu
       pending = 0;
       done();
     }, 5000);
+    const settle = (ok: boolean) => {
+      if (ok) report.idle.ok++;
+      else report.idle.failed++;
+      if (--pending === 0) {
+        clearTimeout(deadline);
+        done();
+      }
+    };
     idle.forEach((s, k) => {
-      let answered = false;
+      let step = 0;
       lines(s, (line) => {
-        if (answered) return;
-        answered = true;
-        if (line === `final ${k}`) report.idle.ok++;
-        else report.idle.failed++;
-        if (--pending === 0) {
-          clearTimeout(deadline);
-          done();
+        if (step === 0 && line === 'pushed') {
+          step = 1;
+          s.write(`final ${k}\n`);
+        } else if (step === 1) {
+          step = 2;
+          settle(line === `final ${k}`);
+        } else if (step === 0) {
+          step = 2;
+          settle(false);
         }
       });
       if (s.destroyed) {
-        answered = true;
-        report.idle.failed++;
-        if (--pending === 0) {
-          clearTimeout(deadline);
-          done();
-        }
-      } else {
-        s.write(`final ${k}\n`);
+        step = 2;
+        settle(false);
       }
     });
+    // The server speaks first on every idle connection.
+    active.write('push\n');
   });
 }
 

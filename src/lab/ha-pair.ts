@@ -3,6 +3,8 @@ import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { keepalivedConf } from '../ha/keepalived.js';
+import { conntrackdConf, haNotifyScript } from '../kernel/ha.js';
+import { startConntrackd } from './kernel-ha.js';
 import type { HaStatus } from '../ha/controller.js';
 import { runSync } from '../util/exec.js';
 import type { Cleanup } from './cleanup.js';
@@ -52,7 +54,13 @@ export interface PairGateway {
 }
 
 export interface Pair {
+  /** What translates: tunnat with its sync (or without), or the kernel with conntrackd (or without). */
+  engine: 'userspace' | 'kernel';
+  sync: boolean;
+  /** tunnat on each gateway (the userspace engine only). */
   gateways: [PairGateway, PairGateway];
+  /** Whether gateway `i` translates now: tunnat says it is active; the kernel's holds the public address. */
+  isActive(i: 0 | 1): Promise<boolean>;
   /** Which gateway's tunnat says it is active (null: none, or both). */
   active(): Promise<0 | 1 | null>;
   /** Wait until gateway `i` is active and its peer is a standby that has applied a full resync. */
@@ -148,7 +156,10 @@ export async function startPair(o: PairOptions): Promise<Pair> {
   await gws[1].keepalived.waitForState('BACKUP', 15_000);
 
   const pair: Pair = {
+    engine: 'userspace',
+    sync,
     gateways: gws,
+    isActive: async (i) => (await gws[i].status().catch(() => null))?.role === 'active',
     async active() {
       const roles = await Promise.all(gws.map((g) => (g.router ? g.status().then((s) => s.role).catch(() => null) : null)));
       const act = roles.map((r, i) => (r === 'active' ? i : -1)).filter((i) => i >= 0);
@@ -253,11 +264,15 @@ export async function failoverOnce(
   const traffic = await startTraffic({ lab, cleanup, idle: o.idle ?? 200, udpPort: 41000 + (round % 50), tcpBase: 42000 + (round % 40) * 500 });
   await sleep(o.settleMs ?? 1200);
   const failed = pair.gateways[from];
-  if (kind === 'kill') failed.killRouter();
-  else await lab.gatewayGone(from, true);
-  const other = pair.gateways[1 - from]!;
+  if (kind === 'kill') {
+    if (pair.engine !== 'userspace') throw new Error('kill -9 is a failure of tunnat: the kernel engine has no process to kill');
+    failed.killRouter();
+  } else {
+    await lab.gatewayGone(from, true);
+  }
+  const other = (1 - from) as 0 | 1;
   const deadline = Date.now() + 10_000;
-  while ((await other.status().catch(() => null))?.role !== 'active') {
+  while (!(await pair.isActive(other))) {
     if (Date.now() > deadline) break;
     await sleep(20);
   }
@@ -267,6 +282,7 @@ export async function failoverOnce(
   // Back as the standby.
   if (kind === 'kill') await failed.startRouter();
   else await lab.gatewayGone(from, false);
+  if (to !== null) await pair.waitSynced(to, 30_000);
   const result: FailoverResult = {
     kind,
     from,
@@ -280,8 +296,110 @@ export async function failoverOnce(
       report.active.outOfOrder === 0 && report.active.echoed === report.active.sent,
   };
   o.log?.(
-    `${kind} ${failed.name}: outage ${result.outageMs} ms (TCP ${result.tcpGapMs} ms), ${report.idle.ok}/${report.idle.count} idle connections kept, ` +
+    `${kind} ${lab.gateways[from].name}: outage ${result.outageMs} ms (TCP ${result.tcpGapMs} ms), ${report.idle.ok}/${report.idle.count} idle connections kept, ` +
       `busy one ${report.active.echoed}/${report.active.sent} lines${report.active.error ? `, error: ${report.active.error}` : ''}, UDP from ${result.udpSources.join(' ')}`,
   );
   return result;
+}
+
+/**
+ * The kernel engine as a pair, for comparison on the same failures: on each gateway the kernel's SNAT to
+ * the shared public address (`tunnat kernel apply --ha …`), conntrackd replicating the kernel's table
+ * over the sync link (FTFW; `sync` false: none), and keepalived with the notify script that commits
+ * conntrackd's cache into the kernel when the gateway becomes MASTER (src/kernel/ha.ts). Every file is
+ * private to this lab.
+ */
+export async function startKernelPair(o: { lab: HaLab; cleanup: Cleanup; sync?: boolean; cliPath?: string; log?: (l: string) => void }): Promise<Pair> {
+  const { lab, cleanup } = o;
+  const log = o.log ?? (() => {});
+  const cliPath = o.cliPath ?? defaultCliPath();
+  const sync = o.sync ?? true;
+  const kas: KeepalivedHandle[] = [];
+  const start = async (index: 0 | 1): Promise<void> => {
+    const g = lab.gateways[index];
+    const dir = mkdtempSync(join(tmpdir(), `tunnat-kpair-${g.name}-`));
+    cleanup.defer({ label: `remove ${dir}`, sync: () => rmSync(dir, { recursive: true, force: true }) });
+    // The kernel's NAT, SNAT to the shared address; --ha leaves the address to keepalived.
+    const haArgs = [
+      '--ha', dir, '--ha-node', String(index), '--ha-lan-if', g.lanDev, '--ha-lan-vip', lab.lanVipCidr, '--ha-wan-vip', lab.wanVipCidr,
+      '--ha-sync-if', g.syncDev, '--ha-sync-local', g.syncAddress, '--ha-sync-peer', g.peerSyncAddress,
+    ];
+    cleanup.defer({
+      label: `tunnat kernel remove in ${g.netns}`,
+      sync: () => void runSync([process.execPath, cliPath, 'kernel', 'remove'], { netns: g.netns, allowFail: true }),
+    });
+    const applied = runSync([process.execPath, cliPath, 'kernel', 'apply', '--internal', lab.lanSubnet, '--external', g.wanDev, '--public-ip', lab.wanVip, ...haArgs], { netns: g.netns, allowFail: true });
+    if (applied.exitCode !== 0) throw new Error(`tunnat kernel apply failed in ${g.netns}: ${applied.stderr}`);
+    let notify: { master: string; backup: string; fault: string } | undefined;
+    let check: string | null = null;
+    if (sync) {
+      const cd = await startConntrackd({
+        netns: g.netns,
+        label: `conntrackd ${lab.id}-${g.name}`,
+        cleanup,
+        conf: (files) =>
+          conntrackdConf({
+            node: index, syncIf: g.syncDev, syncLocal: g.syncAddress, syncPeer: g.peerSyncAddress,
+            socketPath: files.socketPath, lockFile: files.lockFile, logFile: files.logFile,
+            ignore: [lab.lanVip, lab.wanVip, g.lanAddress, g.wanAddress],
+          }),
+      });
+      const script = join(dir, 'tunnat-ha-notify');
+      writeFileSync(script, haNotifyScript({ conntrackd: '/usr/sbin/conntrackd', conf: cd.files.conf }), { mode: 0o755 });
+      notify = { master: `${script} master`, backup: `${script} backup`, fault: `${script} fault` };
+      check = `/usr/sbin/conntrackd -C ${cd.files.conf} -s`;
+    }
+    const conf = keepalivedConf({
+      name: `kernel-${lab.id}-${g.name}`,
+      lanIf: g.lanDev,
+      wanIf: g.wanDev,
+      lanVip: lab.lanVipCidr,
+      wanVip: lab.wanVipCidr,
+      vrid: 51,
+      priority: index === 0 ? 150 : 100,
+      trackInterface: null,
+      checkScript: check,
+      ...(notify ? { notify } : {}),
+    });
+    kas[index] = startKeepalived({ netns: g.netns, conf, label: `ka-${lab.id}-${g.name}`, cleanup, log });
+  };
+  log(`starting the kernel engine${sync ? ' with conntrackd' : ''} and keepalived on gateway A`);
+  await start(0);
+  await kas[0]!.waitForState('MASTER', 15_000);
+  log(`starting the kernel engine${sync ? ' with conntrackd' : ''} and keepalived on gateway B`);
+  await start(1);
+  await kas[1]!.waitForState('BACKUP', 15_000);
+  const noRouter = (): never => {
+    throw new Error('the kernel engine has no tunnat process on the gateway');
+  };
+  const gws = ([0, 1] as const).map((index): PairGateway => ({
+    index,
+    name: lab.gateways[index].name,
+    netns: lab.gateways[index].netns,
+    socketPath: '',
+    router: null,
+    keepalived: kas[index]!,
+    startRouter: async () => noRouter(),
+    killRouter: noRouter,
+    stopRouter: async () => noRouter(),
+    status: async () => noRouter(),
+  })) as [PairGateway, PairGateway];
+  const holds = async (i: 0 | 1) => (await lab.vipsOf(i)).wan;
+  return {
+    engine: 'kernel',
+    sync,
+    gateways: gws,
+    isActive: holds,
+    async active() {
+      const h = await Promise.all([holds(0), holds(1)]);
+      return h[0] && !h[1] ? 0 : h[1] && !h[0] ? 1 : null;
+    },
+    async waitSynced(i: 0 | 1, timeoutMs = 15_000) {
+      // conntrackd says nothing a test could wait on: the standby is back when keepalived says BACKUP, and
+      // its cache is refilled by the bulk update the master's notify script asked for; give it a moment.
+      await kas[1 - i]!.waitForState('BACKUP', timeoutMs);
+      if (!(await holds(i))) throw new Error(`gateway ${lab.gateways[i].name} does not hold the public address`);
+      await sleep(1000);
+    },
+  };
 }
