@@ -114,8 +114,12 @@ async function cmdLab(args: string[]): Promise<number> {
   if (v.id !== undefined && !/^[a-z0-9]{1,12}$/.test(v.id)) throw new ConfigError('id', 'expected 1-12 lowercase letters or digits (namespaces are named tn<ID>-gw, tn<ID>-h0, …)');
   const httpPort = v['http-port'] !== undefined ? Number(v['http-port']) : 9100;
   if (!Number.isInteger(httpPort) || httpPort < 1 || httpPort > 65535) throw new ConfigError('http-port', 'expected a port number');
-  const { runLab } = await import('../lab/demo.js');
   const out = (m: string) => process.stdout.write(m + '\n');
+  if (v.ha) {
+    const { runHaLab } = await import('../lab/ha-demo.js');
+    return (await runHaLab({ once: v.once ?? false, log: out, ...(v.id !== undefined ? { id: v.id } : {}) })) ? 0 : 1;
+  }
+  const { runLab } = await import('../lab/demo.js');
   const ok = await runLab({
     once: v.once ?? false,
     engine: 'userspace',

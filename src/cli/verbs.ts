@@ -64,6 +64,7 @@ export const LAB_VERB = {
     'translated; it keeps running until Ctrl-C removes everything.',
   flags: {
     once: { type: 'boolean', about: 'run the demo, clean up and exit (0 if every step worked)' },
+    ha: { type: 'boolean', about: 'a gateway pair instead: tunnat and keepalived on two gateways; kills the active tunnat under traffic and prints the outage and the connections that lived' },
     'http-port': { type: 'string', arg: 'PORT', about: "the host's 127.0.0.1 port that reaches the router's live page (default 9100)" },
     id: { type: 'string', arg: 'ID', about: 'names the namespaces tn<ID>-gw, tn<ID>-h0, … (1-12 lowercase letters or digits)' },
     help: HELP_FLAG,

@@ -220,6 +220,13 @@ export class HaController {
     };
   }
 
+  /** The live page's line: role, node, and how the peer is heard. */
+  liveSummary(): { role: Role; node: number; peer: string } {
+    const p = this.agent?.status().peer ?? null;
+    const peer = p === null ? 'no sync' : p.session === null ? 'never heard' : p.alive ? `${p.role ?? '?'}, heard ${p.lastHeardMsAgo} ms ago` : 'not heard';
+    return { role: this.role, node: this.cfg.haNode!, peer };
+  }
+
   /** GET /ha: the status as JSON; 503 when the data plane does not answer (what `tunnat ha check` asks). */
   readonly handler: RouteHandler = async (_req, res) => {
     const st = await this.status();

@@ -220,6 +220,14 @@ export function createRegistry(nat: Translator, loop: Dataplane | null, opts: Re
       mirror(this, {}, nat.stats.portsReclaimed);
     },
   });
+  new Counter({
+    name: 'tunnat_tcp_picked_up_total',
+    help: 'TCP connections picked up in the middle from the LAN side (a gateway of a pair, after a failover: the flow had not reached it)',
+    registers: [registry],
+    collect() {
+      mirror(this, {}, nat.stats.tcpPickedUp);
+    },
+  });
   new Gauge({
     name: 'tunnat_mappings',
     help: 'NAT mappings (internal endpoint to public port) in use',

@@ -34,6 +34,8 @@ export interface LiveSnapshot {
   engine?: 'userspace' | 'kernel';
   /** What this engine cannot show, one line each; the page lists them instead of leaving blanks. */
   unavailable?: string[];
+  /** A gateway of a pair (--ha-node): its role now, and how its peer is heard. */
+  ha?: { role: string; node: number; peer: string };
 }
 
 export const LIVE_INTERVAL_MS = 1000;
@@ -84,6 +86,8 @@ export class LiveFeed {
   private streams: SseStream[] = [];
   private timer: NodeJS.Timeout | null = null;
   private pending = false;
+  /** Adds to every snapshot what the data plane does not know (a pair's role: ha/controller.ts). */
+  decorate: ((snap: LiveSnapshot) => void) | null = null;
 
   constructor(
     private readonly snapshot: () => LiveSnapshot | Promise<LiveSnapshot>,
@@ -123,6 +127,7 @@ export class LiveFeed {
     void (async () => {
       try {
         const snap = await this.snapshot();
+        this.decorate?.(snap);
         for (const s of ready) s.send('snapshot', snap);
       } catch (err) {
         this.onError(err as Error);

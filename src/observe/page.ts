@@ -51,6 +51,7 @@ export const LIVE_PAGE = `<!doctype html>
 <header>
   <h1>tunnat</h1>
   <span>public address <b id="public">…</b></span>
+  <span id="ha-role" hidden>pair <b id="ha-text"></b></span>
   <span>flows <b id="flowcount">…</b></span>
   <span id="status">connecting</span>
 </header>
@@ -270,6 +271,9 @@ ${CHART_AXES_JS}
     renderLacking(s);
     var dt = last ? t - last.t : 0;
     document.getElementById('public').textContent = s.publicAddress;
+    var ha = document.getElementById('ha-role');
+    ha.hidden = !s.ha;
+    if (s.ha) document.getElementById('ha-text').textContent = s.ha.role + ' (node ' + s.ha.node + '; peer ' + s.ha.peer + ')';
     document.getElementById('flowcount').textContent = s.counters.flows + ' / ' + s.counters.flowsMax;
     renderCounters(s);
     renderHosts(s, t, dt);

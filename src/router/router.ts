@@ -35,6 +35,7 @@ import { newApplyCounts, Replica } from '../nat/replica.js';
 import { HaController, type HaPlane } from '../ha/controller.js';
 import type { Registry } from 'prom-client';
 import type { RouteHandler } from '../observe/http.js';
+import type { LiveFeed } from '../observe/live.js';
 
 /**
  * The running userspace router: TUN + routing + translator + loop + HTTP, started in that order and
@@ -468,7 +469,7 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
     async startHa(setArp: (on: boolean) => Promise<void>) {
       if (plane === null) return;
       ha = await HaController.start(cfg, log, plane, setArp);
-      attachHa(ha, registry, handlers);
+      attachHa(ha, registry, handlers, observe.live);
     },
     nat,
     loop,
@@ -511,9 +512,12 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
 }
 
 /** A pair's controller on a data plane's endpoint: the tunnat_ha_* metrics and GET /ha. */
-export function attachHa(ha: HaController, registry: Registry, handlers: Record<string, RouteHandler>): void {
+export function attachHa(ha: HaController, registry: Registry, handlers: Record<string, RouteHandler>, live: LiveFeed): void {
   ha.register(registry);
   handlers['/ha'] = ha.handler;
+  live.decorate = (snap) => {
+    snap.ha = ha.liveSummary();
+  };
 }
 
 /** The translator a data plane runs: the whole port space, or one worker's slice of it (--workers). */

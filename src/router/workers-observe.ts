@@ -28,7 +28,8 @@ export interface WorkerLink {
 
 export class WorkerObservatory implements ObserveStats {
   private readonly streams: ObserveStreams;
-  private readonly live: LiveFeed;
+  /** The live page's feed (a pair's controller decorates its snapshots). */
+  readonly live: LiveFeed;
   private nextSub = 0;
   private readonly subs = new Map<number, { stream: SseStream; kind: 'events' | 'trace'; query: string }>();
 

@@ -490,7 +490,7 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
     async startHa(setProxyArp: (on: boolean) => Promise<void>) {
       if (haPlane === null || served === null) return;
       ha = await HaController.start(cfg, log, haPlane, setProxyArp);
-      attachHa(ha, served.registry, served.handlers);
+      attachHa(ha, served.registry, served.handlers, observe!.live);
     },
     async stop(save: boolean): Promise<boolean> {
       ha?.close();
