@@ -6,7 +6,7 @@ import { BaseSequencer, type TestSpecification } from 'vitest/node';
  * vitest knows no durations and starts the largest files first, so a small file that runs for
  * minutes could start last and hold the whole run up; these start first instead.
  */
-const SLOW_FIRST = ['fail-closed-userspace', 'fail-closed-kernel', 'dns-storm', 'alg-ftp', 'kernel-engine', 'lab', 'hostile-flood', 'rfc-wan-pool', 'routing', 'restart'];
+const SLOW_FIRST = ['fail-closed-userspace', 'ha-pair', 'fail-closed-kernel', 'dns-storm', 'alg-ftp', 'kernel-engine', 'lab', 'hostile-flood', 'rfc-wan-pool', 'routing', 'restart'];
 
 class SlowFirst extends BaseSequencer {
   override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {

@@ -19,13 +19,14 @@ import { cpus, release } from 'node:os';
 import { join } from 'node:path';
 import { Cleanup } from '../src/lab/cleanup.js';
 import { buildHaLab, type HaLab } from '../src/lab/ha-topology.js';
-import { failoverOnce, startKernelPair, startPair, type FailoverResult, type FailureKind, type Pair } from '../src/lab/ha-pair.js';
+import { failoverOnce, MAX_IDLE, startKernelPair, startPair, type FailureKind, type Pair } from '../src/lab/ha-pair.js';
 import { repoRoot } from '../src/lab/router.js';
+import { summarize, table, verdict, type Row } from './failover/report.js';
 
 const USAGE = `usage: npm run bench:failover -- [--reps N] [--others N] [--idle N] [--cut-seconds S] [--workers N] [--only NAME] [--write-docs]
   --reps N          failovers of each kind for the tunnat pair with sync (default 20)
   --others N        failovers for each comparison (no sync; the kernel with and without conntrackd) (default 5)
-  --idle N          idle TCP connections kept open through each failover (default 200)
+  --idle N          idle TCP connections kept open through each failover (default 200, at most 480)
   --cut-seconds S   how long the sync link is cut before its failover (default 30)
   --workers N       --workers of each tunnat (default: tunnat's own)
   --only NAME       one scenario: tunnat, tunnat-nosync, kernel, kernel-nosync
@@ -52,7 +53,7 @@ function parseArgs(argv: string[]): Args {
     };
     if (k === '--reps') a.reps = num(1, 1000);
     else if (k === '--others') a.others = num(0, 1000);
-    else if (k === '--idle') a.idle = num(0, 2000);
+    else if (k === '--idle') a.idle = num(0, MAX_IDLE);
     else if (k === '--cut-seconds') a.cutSeconds = num(2, 600);
     else if (k === '--workers') a.workers = num(1, 64);
     else if (k === '--only') a.only = argv[++i] ?? '';
@@ -68,20 +69,6 @@ function parseArgs(argv: string[]): Args {
 
 const log = (l: string): void => void process.stderr.write(`${new Date().toISOString().slice(11, 23)} ${l}\n`);
 
-interface Row {
-  scenario: string;
-  engine: string;
-  sync: string;
-  failure: string;
-  results: FailoverResult[];
-}
-
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const n = s.length;
-  return n === 0 ? NaN : n % 2 ? s[(n - 1) / 2]! : (s[n / 2 - 1]! + s[n / 2]!) / 2;
-};
-
 /** One lab, one pair, a list of failures in order. */
 async function scenario(
   name: string,
@@ -91,6 +78,7 @@ async function scenario(
 ): Promise<Row[]> {
   const cleanup = new Cleanup((l) => log(`cleanup: ${l}`));
   const rows: Row[] = [];
+  let current: Row | null = null;
   try {
     const lab = await buildHaLab({ cleanup, lanHosts: 1 });
     const pair = await make(lab, cleanup);
@@ -98,62 +86,23 @@ async function scenario(
     for (const p of plan) {
       const row: Row = { scenario: name, engine: pair.engine === 'userspace' ? 'tunnat' : 'kernel', sync: pair.sync ? (pair.engine === 'userspace' ? 'tunnat sync' : 'conntrackd') : 'none', failure: p.failure, results: [] };
       rows.push(row);
+      current = row;
       for (let k = 0; k < p.count; k++) {
         await p.before?.(lab, pair);
         const r = await failoverOnce(pair, lab, cleanup, p.kind, { idle, round: ++round, log: (l) => log(`${name} ${p.failure} ${k + 1}/${p.count}: ${l}`) });
         row.results.push(r);
       }
     }
+  } catch (err) {
+    // The scenario stops here; its row says so instead of reading as if every run had worked.
+    const msg = (err as Error).message.split('\n')[0]!;
+    log(`${name}: stopped: ${msg}`);
+    if (current) current.error = msg;
+    else rows.push({ scenario: name, engine: name.startsWith('kernel') ? 'kernel' : 'tunnat', sync: '?', failure: '(setting up)', results: [], error: msg });
   } finally {
     await cleanup.run();
   }
   return rows;
-}
-
-function summarize(r: Row) {
-  const outages = r.results.map((x) => x.outageMs);
-  return {
-    scenario: r.scenario,
-    engine: r.engine,
-    sync: r.sync,
-    failure: r.failure,
-    runs: r.results.length,
-    outageMedianMs: median(outages),
-    outageWorstMs: Math.max(...outages),
-    tcpGapMedianMs: median(r.results.map((x) => x.tcpGapMs)),
-    connectionsKept: r.results.filter((x) => x.connectionsKept).length,
-    idleKept: r.results.reduce((n, x) => n + x.report.idle.ok, 0),
-    idleTotal: r.results.reduce((n, x) => n + x.report.idle.count, 0),
-    udpOneMapping: r.results.filter((x) => x.udpSources.length === 1).length,
-  };
-}
-
-type Summary = ReturnType<typeof summarize>;
-
-/** The goals of issue 15 for the tunnat pair with sync: outage median ≤ 1 s, worst ≤ 2 s, every connection, one mapping. */
-function verdict(s: Summary): string {
-  if (s.engine !== 'tunnat' || s.sync === 'none') return '';
-  const timed = s.failure.startsWith('kill') || s.failure.startsWith('gateway gone');
-  const misses: string[] = [];
-  if (timed && s.outageMedianMs > 1000) misses.push('median > 1 s');
-  if (timed && s.outageWorstMs > 2000) misses.push('worst > 2 s');
-  if (s.connectionsKept !== s.runs) misses.push(`${s.runs - s.connectionsKept} run(s) lost a connection`);
-  if (s.udpOneMapping !== s.runs) misses.push(`${s.runs - s.udpOneMapping} run(s) changed the UDP mapping`);
-  return misses.length === 0 ? 'met' : `missed: ${misses.join(', ')}`;
-}
-
-function table(sums: Summary[]): string[] {
-  const lines = [
-    '| engine | state sync | failure | runs | outage median | outage worst | TCP gap median | runs with every connection kept | idle connections kept | runs with one UDP mapping | goal |',
-    '| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
-  ];
-  for (const s of sums) {
-    lines.push(
-      `| ${s.engine} | ${s.sync} | ${s.failure} | ${s.runs} | ${Math.round(s.outageMedianMs)} ms | ${s.outageWorstMs} ms | ${Math.round(s.tcpGapMedianMs)} ms | ` +
-        `${s.connectionsKept}/${s.runs} | ${s.idleKept}/${s.idleTotal} | ${s.udpOneMapping}/${s.runs} | ${verdict(s)} |`,
-    );
-  }
-  return lines;
 }
 
 const DOCS_BEGIN = '<!-- bench:failover begin (written by npm run bench:failover -- --write-docs) -->';

@@ -42,6 +42,11 @@ export const FLOW_INBOUND = 8;
 export const FLOW_ALG = 16;
 /** Admitted by an ALG's expectation (an FTP data connection). */
 export const FLOW_EXPECTED = 32;
+/**
+ * A TCP connection picked up in the middle from the LAN side (a gateway of a pair, after a failover) that
+ * has had no reply yet: it keeps a short timer until one comes.
+ */
+export const FLOW_LOOSE = 64;
 
 export type RemoveReason = 'expired' | 'early-drop' | 'flush' | 'closed';
 

@@ -1,9 +1,10 @@
+import { createHash } from 'node:crypto';
 import { createSocket, type Socket } from 'node:dgram';
 import { readFileSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { RouterConfig } from '../config/config.js';
-import { forEachRecord, REC, type ApplyCounts } from '../nat/replica.js';
+import { forEachRecord, REC, UPSERT_BYTES, type ApplyCounts } from '../nat/replica.js';
 import type { RouteHandler } from '../observe/http.js';
 import type { Logger } from '../util/log.js';
 import { ipToString } from '../wire/addr.js';
@@ -31,8 +32,11 @@ export interface HaPlane {
   setStandby(standby: boolean): void;
   /** Records from the active, in order (UPSERT/REMOVE to the flow's owner, BEGIN/END to every part). */
   apply(records: Uint8Array): void;
-  /** Every flow, as records (a full resync). */
-  dump(): Promise<Uint8Array[]>;
+  /**
+   * Every flow, as records (a full resync), each part handed to `each` as soon as it is read (a worker's
+   * dump comes before its later changes, which must follow it); false if a part could not be read.
+   */
+  dump(each: (part: Uint8Array) => void): Promise<boolean>;
   /** Set by the controller: what the data plane logged while active. */
   onChanges: ((records: Uint8Array) => void) | null;
   /** Set by the controller: the data plane's change log overflowed, so the peer needs a full resync. */
@@ -68,8 +72,12 @@ export class HaController {
   private socket: Socket | null = null;
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly vip: string;
-  /** ARP changes run one after another, in the order the roles changed. */
+  /** ARP changes run one after another; what the role wants is applied again until it holds. */
   private arpChain: Promise<void> = Promise.resolve();
+  private arpWanted = false;
+  /** What the last change achieved (null: unknown, or failed). */
+  private arpDone: boolean | null = null;
+  private arpBusy = false;
   private arpErrors = 0;
 
   private constructor(
@@ -81,6 +89,8 @@ export class HaController {
   ) {
     this.vip = ipToString(cfg.publicIp!);
     const now = () => performance.now();
+    // A resync holds every flow at once: the backlog may always grow to that, and 64 MiB beyond it.
+    const backlogLimit = 64 * 1024 * 1024 + Math.ceil(cfg.maxFlows * UPSERT_BYTES * 1.5);
     this.agent =
       key === null
         ? null
@@ -92,6 +102,14 @@ export class HaController {
             deliver: (records) => this.deliver(records),
             startResync: (epoch) => void this.resync(epoch),
             flowCount: () => plane.flowCount(),
+            backlogLimit,
+            fingerprint: pairFingerprint(cfg),
+            onMismatch: () =>
+              log.error('the other gateway runs with other settings (workers, ports, public address, table size or LAN): no state sync with it until both match', {
+                workers: cfg.workers,
+                ports: cfg.ports.join('-'),
+                gatewayPorts: cfg.gatewayPorts.join('-'),
+              }),
           });
     plane.onChanges = (records) => this.agent?.pushRecords(records);
     plane.onLost = () => this.agent?.requestResync();
@@ -110,9 +128,9 @@ export class HaController {
     const c = new HaController(cfg, log, plane, setProxyArp, key);
     if (c.agent !== null) await c.bind();
     plane.setStandby(true);
+    // The first look: a gateway that holds the address becomes active; a standby removes any ARP answer
+    // for it that an earlier run left (what it wants, arpWanted false, does not yet hold).
     c.checkRole();
-    // A standby must not answer ARP for the address, whatever an earlier run left.
-    if (c.role === 'standby') c.arp(false);
     c.timers.push(setInterval(() => c.checkRole(), ROLE_POLL_MS));
     if (c.agent !== null) c.timers.push(setInterval(() => c.agent!.tick(), TICK_MS));
     log.info('gateway pair', {
@@ -127,7 +145,13 @@ export class HaController {
   private bind(): Promise<void> {
     const s = createSocket({ type: 'udp4', reuseAddr: false });
     this.socket = s;
-    s.on('message', (msg) => this.agent!.receive(msg));
+    const peer = this.cfg.haPeer!;
+    const peerAddr = ipToString(peer.address);
+    s.on('message', (msg, from) => {
+      // Only the peer's address is worth a MAC check; anything else is counted and dropped unread.
+      if (from.address !== peerAddr) this.agent!.stats.stale++;
+      else this.agent!.receive(msg);
+    });
     s.on('error', (err) => this.log.warn('sync socket error', { error: err.message }));
     const at = this.cfg.haSync!;
     return new Promise((resolve, reject) => {
@@ -153,7 +177,11 @@ export class HaController {
 
   private checkRole(): void {
     const next: Role = this.holdsAddress() ? 'active' : 'standby';
-    if (next === this.role) return;
+    if (next === this.role) {
+      // A change of the ARP answer that failed is tried again until it holds.
+      if (this.arpDone !== this.arpWanted && !this.arpBusy) this.arp(this.arpWanted);
+      return;
+    }
     this.role = next;
     this.roleChanges++;
     this.lastChange = performance.now();
@@ -175,12 +203,22 @@ export class HaController {
   }
 
   private arp(on: boolean): void {
-    this.arpChain = this.arpChain.then(() =>
-      this.setProxyArp(on).catch((err: Error) => {
+    this.arpWanted = on;
+    this.arpBusy = true;
+    this.arpChain = this.arpChain.then(async () => {
+      try {
+        await this.setProxyArp(on);
+        this.arpDone = on;
+      } catch (err) {
+        this.arpDone = null;
         this.arpErrors++;
-        this.log.error(on ? 'could not answer ARP for the public address' : 'could not stop answering ARP for the public address', { error: err.message });
-      }),
-    );
+        this.log.error(on ? 'could not answer ARP for the public address; trying again' : 'could not stop answering ARP for the public address; trying again', {
+          error: (err as Error).message,
+        });
+      } finally {
+        this.arpBusy = false;
+      }
+    });
   }
 
   private deliver(records: Uint8Array): void {
@@ -192,16 +230,25 @@ export class HaController {
   }
 
   private async resync(epoch: number): Promise<void> {
-    let parts: Uint8Array[];
+    let flows = 0;
+    let whole = false;
     try {
-      parts = await this.plane.dump();
+      whole = await this.plane.dump((part) => {
+        // A dump holds UPSERT records only: one per flow.
+        flows += part.length / UPSERT_BYTES;
+        this.agent?.pushRecords(part);
+      });
     } catch (err) {
       this.log.error('could not read the flows for a full resync', { error: (err as Error).message });
+    }
+    if (!whole) {
+      // A part missing would make the standby sweep that part's flows: give it up and start again.
+      this.agent?.abortResync(epoch);
+      this.log.warn('full resync given up (a data-plane worker did not answer); another follows', { epoch });
       return;
     }
-    for (const p of parts) this.agent?.pushRecords(p);
     this.agent?.endResync(epoch);
-    this.log.info('full resync sent to the standby', { epoch, flows: parts.reduce((n, p) => n + p.length, 0) / 85 });
+    this.log.info('full resync sent to the standby', { epoch, flows });
   }
 
   async status(): Promise<HaStatus> {
@@ -276,12 +323,12 @@ export class HaController {
     });
     new Counter({
       name: 'tunnat_ha_sync_rejected_total',
-      help: 'Sync messages dropped unread: a bad MAC (not the pair key), malformed, or stale (a session that is over, a replay)',
+      help: 'Sync messages dropped: a bad MAC (not the pair key), malformed, stale (a session that is over, a replay, a duplicate, another sender), or from a peer with other settings (mismatch)',
       labelNames: ['reason'],
       registers: [registry],
       collect() {
         const s = sync()?.stats;
-        mirror(this, [{ reason: 'bad-mac' }, s?.badMac ?? 0], [{ reason: 'malformed' }, s?.malformed ?? 0], [{ reason: 'stale' }, s?.stale ?? 0]);
+        mirror(this, [{ reason: 'bad-mac' }, s?.badMac ?? 0], [{ reason: 'malformed' }, s?.malformed ?? 0], [{ reason: 'stale' }, s?.stale ?? 0], [{ reason: 'mismatch' }, s?.mismatched ?? 0]);
       },
     });
     new Counter({
@@ -346,11 +393,13 @@ export class HaController {
     });
   }
 
-  close(): void {
+  /** Stop the timers and the socket, and wait for an ARP change in flight (the routing goes next). */
+  async close(): Promise<void> {
     this.timers.forEach((t) => clearInterval(t));
     this.timers.length = 0;
     this.socket?.close();
     this.socket = null;
+    await this.arpChain;
   }
 }
 
@@ -360,6 +409,16 @@ export class HaStartError extends Error {
     super(message);
     this.name = 'HaStartError';
   }
+}
+
+/**
+ * What both gateways of a pair must agree on for a replicated flow to fit the standby's tables: the worker
+ * count (a flow's worker follows from its ports), the port ranges and the node halves, the public address,
+ * the LAN, the table size and the filtering. 8 bytes of a hash, in every HELLO.
+ */
+export function pairFingerprint(cfg: RouterConfig): Uint8Array {
+  const facts = JSON.stringify([cfg.workers, cfg.ports, cfg.gatewayPorts, cfg.publicIp, cfg.internal.map((c) => [c.network, c.prefixLength]), cfg.maxFlows, cfg.filtering]);
+  return createHash('sha256').update(facts).digest().subarray(0, 8);
 }
 
 /** The pair's key: the file's bytes, without a trailing newline; at least 16 of them. */

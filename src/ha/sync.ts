@@ -25,7 +25,10 @@ import { encodeMark, REC, recordBytes } from '../nat/replica.js';
  * Message (network byte order): magic "TNHA" u32, version u8, type u8 (1 HELLO, 2 DATA, 3 ACK), flags u8,
  * node u8, sender session 8 bytes, receiver session 8 bytes (zero: not known yet), seq u32 (DATA), ack u32
  * (every message: the sender received all DATA below it), the sender's flow count u32, epoch u32 (HELLO:
- * the last resync the sender applied; DATA: the resync it belongs to), records, MAC 16 bytes.
+ * the last resync the sender applied; DATA: the resync it belongs to), payload length u32, message counter
+ * u32 (one more in every message a session sends: a message not above the last one heard is a replay),
+ * payload (DATA: records; HELLO: the sender's challenge, its echo of ours, and the fingerprint of its
+ * configuration, 8 bytes each), MAC 16 bytes.
  */
 
 export const SYNC_MAGIC = 0x544e4841; // "TNHA"
@@ -37,7 +40,7 @@ export const HELLO_WANT_RESYNC = 2;
 /** DATA flag: the first message after a gap the sender gave up on (a full resync follows): deliver from here. */
 export const DATA_RESTART = 1;
 
-export const HEADER_BYTES = 44;
+export const HEADER_BYTES = 48;
 export const MAC_BYTES = 16;
 /** Fits one Ethernet frame with IPv4 and UDP headers. */
 export const MAX_MESSAGE = 1472;
@@ -47,6 +50,8 @@ export const TICK_MS = 10;
 export const HELLO_MS = 100;
 export const RTO_MS = 60;
 export const PEER_LOST_MS = 1500;
+/** How long a session that introduced itself keeps its place before another may take it. */
+const CANDIDATE_HOLD_MS = 1000;
 export const WINDOW = 256;
 /** Messages kept when they come before a gap is filled. */
 const REORDER = 256;
@@ -61,8 +66,10 @@ export interface SyncStats {
   retransmits: number;
   badMac: number;
   malformed: number;
-  /** Messages of a session that is over (a replay, or a restart in flight) or from the wrong pair. */
+  /** Messages of a session that is over, replays and duplicates, or from the wrong pair. */
   stale: number;
+  /** HELLOs from a peer whose settings differ from this side's (its fingerprint): no sync with it. */
+  mismatched: number;
   /** Full resyncs this side started (as the active) and finished applying (as the standby). */
   resyncsSent: number;
   resyncsApplied: number;
@@ -91,6 +98,13 @@ export interface SyncOptions {
   backlogLimit?: number;
   /** Random bytes (tests make sessions predictable). */
   random?: (n: number) => Uint8Array;
+  /**
+   * 8 bytes that differ when the two gateways' settings would make replication fail (worker count, port
+   * ranges, public address…): a peer whose HELLO carries another one is refused.
+   */
+  fingerprint?: Uint8Array;
+  /** Told once per peer session whose fingerprint differs. */
+  onMismatch?: () => void;
 }
 
 interface Outgoing {
@@ -133,7 +147,7 @@ export class SyncError extends Error {
 export class SyncAgent {
   role: Role = 'standby';
   readonly stats: SyncStats = {
-    sent: 0, received: 0, recordsSent: 0, recordBytesReceived: 0, retransmits: 0, badMac: 0, malformed: 0, stale: 0,
+    sent: 0, received: 0, recordsSent: 0, recordBytesReceived: 0, retransmits: 0, badMac: 0, malformed: 0, stale: 0, mismatched: 0,
     resyncsSent: 0, resyncsApplied: 0, backlogsDropped: 0,
   };
   private readonly key: Buffer;
@@ -144,7 +158,14 @@ export class SyncAgent {
   private challenge: Uint8Array | null = null;
   /** The last challenge the other side sent: echoed in every HELLO. */
   private theirChallenge: Uint8Array = new Uint8Array(8);
+  private candidateSince = -Infinity;
   private readonly random: (n: number) => Uint8Array;
+  private readonly fingerprint: Uint8Array;
+  private mismatchTold: Uint8Array | null = null;
+  /** This side's message counter, and the last one heard from the peer and from the candidate. */
+  private counter = 0;
+  private peerCounter = 0;
+  private candidateCounter = 0;
   private peerHeard = -Infinity;
   private peerRole: Role | null = null;
   private peerNode: number | null = null;
@@ -187,6 +208,7 @@ export class SyncAgent {
     this.key = Buffer.from(opts.key);
     this.random = opts.random ?? randomBytes;
     this.session = this.random(8);
+    this.fingerprint = opts.fingerprint ?? new Uint8Array(8);
     this.backlogLimit = opts.backlogLimit ?? 64 * 1024 * 1024;
   }
 
@@ -213,6 +235,13 @@ export class SyncAgent {
   /** Queue records (one or more whole records) for the peer. */
   pushRecords(records: Uint8Array): void {
     if (this.role !== 'active' || this.peerSession === null || records.length === 0) return;
+    // A full resync is owed (the peer is gone, or was given up on): changes until then would be sent in it
+    // anyway, so none is queued, and nothing grows while the peer is away.
+    if (this.mustResync && !this.resyncing) return;
+    if (this.opts.now() - this.peerHeard >= PEER_LOST_MS) {
+      this.dropBacklog(this.inFlight.length > 0 || this.waiting.length > 0);
+      return;
+    }
     let off = 0;
     while (off < records.length) {
       // Records never straddle messages: cut at a record boundary that fits.
@@ -316,10 +345,15 @@ export class SyncAgent {
     }
   }
 
+  /**
+   * Send again what the peer has not acknowledged: on the timer, everything in flight (the window may
+   * have been lost whole); on an acknowledgement that stops at a gap, only the message it names (the peer
+   * keeps what came after it).
+   */
   private resend(now: number, fast: boolean): void {
     const first = this.inFlight[0];
     if (!first || (!fast && now - first.sentAt < RTO_MS)) return;
-    for (const m of this.inFlight) {
+    for (const m of fast ? [first] : this.inFlight) {
       m.sentAt = now;
       this.stats.retransmits++;
       this.transmit(m);
@@ -336,9 +370,10 @@ export class SyncAgent {
    */
   private sendHello(to: Uint8Array | null = this.peerSession): void {
     const flags = (this.role === 'active' ? HELLO_ACTIVE : 0) | (this.role === 'standby' && this.wantResync ? HELLO_WANT_RESYNC : 0);
-    const payload = new Uint8Array(16);
+    const payload = new Uint8Array(24);
     if (to !== null && this.challenge !== null && this.candidate !== null && equal(to, this.candidate)) payload.set(this.challenge, 0);
     payload.set(this.theirChallenge, 8);
+    payload.set(this.fingerprint, 16);
     this.emit(MSG.HELLO, flags, 0, this.appliedEpoch, payload, to);
     if (to === this.peerSession) {
       this.lastHello = this.opts.now();
@@ -366,6 +401,8 @@ export class SyncAgent {
     dv.setUint32(32, Math.min(0xffffffff, this.opts.flowCount()));
     dv.setUint32(36, epoch);
     dv.setUint32(40, payload.length);
+    this.counter = (this.counter + 1) >>> 0;
+    dv.setUint32(44, this.counter);
     msg.set(payload, HEADER_BYTES);
     msg.set(this.mac(msg.subarray(0, HEADER_BYTES + payload.length)), HEADER_BYTES + payload.length);
     this.stats.sent++;
@@ -414,8 +451,8 @@ export class SyncAgent {
       return;
     }
     const now = this.opts.now();
-    const hello = type === MSG.HELLO && len === 16;
-    if (hello) this.theirChallenge = msg.slice(HEADER_BYTES, HEADER_BYTES + 8);
+    const counter = dv.getUint32(44);
+    const hello = type === MSG.HELLO && len === 24;
     if (this.peerSession === null || !equal(from, this.peerSession)) {
       // A session not heard before (first contact, or the peer restarted): challenge it, and take it as the
       // peer once it echoes the challenge, which no replay can.
@@ -423,12 +460,35 @@ export class SyncAgent {
         this.stats.stale++;
         return;
       }
+      if (!equal(msg.subarray(HEADER_BYTES + 16, HEADER_BYTES + 24), this.fingerprint)) {
+        this.stats.mismatched++;
+        if (this.mismatchTold === null || !equal(this.mismatchTold, from)) {
+          this.mismatchTold = from;
+          this.opts.onMismatch?.();
+        }
+        return;
+      }
       if (this.candidate === null || !equal(from, this.candidate)) {
+        // One candidate at a time, kept for a second: replayed HELLOs of old sessions cannot keep a real
+        // restart from completing its handshake by taking its place over and over.
+        if (this.candidate !== null && now - this.candidateSince < CANDIDATE_HOLD_MS) {
+          this.stats.stale++;
+          return;
+        }
         this.candidate = from;
+        this.candidateSince = now;
+        this.candidateCounter = counter;
         this.challenge = this.random(8);
+        this.theirChallenge = msg.slice(HEADER_BYTES, HEADER_BYTES + 8);
         this.sendHello(from);
         return;
       }
+      if (!counterAfter(counter, this.candidateCounter)) {
+        this.stats.stale++;
+        return;
+      }
+      this.candidateCounter = counter;
+      this.theirChallenge = msg.slice(HEADER_BYTES, HEADER_BYTES + 8);
       if (this.challenge === null || !equal(msg.subarray(HEADER_BYTES + 8, HEADER_BYTES + 16), this.challenge)) {
         this.stats.stale++;
         return;
@@ -436,8 +496,16 @@ export class SyncAgent {
       this.peerSession = from;
       this.candidate = null;
       this.challenge = null;
+      this.peerCounter = counter;
       this.newPeer();
       this.sendHello();
+    } else if (!counterAfter(counter, this.peerCounter)) {
+      // Not newer than the last message of this session: a replay (or a datagram that overtook it).
+      this.stats.stale++;
+      return;
+    } else {
+      this.peerCounter = counter;
+      if (hello) this.theirChallenge = msg.slice(HEADER_BYTES, HEADER_BYTES + 8);
     }
     this.stats.received++;
     this.peerHeard = now;
@@ -493,7 +561,11 @@ export class SyncAgent {
       for (const k of [...this.early.keys()]) if (seqBefore(k, seq)) this.early.delete(k);
     }
     this.ackDue = true;
-    if (seqBefore(seq, this.expected)) return; // a duplicate: the ACK tells the sender again
+    if (seqBefore(seq, this.expected)) {
+      // A message delivered already (resent before our ACK arrived): the ACK tells the sender again.
+      this.stats.stale++;
+      return;
+    }
     if (seq !== this.expected) {
       if (this.early.size < REORDER) this.early.set(seq, { flags, payload: payload.slice() });
       // Acknowledge at once: the sender sees the gap and resends from it.
@@ -521,6 +593,11 @@ export class SyncAgent {
     this.resyncAppliedAt = this.opts.now();
     this.stats.resyncsApplied++;
     this.sendHello();
+  }
+
+  /** The dump of a resync could not be read whole: give it up; a new one starts at the next tick. */
+  abortResync(epoch: number): void {
+    if (this.resyncing && epoch === this.resyncEpoch) this.dropBacklog(true);
   }
 
   /** Whether the active has flows it could not replicate (the data plane's change log overflowed): resync. */
@@ -562,6 +639,11 @@ export class SyncAgent {
   get peerAppliedEpoch(): number {
     return this.peerApplied;
   }
+}
+
+/** Whether message counter a comes after b (it wraps, like the sequence numbers). */
+function counterAfter(a: number, b: number): boolean {
+  return ((a - b) | 0) > 0;
 }
 
 /** Sequence numbers wrap: a is before b when b - a, as a signed 32-bit number, is positive. */

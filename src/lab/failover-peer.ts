@@ -12,7 +12,7 @@ import { createConnection, createServer, type Socket } from 'node:net';
  *   that sends a numbered line every 50 ms, and IDLE TCP connections that say nothing until the end. It
  *   prints `ready` once every connection is up, `recovered GAP_MS` whenever an echo comes after a gap
  *   longer than 100 ms. On SIGUSR2 it checks every idle connection both ways and prints its report as one
- *   JSON line (`report {…}`), then exits: the server speaks first on each (`push` on the busy connection
+ *   JSON line (`report {…}`), then exits: the server speaks first on each (`push` on a fresh connection
  *   makes it write `pushed` on every other one), as a server that pushes data after a failover would,
  *   then the client sends one last line and waits for its echo.
  */
@@ -180,8 +180,11 @@ async function client(host: string, port: number, idleCount: number, udpPort: nu
         settle(false);
       }
     });
-    // The server speaks first on every idle connection.
-    active.write('push\n');
+    // The server speaks first on every idle connection, asked over a connection of its own (the busy one
+    // may be broken, and that must not count against the idle ones).
+    const ask = createConnection({ host, port: port + 1 }, () => ask.write('push\n'));
+    ask.on('error', (err) => report.idle.errors.push(`asking the server to push: ${err.message}`));
+    ask.on('data', () => ask.destroy());
   });
 }
 

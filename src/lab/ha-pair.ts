@@ -25,6 +25,8 @@ import type { FailoverReport } from './failover-peer.js';
 export const PAIR_TUN = 'tnha0';
 export const SYNC_PORT = 7400;
 export const PEER_PORT = 7000;
+/** Idle connections a failover round may keep open (the rounds' port ranges must not overlap). */
+export const MAX_IDLE = 480;
 
 export interface PairOptions {
   lab: HaLab;
@@ -63,8 +65,11 @@ export interface Pair {
   isActive(i: 0 | 1): Promise<boolean>;
   /** Which gateway's tunnat says it is active (null: none, or both). */
   active(): Promise<0 | 1 | null>;
-  /** Wait until gateway `i` is active and its peer is a standby that has applied a full resync. */
-  waitSynced(i: 0 | 1, timeoutMs?: number): Promise<void>;
+  /**
+   * Wait until gateway `i` is active and its peer is a standby that has applied a full resync (more than
+   * `applied` of them: a gateway back from a failure applies a new one).
+   */
+  waitSynced(i: 0 | 1, timeoutMs?: number, applied?: number): Promise<void>;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -165,14 +170,14 @@ export async function startPair(o: PairOptions): Promise<Pair> {
       const act = roles.map((r, i) => (r === 'active' ? i : -1)).filter((i) => i >= 0);
       return act.length === 1 ? (act[0] as 0 | 1) : null;
     },
-    async waitSynced(i: 0 | 1, timeoutMs = 15_000) {
+    async waitSynced(i: 0 | 1, timeoutMs = 15_000, applied = 0) {
       const deadline = Date.now() + timeoutMs;
       let last = '';
       for (;;) {
         try {
           const [a, b] = [await gws[i].status(), await gws[1 - i]!.status()];
           last = `${gws[i].name}: ${a.role}; ${gws[1 - i]!.name}: ${b.role}, resyncs applied ${b.sync?.stats.resyncsApplied ?? '-'}, flows ${b.flows}/${a.flows}`;
-          const synced = !sync || (b.sync !== null && b.sync.stats.resyncsApplied > 0 && b.sync.resync.appliedEpoch > 0 && a.sync?.lag.unacked === 0 && a.sync.peer.alive);
+          const synced = !sync || (b.sync !== null && b.sync.stats.resyncsApplied > applied && b.sync.resync.appliedEpoch > 0 && a.sync?.lag.unacked === 0 && a.sync.peer.alive);
           if (a.role === 'active' && b.role === 'standby' && synced) return;
         } catch (err) {
           last = (err as Error).message;
@@ -200,15 +205,16 @@ export interface FailoverTraffic {
 const PEER_SCRIPT = join(repoRoot(), 'dist', 'src', 'lab', 'failover-peer.js');
 
 export async function startTraffic(
-  o: { lab: HaLab; cleanup: Cleanup; idle?: number; udpPort?: number; tcpBase?: number; log?: (l: string) => void },
+  o: { lab: HaLab; cleanup: Cleanup; idle?: number; udpPort?: number; tcpBase?: number; serverPort?: number; log?: (l: string) => void },
 ): Promise<FailoverTraffic> {
   const { lab, cleanup } = o;
-  const server: NsProcess = spawnIn(lab.inet.netns, [process.execPath, PEER_SCRIPT, 'server', String(PEER_PORT)], { label: 'failover server', cleanup });
+  const port = o.serverPort ?? PEER_PORT;
+  const server: NsProcess = spawnIn(lab.inet.netns, [process.execPath, PEER_SCRIPT, 'server', String(port)], { label: 'failover server', cleanup });
   await server.waitForLine(/^listening/, 10_000);
   const host = lab.lanHosts[0]!;
   const client = spawnIn(
     host.netns,
-    [process.execPath, PEER_SCRIPT, 'client', lab.inet.address, String(PEER_PORT), String(o.idle ?? 200), String(o.udpPort ?? 41000), String(o.tcpBase ?? 42000)],
+    [process.execPath, PEER_SCRIPT, 'client', lab.inet.address, String(port), String(o.idle ?? 200), String(o.udpPort ?? 41000), String(o.tcpBase ?? 42000)],
     { label: 'failover client', cleanup },
   );
   await client.waitForLine(/^ready/, 30_000);
@@ -260,8 +266,12 @@ export async function failoverOnce(
   const from = await pair.active();
   if (from === null) throw new Error('no gateway of the pair is active');
   const round = o.round ?? 0;
-  // Fresh ports each round: the last round's connections may still be in TIME_WAIT on the host.
-  const traffic = await startTraffic({ lab, cleanup, idle: o.idle ?? 200, udpPort: 41000 + (round % 50), tcpBase: 42000 + (round % 40) * 500 });
+  // Fresh ports each round, on both ends: the last round's connections may linger on the host (TIME_WAIT)
+  // and, when a failover broke them, on the remote (which never heard of it).
+  if ((o.idle ?? 200) > MAX_IDLE) throw new RangeError(`at most ${MAX_IDLE} idle connections (each round takes ${MAX_IDLE + 2} ports)`);
+  const traffic = await startTraffic({
+    lab, cleanup, idle: o.idle ?? 200, udpPort: 41000 + (round % 50), tcpBase: 42000 + (round % 40) * 500, serverPort: PEER_PORT + 2 * (round % 200),
+  });
   await sleep(o.settleMs ?? 1200);
   const failed = pair.gateways[from];
   if (kind === 'kill') {
@@ -279,10 +289,12 @@ export async function failoverOnce(
   await sleep(o.afterMs ?? 1500);
   const report = await traffic.finish();
   const to = await pair.active();
-  // Back as the standby.
+  // Back as the standby, synced anew: a restarted tunnat from nothing, one whose cables are back by a new
+  // full resync (it asked for one when it lost the active).
+  const before = kind === 'gone' && pair.engine === 'userspace' ? ((await failed.status().catch(() => null))?.sync?.stats.resyncsApplied ?? 0) : 0;
   if (kind === 'kill') await failed.startRouter();
   else await lab.gatewayGone(from, false);
-  if (to !== null) await pair.waitSynced(to, 30_000);
+  if (to !== null) await pair.waitSynced(to, 30_000, before);
   const result: FailoverResult = {
     kind,
     from,
@@ -394,7 +406,7 @@ export async function startKernelPair(o: { lab: HaLab; cleanup: Cleanup; sync?: 
       const h = await Promise.all([holds(0), holds(1)]);
       return h[0] && !h[1] ? 0 : h[1] && !h[0] ? 1 : null;
     },
-    async waitSynced(i: 0 | 1, timeoutMs = 15_000) {
+    async waitSynced(i: 0 | 1, timeoutMs = 15_000, applied = 0) {
       // conntrackd says nothing a test could wait on: the standby is back when keepalived says BACKUP, and
       // its cache is refilled by the bulk update the master's notify script asked for; give it a moment.
       await kas[1 - i]!.waitForState('BACKUP', timeoutMs);

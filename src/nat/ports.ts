@@ -30,12 +30,19 @@ export const BLOCK = {
 } as const;
 
 /**
- * The half of `lo..hi` that gateway `node` (0 or 1) of a pair maps new ports in: node 0 the lower half,
- * node 1 the upper. Halves rather than interleaved ports, so that the workers' slices (pairs of ports dealt
- * round robin) stay whole inside each half.
+ * The half of `lo..hi` that gateway `node` (0 or 1) of a pair maps new ports in: node 0 the lower part,
+ * node 1 the upper, each with as many mappable ports (those not `excluded`, the gateway's own range) as
+ * the other. Contiguous halves rather than interleaved ports, so that the workers' slices (pairs of ports
+ * dealt round robin) stay whole inside each half. Both gateways compute the same split from the same
+ * settings. The split point is even, so a port pair (2k, 2k+1) is never cut.
  */
-export function nodeHalf(lo: number, hi: number, node: number): [number, number] {
-  const mid = lo + Math.floor((hi - lo + 1) / 2);
+export function nodeHalf(lo: number, hi: number, node: number, excluded: readonly (readonly [number, number])[] = []): [number, number] {
+  const out = (p: number) => excluded.some(([a, b]) => p >= a && p <= b);
+  let total = 0;
+  for (let p = lo; p <= hi; p++) if (!out(p)) total++;
+  let mid = lo;
+  for (let seen = 0; mid <= hi && seen < Math.ceil(total / 2); mid++) if (!out(mid)) seen++;
+  if (mid & 1 && mid <= hi) mid++;
   return node === 0 ? [lo, mid - 1] : [mid, hi];
 }
 
@@ -84,7 +91,7 @@ export class PortPool {
       }
     }
     if (node !== null) {
-      const [a, b] = nodeHalf(lo, hi, node);
+      const [a, b] = nodeHalf(lo, hi, node, excluded);
       for (let p = lo; p <= hi; p++) {
         if (p >= a && p <= b) continue;
         this.allowed[p] = 0;
@@ -163,7 +170,8 @@ export class PortPool {
   release(port: number, mapping: number): void {
     if (this.owner[port] === mapping) {
       this.owner[port] = NO_OWNER;
-      if (this.blocked[port] === BLOCK.NODE) this.peerHeld--;
+      // The NODE reason is fixed at construction: whatever else changed, it says how take() counted it.
+      if (this.blocked[port]! & BLOCK.NODE) this.peerHeld--;
       else this.used--;
     }
   }

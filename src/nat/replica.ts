@@ -1,5 +1,5 @@
 import { IPPROTO } from '../wire/ipv4.js';
-import { FLOW_IN_USE, type RemoveReason } from '../conntrack/table.js';
+import { FLOW_IN_USE, FLOW_INBOUND, type RemoveReason } from '../conntrack/table.js';
 import { tcpTimeout } from '../conntrack/tcp.js';
 import type { FlowObserver } from './outcome.js';
 import type { NatContext } from './context.js';
@@ -162,8 +162,14 @@ export class Replica implements FlowObserver {
   private removes = new Uint8Array(4096);
   private removesDv = new DataView(this.removes.buffer);
   private removesLen = 0;
-  /** Resync bookkeeping on the standby: the epoch each flow was last named in (0: never). */
+  /**
+   * Resync bookkeeping on the standby: the generation each flow was last named in (0: never). The
+   * generation is this side's own count of resyncs begun, not the sender's epoch: a sender that restarts
+   * counts from 1 again, and a flow named by its old resync must not pass for one named by the new.
+   */
   private readonly named: Uint32Array;
+  private generation = 0;
+  /** The sender's epoch of the resync under way (0: none), matched against its END. */
   private resyncEpoch = 0;
   private retry: RestoredFlow[] = [];
 
@@ -253,7 +259,8 @@ export class Replica implements FlowObserver {
     const out = new Uint8Array(t.size * UPSERT_BYTES);
     const dv = new DataView(out.buffer);
     let off = 0;
-    for (const f of t.flows()) off = encodeUpsert(this.nat, f, now, dv, off);
+    // Not the flows that have expired and wait for the sweep: the standby would drop them on arrival.
+    for (const f of t.flows()) if (t.expires[f]! > now) off = encodeUpsert(this.nat, f, now, dv, off);
     return off === out.length ? out : out.slice(0, off);
   }
 
@@ -264,9 +271,11 @@ export class Replica implements FlowObserver {
       if (kind === REC.UPSERT) {
         const r = decodeUpsert(dv, off);
         const f = this.upsert(r, now);
-        if (f >= 0) {
+        if (f === INVALID) {
+          c.malformed++;
+        } else if (f >= 0) {
           c.upserts++;
-          if (this.resyncEpoch !== 0) this.named[f] = this.resyncEpoch;
+          if (this.resyncEpoch !== 0) this.named[f] = this.generation;
         } else if (this.resyncEpoch !== 0) {
           this.retry.push(r);
         } else {
@@ -282,6 +291,7 @@ export class Replica implements FlowObserver {
       } else if (kind === REC.BEGIN) {
         // The epoch only names this resync: 0 would mean "none", so it is kept away from 0.
         this.resyncEpoch = dv.getUint32(off + 1) || 1;
+        this.generation++;
         this.retry = [];
       } else {
         c.swept += this.endResync(dv.getUint32(off + 1) || 1, now, c);
@@ -297,13 +307,19 @@ export class Replica implements FlowObserver {
     if (epoch !== this.resyncEpoch) return 0;
     const t = this.nat.flows;
     const named = this.named;
-    const swept = t.flush((f) => named[f] !== epoch);
+    const gen = this.generation;
+    const swept = t.flush((f) => named[f] !== gen);
     this.resyncEpoch = 0;
     const retry = this.retry;
     this.retry = [];
     for (const r of retry) {
-      if (this.upsert(r, now) >= 0) c.upserts++;
-      else c.failed++;
+      const f = this.upsert(r, now);
+      if (f >= 0) {
+        c.upserts++;
+        named[f] = gen;
+      } else {
+        c.failed++;
+      }
     }
     return swept;
   }
@@ -314,6 +330,7 @@ export class Replica implements FlowObserver {
    */
   private upsert(r: RestoredFlow, now: number): number {
     const nat = this.nat;
+    if (!translates(nat, r)) return INVALID;
     const t = nat.flows;
     const [os, od, osp, odp] = r.original;
     const e = t.lookup(r.protocol, os, od, osp, odp, now);
@@ -359,6 +376,25 @@ export class Replica implements FlowObserver {
     this.resyncEpoch = 0;
     this.retry = [];
   }
+}
+
+/** upsert(): the record does not describe a translation this gateway could make. */
+const INVALID = -2;
+
+/**
+ * Whether a replicated flow translates between the LAN and the public address, as every flow the active
+ * makes does: its outside side on a public address (the reply's destination for a flow a LAN host opened,
+ * the original destination for one that came in), its LAN side inside, its mappings on public addresses.
+ * A record that fails this (a peer with another configuration, or a bug) is refused: written into the
+ * table it could rewrite a LAN packet to its own private source and send it out.
+ */
+function translates(nat: NatContext, r: RestoredFlow): boolean {
+  const inbound = (r.flags & FLOW_INBOUND) !== 0;
+  const lanSide = inbound ? r.reply[0] : r.original[0];
+  const publicSide = inbound ? r.original[1] : r.reply[1];
+  if (!nat.isInternal(lanSide) || !nat.isPublic(publicSide)) return false;
+  for (const m of [r.mapping, r.mapping2]) if (m !== null && (!nat.isPublic(m.externalAddress) || !nat.isInternal(m.internalAddress))) return false;
+  return true;
 }
 
 /** Whether flow `f` already is the flow of record `r` (same reply tuple, same public ports). */

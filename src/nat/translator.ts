@@ -4,7 +4,7 @@ import { TcpVerdict, TCP_FLAGS } from '../wire/tcp.js';
 import { IcmpVerdict } from '../wire/icmp.js';
 import { rd16, rd32 } from '../wire/bytes.js';
 import { rewriteIcmpIdentifier, rewriteIpv4Header, rewriteTransportEndpoints } from '../wire/rewrite.js';
-import { DIR_REPLY, FLOW_ALG, FLOW_ASSURED, FLOW_SEEN_REPLY } from '../conntrack/table.js';
+import { DIR_REPLY, FLOW_ALG, FLOW_ASSURED, FLOW_LOOSE, FLOW_SEEN_REPLY } from '../conntrack/table.js';
 import { tcpStep, tcpTimeout, tcpIsAssured, tcpMayCreate, tcpPacketClass, TcpClass, TcpState } from '../conntrack/tcp.js';
 import type { Timeouts } from '../conntrack/timeouts.js';
 import type { EgressPolicy, PortForward } from './policy.js';
@@ -290,8 +290,8 @@ export class Translator extends NatContext {
       }
       if (flows.state[flow] === TcpState.ESTABLISHED && (tcpFlags & TCP_CONTROL) === TCP_FLAGS.ACK) {
         // An ACK (maybe with data or PSH) on an established connection changes nothing in the state
-        // machine: skip it.
-        timeout = this.timeouts.tcpEstablished;
+        // machine: skip it. A connection picked up in the middle keeps a short timer until its first reply.
+        timeout = flows.flags[flow]! & FLOW_LOOSE ? this.timeouts.tcpSynSent : this.timeouts.tcpEstablished;
       } else {
         if (!this.tcpTransition(flow, dir, tcpFlags, now)) return this.drop(DropReason.TCP_FLAGS);
         timeout = tcpTimeout(flows.state[flow]!, this.timeouts);
@@ -368,7 +368,9 @@ export class Translator extends NatContext {
   /** The first packet of a flow's reply direction. For UDP and ICMP that is their state change (UNREPLIED → REPLIED), as conntrack -E shows it. */
   private firstReply(flow: number, proto: number, now: number): void {
     const flows = this.flows;
-    flows.flags[flow] = flows.flags[flow]! | FLOW_SEEN_REPLY;
+    const f = flows.flags[flow]!;
+    // A picked-up connection the outside answered: a connection like any other from now on.
+    flows.flags[flow] = f & FLOW_LOOSE ? (f & ~FLOW_LOOSE) | FLOW_SEEN_REPLY | FLOW_ASSURED : f | FLOW_SEEN_REPLY;
     if (proto !== IPPROTO.TCP) for (const ob of this.observers) ob.updated?.(flow, flows.state[flow]!, now);
   }
 
@@ -389,9 +391,14 @@ export class Translator extends NatContext {
     return c === TcpClass.ACK || c === TcpClass.FIN;
   }
 
-  /** A connection picked up in the middle: established, as far as anyone can tell. */
+  /**
+   * A connection picked up in the middle: established as far as anyone can tell, but on the short timer of
+   * a connection attempt (tcpSynSent) until the outside answers: a stray ACK or an ACK scan from the LAN
+   * must not hold a public port for the established timeout (Linux keeps such a flow 300 s).
+   */
   private pickedUp(flow: number): void {
     this.flows.state[flow] = TcpState.ESTABLISHED;
+    this.flows.flags[flow] = this.flows.flags[flow]! | FLOW_LOOSE;
     this.stats.tcpPickedUp++;
   }
 

@@ -386,7 +386,10 @@ export function singlePlane(nat: Translator, replica: Replica | null, clock: () 
     apply(records: Uint8Array) {
       replica?.apply(records, clock(), counts);
     },
-    dump: async () => (replica ? [replica.dump(clock())] : []),
+    dump: async (each) => {
+      if (replica) each(replica.dump(clock()));
+      return true;
+    },
     flowCount: () => nat.flows.size,
     applied: () => ({ ...counts }),
     healthy: async () => true,
@@ -497,7 +500,7 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
       return restartNeeded;
     },
     async close(saveTo: string | null) {
-      ha?.close();
+      await ha?.close();
       plane?.stop();
       timers.forEach((t) => clearInterval(t));
       loop.stop();
@@ -666,4 +669,5 @@ const LIVE_FIELDS = ['timeouts', 'allowEgress', 'egressReject', 'maxFlowsPerHost
 export const RESTART_FIELDS = [
   'internal', 'external', 'publicIp', 'masquerade', 'tun', 'ports', 'gatewayPorts', 'http', 'httpSocket', 'maxFlows', 'table', 'batch', 'busyPoll', 'workers',
   'engine', 'backend', 'filtering', 'offload', 'pcap', 'pcapSnaplen', 'pcapSize', 'pcapFiles', 'stateFile',
+  'haNode', 'haSync', 'haPeer', 'haKey',
 ] as const satisfies readonly (keyof RouterConfig)[];

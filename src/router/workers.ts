@@ -116,6 +116,7 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
   let haPlane: HaPlane | null = null;
   let ha: HaController | null = null;
   let served: { registry: Registry; handlers: Record<string, RouteHandler> } | null = null;
+  let refreshApplied: NodeJS.Timeout | null = null;
 
   /** Start worker `index` and wait until its code is loaded (it opens nothing before `init`). */
   const spawn = (index: number, peers: (MessagePort | null)[]): Promise<void> => {
@@ -136,6 +137,8 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
           resolve();
         } else if (m.t === 'ready') {
           slot.ready = true;
+          // A worker starts as a standby of a pair; tell it the role now (it may have changed since init).
+          if (cfg.haNode !== null && !haStandby) worker.postMessage({ t: 'ha-standby', on: false } satisfies ToWorker);
           slot.onReady?.(m.restored);
         } else if (m.t === 'reply') {
           pending.get(m.id)?.(m.data);
@@ -182,8 +185,6 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
         reject(new Error(`worker ${index} could not start: ${err.message}`));
       };
       slot.worker.postMessage({ t: 'init', base: base!, restore } satisfies ToWorker);
-      // A worker starts as a standby of a pair; one (re)started while this gateway is active is told so.
-      if (cfg.haNode !== null && !haStandby) slot.worker.postMessage({ t: 'ha-standby', on: false } satisfies ToWorker);
     });
   };
 
@@ -289,6 +290,9 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
     lostFlows += lost;
     slot.restarts++;
     log.error('restarting data-plane worker; the flows it held are lost', { worker: index, flows: lost, restarts: slot.restarts });
+    // A pair: the standby holds flows this worker no longer has (active), or this worker's share of the
+    // replicated flows is gone (standby). Either way only a full resync makes the two agree again.
+    haPlane?.onLost?.();
     const peers: (MessagePort | null)[] = [];
     for (let j = 0; j < count; j++) {
       if (j === index) {
@@ -349,7 +353,7 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
     steering.setPublicAddresses([publicIp]);
     steering.setForwards(cfg.forwards);
     let applied: ApplyCounts = newApplyCounts();
-    const refreshApplied = setInterval(() => {
+    refreshApplied = setInterval(() => {
       void Promise.all(slots.map((s) => ask<ApplyCounts>(s, 'ha-applied'))).then((parts) => {
         const sum = newApplyCounts();
         for (const p of parts) {
@@ -390,7 +394,17 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
           slots[i]!.worker.postMessage({ t: 'ha-apply', buf } satisfies ToWorker, [buf.buffer]);
         });
       },
-      dump: async () => (await Promise.all(slots.map((s) => ask<Uint8Array>(s, 'ha-dump')))).filter((b): b is Uint8Array => b !== null),
+      dump: async (each) =>
+        (
+          await Promise.all(
+            slots.map(async (s) => {
+              const part = await ask<Uint8Array>(s, 'ha-dump');
+              // Each worker's dump goes out as it comes: its later changes, posted after it, follow it.
+              if (part !== null) each(part);
+              return part !== null;
+            }),
+          )
+        ).every(Boolean),
       flowCount: () => slots.reduce((n, s) => n + s.flows, 0),
       applied: () => ({ ...applied }),
       // Every worker answers a message, so none is stuck in its loop.
@@ -493,7 +507,8 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
       attachHa(ha, served.registry, served.handlers, observe!.live);
     },
     async stop(save: boolean): Promise<boolean> {
-      ha?.close();
+      await ha?.close();
+      if (refreshApplied) clearInterval(refreshApplied);
       if (counting) clearInterval(counting);
       stopping = true;
       let saved = false;

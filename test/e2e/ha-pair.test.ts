@@ -60,6 +60,24 @@ describe.skipIf(!isRoot)('a gateway pair: tunnat on both, flow state synced, kee
     expect(m).toMatch(/tunnat_ha_role_changes_total \d+/);
   }, 120_000);
 
+  it('only the active answers ARP for the public address; the standby stays silent', async () => {
+    const active = (await pair.active())!;
+    const caps: Capture[] = [];
+    for (const g of lab.gateways) caps.push(await captureOn(lab.switchNetns, g.switchWanPort, cleanup, ['arp']));
+    // The internet host forgets the address and asks again, three times.
+    for (let k = 0; k < 3; k++) {
+      await inNs(lab.inet.netns, ['ip', 'neigh', 'flush', 'dev', lab.inet.dev]);
+      await inNs(lab.inet.netns, ['ping', '-c', '1', '-W', '1', lab.wanVip], { allowFail: true });
+    }
+    const replies: number[] = [];
+    for (const c of caps) {
+      await c.stop();
+      replies.push((await c.text()).split('\n').filter((l) => /Reply 203\.0\.113\.1 is-at/.test(l)).length);
+    }
+    expect(replies[active]).toBeGreaterThanOrEqual(3);
+    expect(replies[1 - active]).toBe(0);
+  }, 60_000);
+
   it('the restarted gateway gets a full resync as the standby, and the next failover keeps every connection', async () => {
     const active = (await pair.active())!;
     await pair.waitSynced(active, 30_000);
@@ -108,6 +126,24 @@ describe.skipIf(!isRoot)('a gateway pair: tunnat on both, flow state synced, kee
     expect(r.connectionsKept).toBe(true);
     expect(r.udpSources).toHaveLength(1);
   }, 150_000);
+
+  it('a stuck tunnat (SIGSTOP: its TUN still open) fails the health check, and the standby takes over', async () => {
+    const active = (await pair.active())!;
+    await pair.waitSynced(active, 30_000);
+    const stuck = pair.gateways[active];
+    const pid = stuck.router!.process!.pid;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const ms = await waitUntil('the other gateway to take over', () => pair.gateways[1 - active]!.status().then((x) => x.role === 'active').catch(() => false), 15_000, 100);
+      log(`stuck tunnat on ${stuck.name}: the other gateway active after ${ms} ms (keepalived's check: every 1 s, 2 failures)`);
+      expect(await lab.vipsOf(active)).toEqual({ lan: false, wan: false });
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    // Running again, it finds the address gone and waits as the standby.
+    await waitUntil('the resumed gateway to be the standby', () => stuck.status().then((x) => x.role === 'standby').catch(() => false), 10_000, 100);
+    await pair.waitSynced((1 - active) as 0 | 1, 30_000);
+  }, 60_000);
 
   it('a sync message without the pair key is counted and dropped; it changes no flow', async () => {
     const active = (await pair.active())!;
@@ -191,4 +227,20 @@ describe.skipIf(!isRoot)('a gateway pair: tunnat on both, flow state synced, kee
     // The capture saw the traffic it judged: thousands of translated packets.
     expect(packets).toBeGreaterThan(1000);
   }, 60_000);
+});
+
+// Needs root (as above). The demo a user runs: `tunnat lab --ha --once`, with its checks.
+describe.skipIf(!isRoot)('tunnat lab --ha --once', () => {
+  it('builds the pair, kills the active tunnat under traffic, prints the outage and the connections that lived, and cleans up', async () => {
+    const { runHaLab } = await import('../../src/lab/ha-demo.js');
+    const { listNetns, randomId } = await import('../../src/lab/netns.js');
+    const id = randomId(6);
+    const lines: string[] = [];
+    const ok = await runHaLab({ once: true, id, idle: 50, trapSignals: false, log: (l) => lines.push(l) });
+    const text = lines.join('\n');
+    expect(ok, text).toBe(true);
+    expect(text).toMatch(/outage: \d+ ms without UDP echoes/);
+    expect(text).toMatch(/TCP connections that lived through it\s+51\/51/);
+    expect((await listNetns()).filter((n) => n.includes(id))).toEqual([]);
+  }, 120_000);
 });

@@ -18,7 +18,7 @@ function fakePlane(healthy = true): HaPlane & { calls: string[] } {
     onLost: null,
     setStandby: (s) => void calls.push(s ? 'standby' : 'translate'),
     apply: () => void calls.push('apply'),
-    dump: async () => [],
+    dump: async () => true,
     flowCount: () => 7,
     applied: () => newApplyCounts(),
     healthy: async () => healthy,
@@ -61,7 +61,7 @@ describe('HaController', () => {
       c.register(reg);
       expect(await reg.metrics()).toMatch(/tunnat_ha_role\{role="active"\} 1/);
     } finally {
-      c.close();
+      await c.close();
     }
     const other = resolveConfig({ internal: '192.168.1.0/24', external: 'lo', publicIp: '203.0.113.1', haNode: '1' });
     const p2 = fakePlane();
@@ -74,7 +74,7 @@ describe('HaController', () => {
       // Whatever an earlier run left, a standby does not answer ARP for the address.
       expect(arp2).toEqual(['arp off']);
     } finally {
-      s.close();
+      await s.close();
     }
   });
 
@@ -88,7 +88,7 @@ describe('HaController', () => {
       expect(got.code).toBe(503);
       expect(JSON.parse(got.body).healthy).toBe(false);
     } finally {
-      c.close();
+      await c.close();
     }
   });
 

@@ -26,7 +26,7 @@ interface Side {
  * Two agents on a simulated link with a fake clock: `loss` of the datagrams (seeded) is lost, `cut`
  * loses everything, and the active answers every resync with `dump` records.
  */
-function link(opts: { loss?: number; seed?: number; dump?: number[]; backlogLimit?: number; keyB?: Uint8Array } = {}) {
+function link(opts: { loss?: number; seed?: number; dump?: number[]; backlogLimit?: number; keyB?: Uint8Array; fingerprintB?: Uint8Array; mismatches?: number[] } = {}) {
   let now = 0;
   const rng = seededRng(opts.seed ?? 1);
   const wire: { to: 0 | 1; msg: Uint8Array }[] = [];
@@ -34,7 +34,7 @@ function link(opts: { loss?: number; seed?: number; dump?: number[]; backlogLimi
   let seq = 0;
   const sides: Side[] = [];
   const sent: Uint8Array[][] = [[], []];
-  const make = (i: 0 | 1, key: Uint8Array): Side => {
+  const make = (i: 0 | 1, key: Uint8Array, fingerprint?: Uint8Array): Side => {
     const side: Side = { agent: null as unknown as SyncAgent, got: [], resyncs: [], flows: 0 };
     side.agent = new SyncAgent({
       key,
@@ -62,11 +62,13 @@ function link(opts: { loss?: number; seed?: number; dump?: number[]; backlogLimi
       },
       flowCount: () => side.flows,
       random: (n) => Uint8Array.from({ length: n }, (_, k) => (k === 0 ? i + 1 : k === 1 ? ++seq : 7)),
+      ...(fingerprint ? { fingerprint } : {}),
+      onMismatch: () => opts.mismatches?.push(i),
       ...(opts.backlogLimit !== undefined ? { backlogLimit: opts.backlogLimit } : {}),
     });
     return side;
   };
-  sides.push(make(0, KEY), make(1, opts.keyB ?? KEY));
+  sides.push(make(0, KEY), make(1, opts.keyB ?? KEY, opts.fingerprintB));
   const step = (ms: number) => {
     for (let t = 0; t < ms; t += TICK_MS) {
       now += TICK_MS;
@@ -261,6 +263,33 @@ describe('SyncAgent', () => {
     l.step(500);
     expect(l.b.resyncs.length).toBeGreaterThanOrEqual(1);
     expect(l.a.got.slice(-3)).toEqual([-l.b.resyncs.at(-1)!, 9, -1000 - l.b.resyncs.at(-1)!]);
+  });
+
+  it('a message replayed inside a live session is stale: an old HELLO neither revives a dead peer nor starts a resync', () => {
+    const l = link({ dump: [3] });
+    l.roles('active', 'standby');
+    l.step(300);
+    const hello = l.sent[1]!.filter((m) => m[5] === 1).at(-1)!;
+    l.step(300);
+    const stale = l.a.agent.stats.stale;
+    const resyncs = l.a.resyncs.length;
+    l.setCut(true);
+    l.step(PEER_LOST_MS + 100);
+    for (let k = 0; k < 5; k++) l.inject(0, hello);
+    expect(l.a.agent.stats.stale).toBe(stale + 5);
+    expect(l.a.agent.status().peer.alive).toBe(false);
+    expect(l.a.resyncs.length).toBe(resyncs);
+  });
+
+  it('a peer whose settings differ (its fingerprint) is refused and reported once', () => {
+    const mismatches: number[] = [];
+    const l = link({ dump: [1], fingerprintB: Uint8Array.of(1, 2, 3, 4, 5, 6, 7, 8), mismatches });
+    l.roles('active', 'standby');
+    l.step(500);
+    expect(l.a.agent.status().peer.session).toBeNull();
+    expect(l.a.agent.stats.mismatched).toBeGreaterThan(0);
+    expect([...mismatches].sort()).toEqual([0, 1]);
+    expect(l.b.got).toEqual([]);
   });
 
   it('refuses a short key', () => {

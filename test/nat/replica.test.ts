@@ -111,6 +111,27 @@ describe('Replica: flow state from the active gateway to the standby', () => {
     expect(standby.flows.lookup(IPPROTO.TCP, HOST_A, ip('203.0.113.9'), 40000, 443, 300)).toBeGreaterThanOrEqual(0);
   });
 
+  it('a record that would not translate (its LAN side outside the LAN, its outside side not public) is refused', () => {
+    const { active, ra, rb, standby } = pair();
+    connect(active, HOST_A, 40000, 1000);
+    const recs = ra.drain(1000)!;
+    const bad = Uint8Array.from(recs);
+    // The reply tuple's destination (the public side) becomes a private address.
+    new DataView(bad.buffer).setUint32(28, ip('192.168.1.99'));
+    expect(rb.apply(bad, 0)).toMatchObject({ upserts: 0, malformed: 1 });
+    expect(standby.flows.size).toBe(0);
+  });
+
+  it('a picked-up TCP flow keeps a short timer until the outside answers', () => {
+    const nat = makeNat({ haNode: 0, tcpLoose: true });
+    const out = send(nat, tcpPacket({ src: HOST_A, dst: REMOTE, srcPort: 40000, dstPort: 80, seq: 9, ack: 9, flags: ACK }), 0)!;
+    const f = nat.flows.lookup(IPPROTO.TCP, HOST_A, REMOTE, 40000, 80, 0) >> 1;
+    expect(nat.flows.expires[f]).toBe(nat.timeouts.tcpSynSent * 1000);
+    send(nat, tcpPacket({ src: REMOTE, dst: PUB, srcPort: 80, dstPort: out.sport, seq: 9, ack: 10, flags: ACK }), 1);
+    send(nat, tcpPacket({ src: HOST_A, dst: REMOTE, srcPort: 40000, dstPort: 80, seq: 10, ack: 10, flags: ACK }), 2);
+    expect(nat.flows.expires[f]).toBe(2 + nat.timeouts.tcpEstablished * 1000);
+  });
+
   it('cut or unknown records stop the batch and are counted, never thrown', () => {
     const { active, ra, rb, standby } = pair();
     connect(active, HOST_A, 40000, 1000);
@@ -125,15 +146,23 @@ describe('a pair never hands out one public port twice', () => {
   it('each gateway maps new ports only in its half; a replicated mapping keeps its port in the other half', () => {
     expect(nodeHalf(1024, 65535, 0)).toEqual([1024, 33279]);
     expect(nodeHalf(1024, 65535, 1)).toEqual([33280, 65535]);
+    // The gateway's own range (excluded) does not count: each half has as many mappable ports.
+    const excluded: [number, number][] = [[20000, 29999]];
+    const [, top0] = nodeHalf(1024, 65535, 0, excluded);
+    const [bottom1] = nodeHalf(1024, 65535, 1, excluded);
+    expect(top0 + 1).toBe(bottom1);
+    expect(bottom1 % 2).toBe(0);
+    const mappable = (a: number, b: number) => b - a + 1 - (a <= 20000 && b >= 29999 ? 10000 : 0);
+    expect(Math.abs(mappable(1024, top0) - mappable(bottom1, 65535))).toBeLessThanOrEqual(2);
     const { active, standby, ra, rb } = pair();
     // Port preservation gives way to the half: 50000 lies in node 1's half.
     const p0 = connect(active, HOST_A, 50000, 1000);
-    expect(p0).toBeLessThanOrEqual(33279);
+    expect(p0).toBeLessThanOrEqual(top0);
     rb.apply(ra.drain(1000)!, 0);
     // Split brain: both make mappings at once, each in its own half.
     standby.standby = false;
     const p1 = connect(standby, HOST_B, 50000, 10);
-    expect(p1).toBeGreaterThanOrEqual(33280);
+    expect(p1).toBeGreaterThanOrEqual(bottom1);
     expect(p1).not.toBe(p0);
     // The standby holds the active's port too, in its pool, without counting it as its own.
     expect(standby.mappings.pool(IPPROTO.TCP)!.owner[p0]).toBeGreaterThanOrEqual(0);
