@@ -95,7 +95,7 @@ async function scenario(
     }
   } catch (err) {
     // The scenario stops here; its row says so instead of reading as if every run had worked.
-    const msg = (err as Error).message.split('\n')[0]!;
+    const msg = (err as Error).message.split('\n').filter((l) => l.trim() !== '').slice(0, 3).join(' ');
     log(`${name}: stopped: ${msg}`);
     if (current) current.error = msg;
     else rows.push({ scenario: name, engine: name.startsWith('kernel') ? 'kernel' : 'tunnat', sync: '?', failure: '(setting up)', results: [], error: msg });

@@ -182,7 +182,8 @@ async function client(host: string, port: number, idleCount: number, udpPort: nu
     });
     // The server speaks first on every idle connection, asked over a connection of its own (the busy one
     // may be broken, and that must not count against the idle ones).
-    const ask = createConnection({ host, port: port + 1 }, () => ask.write('push\n'));
+    // From a port of its own range too: an ephemeral port could be one a later round binds.
+    const ask = createConnection({ host, port: port + 1, localPort: tcpBase + idleCount + 1 }, () => ask.write('push\n'));
     ask.on('error', (err) => report.idle.errors.push(`asking the server to push: ${err.message}`));
     ask.on('data', () => ask.destroy());
   });

@@ -268,7 +268,7 @@ export async function failoverOnce(
   const round = o.round ?? 0;
   // Fresh ports each round, on both ends: the last round's connections may linger on the host (TIME_WAIT)
   // and, when a failover broke them, on the remote (which never heard of it).
-  if ((o.idle ?? 200) > MAX_IDLE) throw new RangeError(`at most ${MAX_IDLE} idle connections (each round takes ${MAX_IDLE + 2} ports)`);
+  if ((o.idle ?? 200) > MAX_IDLE) throw new RangeError(`at most ${MAX_IDLE} idle connections (a round takes idle + 2 ports of its own 500)`);
   const traffic = await startTraffic({
     lab, cleanup, idle: o.idle ?? 200, udpPort: 41000 + (round % 50), tcpBase: 42000 + (round % 40) * 500, serverPort: PEER_PORT + 2 * (round % 200),
   });

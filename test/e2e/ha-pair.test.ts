@@ -8,6 +8,7 @@
  * A capture of what each gateway sends to the WAN runs from start to end.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { request } from 'node:http';
 import { buildHaLab, type HaLab } from '../../src/lab/ha-topology.js';
 import { failoverOnce, startPair, SYNC_PORT, type Pair } from '../../src/lab/ha-pair.js';
 import { unixGet } from '../../src/lab/router.js';
@@ -18,6 +19,27 @@ import { Cleanup, captureOn, inNs, isRoot, waitUntil, type Capture } from './har
 if (!isRoot) console.warn('ha-pair.test.ts: the gateway-pair tests are skipped: they need root (namespaces, TUN, keepalived)');
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The first snapshot of the live page's stream (GET /live, server-sent events) over the router's socket. */
+function firstLiveSnapshot(socketPath: string): Promise<{ ha: { role: string; node: number; peer: string } }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath, path: '/live', method: 'GET' }, (res) => {
+      let buf = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => {
+        buf += c;
+        const m = /event: snapshot\ndata: (.*)\n/.exec(buf);
+        if (m) {
+          req.destroy();
+          resolve(JSON.parse(m[1]!));
+        }
+      });
+    });
+    req.setTimeout(5000, () => req.destroy(new Error('no live snapshot within 5 s')));
+    req.on('error', reject);
+    req.end();
+  });
+}
 
 // Needs root: namespaces, TUN devices, keepalived, tcpdump. CI runs as root.
 describe.skipIf(!isRoot)('a gateway pair: tunnat on both, flow state synced, keepalived moving the addresses', () => {
@@ -59,6 +81,15 @@ describe.skipIf(!isRoot)('a gateway pair: tunnat on both, flow state synced, kee
     expect(m).toMatch(/tunnat_ha_role\{role="active"\} 1/);
     expect(m).toMatch(/tunnat_ha_role_changes_total \d+/);
   }, 120_000);
+
+  it('the live page shows each gateway\'s role and how it hears its peer', async () => {
+    const active = (await pair.active())!;
+    for (const g of pair.gateways) {
+      const snap = await firstLiveSnapshot(g.socketPath);
+      expect(snap.ha).toMatchObject({ role: g.index === active ? 'active' : 'standby', node: g.index });
+      expect(snap.ha.peer).toMatch(/heard/);
+    }
+  }, 30_000);
 
   it('only the active answers ARP for the public address; the standby stays silent', async () => {
     const active = (await pair.active())!;
