@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { writeFileSync, mkdtempSync } from 'node:fs';
+import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir, availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError } from '../../src/config/config.js';
@@ -48,6 +48,7 @@ describe('config', () => {
     writeFileSync(file, '{ not json');
     expect(() => resolveConfig({ config: file })).toThrow(/not valid JSON/);
     expect(() => resolveConfig({ config: join(dir, 'missing.json') })).toThrow(/cannot read/);
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it.each([

@@ -1,5 +1,5 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -33,6 +33,8 @@ describe.skipIf(!isRoot)('restarts, crashes and reloads', () => {
     // A line echo server on the internet host for long-lived connections.
     spawnIn(lab.inet, ['socat', 'TCP-LISTEN:5000,reuseaddr,fork', 'EXEC:cat'], { label: 'echo server', cleanup });
     dir = mkdtempSync(join(tmpdir(), 'tunnat-restart-'));
+    const made = dir;
+    cleanup.defer({ label: `remove ${made}`, sync: () => rmSync(made, { recursive: true, force: true }) });
     before = await snapshotNetns(lab.gw);
   }, 60_000);
 

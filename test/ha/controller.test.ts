@@ -5,7 +5,7 @@ import { HaController, readKey, type HaPlane } from '../../src/ha/controller.js'
 import { newApplyCounts } from '../../src/nat/replica.js';
 import { resolveConfig } from '../../src/config/resolve.js';
 import { createLogger } from '../../src/util/log.js';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -98,5 +98,6 @@ describe('HaController', () => {
     writeFileSync(join(dir, 'short'), 'too short\n');
     expect(Buffer.from(readKey(join(dir, 'good'))).toString()).toBe('a key of thirty-two bytes, long.');
     expect(() => readKey(join(dir, 'short'))).toThrow(/at least 16/);
+    rmSync(dir, { recursive: true, force: true });
   });
 });
