@@ -215,7 +215,7 @@ export function resolveConfig(flags: Record<string, unknown>): RouterConfig {
       throw new ConfigError('pcapSnaplen', `expected "headers" or bytes per packet in 0..${MAX_SNAPLEN} (0: whole packets), got ${JSON.stringify(snapV)}`);
     }
   }
-  const ha = resolveHa(get, { publicPool, engine: engine as string, user: userV ?? null, masquerade: publicIp === null });
+  const ha = resolveHa(get, { publicPool, engine: engine as string, masquerade: publicIp === null });
   const cfg: RouterConfig = {
     internal,
     external,
@@ -275,7 +275,7 @@ function parseAddrPort(field: string, v: unknown): { address: number; port: numb
 /** The pair settings (`--ha-…`), checked against what a pair needs. */
 function resolveHa(
   get: (k: string) => unknown,
-  o: { publicPool: number[]; engine: string; user: string | null; masquerade: boolean },
+  o: { publicPool: number[]; engine: string; masquerade: boolean },
 ): Pick<RouterConfig, 'haNode' | 'haSync' | 'haPeer' | 'haKey'> {
   const nodeV = get('haNode');
   const syncV = get('haSync');
@@ -296,7 +296,6 @@ function resolveHa(
   if (o.masquerade || o.publicPool.length !== 1) {
     throw new ConfigError('haNode', 'a pair shares one public address that keepalived moves: give it as --public-ip ADDR (one address, not masquerade)');
   }
-  if (o.user !== null) throw new ConfigError('haNode', '--ha-node does not work with --user yet (the data plane would need the routing to answer ARP by role)');
   if (peerV === undefined || peerV === null) {
     if (syncV !== undefined && syncV !== null) throw new ConfigError('haSync', 'needs --ha-peer too');
     if (keyV !== undefined && keyV !== null) throw new ConfigError('haKey', 'needs --ha-peer too');

@@ -116,9 +116,11 @@ export class HaController {
   }
 
   /** Read the key, bind the sync socket, take the role the host says, and start the timers. */
-  static async start(cfg: RouterConfig, log: Logger, plane: HaPlane, setProxyArp: (on: boolean) => Promise<void>): Promise<HaController> {
-    let key: Uint8Array | null = null;
-    if (cfg.haPeer !== null && cfg.haKey !== null) {
+  static async start(
+    cfg: RouterConfig, log: Logger, plane: HaPlane, setProxyArp: (on: boolean) => Promise<void>, opts: { key?: Uint8Array } = {},
+  ): Promise<HaController> {
+    let key: Uint8Array | null = opts.key ?? null;
+    if (key === null && cfg.haPeer !== null && cfg.haKey !== null) {
       try {
         key = readKey(cfg.haKey);
       } catch (err) {

@@ -35,6 +35,8 @@ export interface PairOptions {
   sync?: boolean;
   /** --workers for each tunnat (default: tunnat's own default). */
   workers?: number;
+  /** More flags for each tunnat (e.g. `--user nobody`). */
+  extraArgs?: readonly string[];
   cliPath?: string;
   log?: (line: string) => void;
 }
@@ -97,6 +99,7 @@ export async function startPair(o: PairOptions): Promise<Pair> {
       '--public-ip', lab.wanVip, '--tun', PAIR_TUN, '--ha-node', String(index),
       ...(sync ? ['--ha-sync', `${g.syncAddress}:${SYNC_PORT}`, '--ha-peer', `${g.peerSyncAddress}:${SYNC_PORT}`, '--ha-key', keyFile] : []),
       ...(o.workers !== undefined ? ['--workers', String(o.workers)] : []),
+      ...(o.extraArgs ?? []),
     ];
     confs[index] = keepalivedConf({
       name: `tunnat-${lab.id}-${g.name}`,

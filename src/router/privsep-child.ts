@@ -18,9 +18,27 @@ let plane: WorkerPlane | null = null;
 let stateFile: string | null = null;
 const reply = (m: ChildMessage) => process.send?.(m);
 
+/** A gateway of a pair: the parent changes the WAN's ARP answer (the routing is root's); this waits for it. */
+let arpId = 0;
+const arpWaiting = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+function askArp(on: boolean): Promise<void> {
+  const id = ++arpId;
+  return new Promise((resolve, reject) => {
+    arpWaiting.set(id, { resolve, reject });
+    reply({ type: 'arp', id, on });
+  });
+}
+
 process.on('message', (m: ParentMessage, handle?: Socket) => {
   void (async () => {
     switch (m.type) {
+      case 'arp-done': {
+        const w = arpWaiting.get(m.id);
+        arpWaiting.delete(m.id);
+        if (m.error === undefined) w?.resolve();
+        else w?.reject(new Error(m.error));
+        return;
+      }
       case 'conn':
         if (handle) {
           connections.emit('connection', handle);
@@ -40,6 +58,10 @@ process.on('message', (m: ParentMessage, handle?: Socket) => {
             const tun = NativeTun.fromFd(CHILD_TUN_FD, { vnetHdr: m.base.vnetHdr });
             dp = await startDataplane(m.cfg, log, { ...m.base, tun, httpHandles: [connections] });
           }
+          // A gateway of a pair: its controller here, with the key the parent read and the ARP answer through it.
+          const ha = m.haKey ? { key: m.haKey } : {};
+          if (plane) await plane.startHa(askArp, ha);
+          else await dp?.startHa(askArp, ha);
           reply({ type: 'ready' });
         } catch (err) {
           reply({ type: 'error', message: (err as Error).message });

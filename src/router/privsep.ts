@@ -10,6 +10,7 @@ import { setupSystem, logRunning, StartupError, type SystemSetup } from './route
 import { bindHttpListeners, closeListeners } from '../observe/http.js';
 import { WorkerQueues } from './workers.js';
 import { preflight } from '../host/preflight.js';
+import { readKey } from '../ha/controller.js';
 
 /**
  * Privilege separation (`tunnat run --user NAME`): the process that parses hostile packets runs as an
@@ -90,13 +91,22 @@ export type ParentMessage =
       /** --workers N: the workers' queues are fds 3 … 3+N-1 (the parent steers them); else one queue on fd 3. */
       queues: number;
       steered: boolean;
+      /** A gateway of a pair: the pair's key, read here (the key file is root's, not the child's to read). */
+      haKey?: Uint8Array;
     }
   | { type: 'steered'; on: boolean }
   | { type: 'conn' }
   | { type: 'publicIp'; addr: number; all: number[] }
   | { type: 'reload'; cfg: RouterConfig }
-  | { type: 'stop'; save: boolean };
-export type ChildMessage = { type: 'ready' } | { type: 'error'; message: string } | { type: 'stopped'; saved: boolean };
+  | { type: 'stop'; save: boolean }
+  /** The answer to the child's `arp`: done, or why not. */
+  | { type: 'arp-done'; id: number; error?: string };
+export type ChildMessage =
+  | { type: 'ready' }
+  | { type: 'error'; message: string }
+  | { type: 'stopped'; saved: boolean }
+  /** A gateway of a pair changed role: answer ARP for the public address on the WAN, or stop (the routing is the parent's). */
+  | { type: 'arp'; id: number; on: boolean };
 
 const here = dirname(fileURLToPath(import.meta.url));
 const CHILD = join(here, 'privsep-child.js');
@@ -171,12 +181,33 @@ export async function startPrivsep(cfg: RouterConfig, log: Logger, user: Privsep
     kid.on('message', onMessage);
     kid.once('exit', (code) => reject(new StartupError('PRIVSEP', `the data plane (as ${user.name}) exited with code ${code} while starting`)));
   });
+  // A gateway of a pair: the child asks for the WAN's ARP answer by role; the routing is the parent's to change.
+  kid.on('message', (m: ChildMessage) => {
+    if (m.type !== 'arp') return;
+    sys.setProxyArp(m.on).then(
+      () => send({ type: 'arp-done', id: m.id }),
+      (err: Error) => send({ type: 'arp-done', id: m.id, error: err.message }),
+    );
+  });
+  let haKey: Uint8Array | undefined;
+  if (cfg.haPeer !== null && cfg.haKey !== null) {
+    try {
+      haKey = readKey(cfg.haKey);
+    } catch (err) {
+      kid.kill('SIGKILL');
+      servers.forEach((s) => s.close());
+      queues?.close();
+      await sys.teardown();
+      throw new StartupError('HA_UNAVAILABLE', `cannot use --ha-key ${cfg.haKey}: ${(err as Error).message}`);
+    }
+  }
   send({
     type: 'start',
     cfg,
     base: { vnetHdr: sys.vnetHdr, tunMtu: sys.tunMtu, publicIp: sys.publicIp, owned: sys.owned, dynamicPool: sys.dynamicPool, publicPool: sys.publicPool },
     queues: childFds.length,
     steered: queues?.steered ?? false,
+    ...(haKey ? { haKey } : {}),
   });
   try {
     await ready;

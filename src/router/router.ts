@@ -363,7 +363,8 @@ export interface RunningDataplane {
   close(saveTo: string | null): Promise<void>;
   /** A gateway of a pair (--ha-node): its controller, started once the routing is in place (startHa). */
   ha: HaController | null;
-  startHa(setProxyArp: (on: boolean) => Promise<void>): Promise<void>;
+  /** `opts.key`: the pair's key, when this process may not read --ha-key itself (--user). */
+  startHa(setProxyArp: (on: boolean) => Promise<void>, opts?: { key?: Uint8Array }): Promise<void>;
 }
 
 /** Every few ms, off the packet path, what changed in the flows goes to the standby (replica.ts). */
@@ -469,9 +470,9 @@ export async function startDataplane(cfg: RouterConfig, log: Logger, base: Datap
     get ha() {
       return ha;
     },
-    async startHa(setArp: (on: boolean) => Promise<void>) {
+    async startHa(setArp: (on: boolean) => Promise<void>, opts: { key?: Uint8Array } = {}) {
       if (plane === null) return;
-      ha = await HaController.start(cfg, log, plane, setArp);
+      ha = await HaController.start(cfg, log, plane, setArp, opts);
       attachHa(ha, registry, handlers, observe.live);
     },
     nat,

@@ -93,8 +93,8 @@ export interface WorkerPlane {
   abort(): Promise<void>;
   /** For the restart test (TUNNAT_TEST_HOOKS=1): make worker 0 throw. */
   crashWorker0(): void;
-  /** A gateway of a pair (--ha-node): start its controller, once the routing is in place. */
-  startHa(setProxyArp: (on: boolean) => Promise<void>): Promise<void>;
+  /** A gateway of a pair (--ha-node): start its controller, once the routing is in place (`opts.key`: see RunningDataplane). */
+  startHa(setProxyArp: (on: boolean) => Promise<void>, opts?: { key?: Uint8Array }): Promise<void>;
 }
 
 export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandles: Server[]): Promise<WorkerPlane> {
@@ -501,9 +501,9 @@ export async function loadWorkerPlane(cfg: RouterConfig, log: Logger, httpHandle
       log.info('configuration reloaded; flows kept', restartNeeded.length > 0 ? { needsRestart: restartNeeded.join(',') } : {});
       return restartNeeded;
     },
-    async startHa(setProxyArp: (on: boolean) => Promise<void>) {
+    async startHa(setProxyArp: (on: boolean) => Promise<void>, opts: { key?: Uint8Array } = {}) {
       if (haPlane === null || served === null) return;
-      ha = await HaController.start(cfg, log, haPlane, setProxyArp);
+      ha = await HaController.start(cfg, log, haPlane, setProxyArp, opts);
       attachHa(ha, served.registry, served.handlers, observe!.live);
     },
     async stop(save: boolean): Promise<boolean> {

@@ -112,7 +112,6 @@ describe('a gateway pair (--ha-…)', () => {
     [{ publicIp: undefined }, /one public address/],
     [{ publicIp: '203.0.113.1,203.0.113.5' }, /one address/],
     [{ engine: 'kernel' }, /keepalived and conntrackd/],
-    [{ user: 'nobody' }, /--user/],
     [{ haKey: undefined }, /--ha-key/],
     [{ haSync: undefined }, /--ha-sync/],
     [{ haPeer: 'gw-b:7400' }, /IPv4 address/],

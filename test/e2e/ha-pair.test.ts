@@ -275,3 +275,27 @@ describe.skipIf(!isRoot)('tunnat lab --ha --once', () => {
     expect((await listNetns()).filter((n) => n.includes(id))).toEqual([]);
   }, 120_000);
 });
+
+// Needs root (as above). With --user, the data plane runs unprivileged: the root parent reads the pair's
+// key and changes the ARP answer when the child's controller asks.
+describe.skipIf(!isRoot)('a gateway pair with --user nobody (privilege separation)', () => {
+  const cleanup = new Cleanup((l) => console.error(l));
+  afterAll(async () => {
+    await cleanup.run();
+  }, 60_000);
+
+  it('fails over on kill -9 with every connection, the data plane running as nobody on both gateways', async () => {
+    const log = (l: string) => console.log(`[ha-pair --user] ${l}`);
+    const lab = await buildHaLab({ cleanup, lanHosts: 1, log });
+    const pair = await startPair({ lab, cleanup, log, extraArgs: ['--user', 'nobody'] });
+    for (const g of pair.gateways) expect(g.router!.output()).toMatch(/"dataplaneUser":"nobody"/);
+    const r = await failoverOnce(pair, lab, cleanup, 'kill', { idle: 20, round: 1, log });
+    expect(r.to).toBe(1);
+    expect(r.connectionsKept).toBe(true);
+    expect(r.udpSources).toHaveLength(1);
+    // The new active answers ARP for the public address (the parent added it when the child asked).
+    const arp = await inNs(lab.gateways[1].netns, ['ip', 'neigh', 'show', 'proxy']);
+    expect(arp.stdout).toContain(lab.wanVip);
+    expect((await inNs(lab.gateways[0].netns, ['ip', 'neigh', 'show', 'proxy'])).stdout).not.toContain(lab.wanVip);
+  }, 120_000);
+});
