@@ -1,10 +1,16 @@
 import http from 'node:http';
 
+/** A router's answer: the HTTP status and the body. */
+export interface HttpAnswer {
+  status: number;
+  body: string;
+}
+
 /**
- * GET a path from a running router: `HOST:PORT` over TCP or `unix:/path` over a unix socket.
- * Errors say plainly that the router is not reachable.
+ * GET a path from a running router: `HOST:PORT` over TCP or `unix:/path` over a unix socket. Resolves with
+ * whatever status it answers; rejects, saying plainly that the router is not reachable, when none does.
  */
-export function httpGet(target: string, path: string, timeoutMs = 5000): Promise<string> {
+export function httpRequest(target: string, path: string, timeoutMs = 5000): Promise<HttpAnswer> {
   const opts: http.RequestOptions = { path, method: 'GET', timeout: timeoutMs };
   if (target.startsWith('unix:')) opts.socketPath = target.slice(5);
   else {
@@ -18,10 +24,7 @@ export function httpGet(target: string, path: string, timeoutMs = 5000): Promise
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => (body += c));
-      res.on('end', () => {
-        if (res.statusCode === 200) resolve(body);
-        else reject(new Error(`${target}${path} answered ${res.statusCode}: ${body.trim()}`));
-      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
     });
     req.on('timeout', () => req.destroy(new Error('timed out')));
     req.on('error', (err) =>
@@ -29,4 +32,11 @@ export function httpGet(target: string, path: string, timeoutMs = 5000): Promise
     );
     req.end();
   });
+}
+
+/** GET a path that must answer 200: its body; any other status is an error naming it. */
+export async function httpGet(target: string, path: string, timeoutMs = 5000): Promise<string> {
+  const r = await httpRequest(target, path, timeoutMs);
+  if (r.status !== 200) throw new Error(`${target}${path} answered ${r.status}: ${r.body.trim()}`);
+  return r.body;
 }

@@ -1,4 +1,4 @@
-import http from 'node:http';
+import { httpRequest } from './client.js';
 import { keepalivedConf, KeepalivedConfError } from '../ha/keepalived.js';
 import type { HaStatus } from '../ha/controller.js';
 import { DEFAULT_TARGET, intOption, parseOptions, processIo, runCommand, CliUsageError, type CliIo } from '../observe/cli.js';
@@ -37,35 +37,21 @@ export const HA_VERB = {
 } as const satisfies Verb;
 
 /** GET /ha: the status and the HTTP code (200 healthy, 503 a data plane that does not answer). */
-function getHa(target: string, timeoutMs: number): Promise<{ code: number; status: HaStatus | null; error?: string }> {
-  const opts: http.RequestOptions = { path: '/ha', method: 'GET', timeout: timeoutMs };
-  if (target.startsWith('unix:')) opts.socketPath = target.slice(5);
-  else {
-    const i = target.lastIndexOf(':');
-    opts.host = target.slice(0, i);
-    opts.port = Number(target.slice(i + 1));
-    if (i <= 0 || !Number.isInteger(opts.port)) throw new CliUsageError(`--http: expected HOST:PORT or unix:PATH, got ${target}`);
+async function getHa(target: string, timeoutMs: number): Promise<{ code: number; status: HaStatus | null; error?: string }> {
+  let r;
+  try {
+    r = await httpRequest(target, '/ha', timeoutMs);
+  } catch (err) {
+    const msg = (err as Error).message;
+    if (msg.startsWith('--http:')) throw new CliUsageError(msg);
+    return { code: 0, status: null, error: msg };
   }
-  return new Promise((resolve) => {
-    const req = http.request(opts, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => {
-        if (res.statusCode === 404) resolve({ code: 404, status: null, error: 'the router at this address is not a gateway of a pair (no --ha-node)' });
-        else {
-          try {
-            resolve({ code: res.statusCode ?? 0, status: JSON.parse(body) as HaStatus });
-          } catch {
-            resolve({ code: res.statusCode ?? 0, status: null, error: `unreadable answer: ${body.slice(0, 200)}` });
-          }
-        }
-      });
-    });
-    req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
-    req.on('error', (err) => resolve({ code: 0, status: null, error: `no tunnat router reachable at ${target} (${err.message})` }));
-    req.end();
-  });
+  if (r.status === 404) return { code: 404, status: null, error: 'the router at this address is not a gateway of a pair (no --ha-node)' };
+  try {
+    return { code: r.status, status: JSON.parse(r.body) as HaStatus };
+  } catch {
+    return { code: r.status, status: null, error: `unreadable answer: ${r.body.slice(0, 200)}` };
+  }
 }
 
 const ago = (ms: number | null): string => (ms === null ? 'never' : ms < 2000 ? `${ms} ms ago` : `${(ms / 1000).toFixed(1)} s ago`);

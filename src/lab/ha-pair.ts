@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { keepalivedConf } from '../ha/keepalived.js';
+import { keepalivedConf, type KeepalivedOptions } from '../ha/keepalived.js';
 import { conntrackdConf, haNotifyScript } from '../kernel/ha.js';
 import { startConntrackd } from './kernel-ha.js';
 import type { HaStatus } from '../ha/controller.js';
@@ -76,6 +76,23 @@ export interface Pair {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** keepalived's configuration for gateway `index` of the lab's pair: A first (priority 150), both on VRRP id 51. */
+function pairKeepalived(
+  lab: HaLab, index: 0 | 1, engine: string, what: Pick<KeepalivedOptions, 'trackInterface' | 'checkScript' | 'notify'>,
+): string {
+  const g = lab.gateways[index];
+  return keepalivedConf({
+    name: `${engine}-${lab.id}-${g.name}`,
+    lanIf: g.lanDev,
+    wanIf: g.wanDev,
+    lanVip: lab.lanVipCidr,
+    wanVip: lab.wanVipCidr,
+    vrid: 51,
+    priority: index === 0 ? 150 : 100,
+    ...what,
+  });
+}
+
 export async function startPair(o: PairOptions): Promise<Pair> {
   const { lab, cleanup } = o;
   const log = o.log ?? (() => {});
@@ -101,14 +118,7 @@ export async function startPair(o: PairOptions): Promise<Pair> {
       ...(o.workers !== undefined ? ['--workers', String(o.workers)] : []),
       ...(o.extraArgs ?? []),
     ];
-    confs[index] = keepalivedConf({
-      name: `tunnat-${lab.id}-${g.name}`,
-      lanIf: g.lanDev,
-      wanIf: g.wanDev,
-      lanVip: lab.lanVipCidr,
-      wanVip: lab.wanVipCidr,
-      vrid: 51,
-      priority: index === 0 ? 150 : 100,
+    confs[index] = pairKeepalived(lab, index, 'tunnat', {
       trackInterface: PAIR_TUN,
       checkScript: `${process.execPath} ${cliPath} ha check --http unix:${socketPath}`,
     });
@@ -364,18 +374,7 @@ export async function startKernelPair(o: { lab: HaLab; cleanup: Cleanup; sync?: 
       notify = { master: `${script} master`, backup: `${script} backup`, fault: `${script} fault` };
       check = `/usr/sbin/conntrackd -C ${cd.files.conf} -s`;
     }
-    const conf = keepalivedConf({
-      name: `kernel-${lab.id}-${g.name}`,
-      lanIf: g.lanDev,
-      wanIf: g.wanDev,
-      lanVip: lab.lanVipCidr,
-      wanVip: lab.wanVipCidr,
-      vrid: 51,
-      priority: index === 0 ? 150 : 100,
-      trackInterface: null,
-      checkScript: check,
-      ...(notify ? { notify } : {}),
-    });
+    const conf = pairKeepalived(lab, index, 'kernel', { trackInterface: null, checkScript: check, ...(notify ? { notify } : {}) });
     kas[index] = startKeepalived({ netns: g.netns, conf, label: `ka-${lab.id}-${g.name}`, cleanup, log });
   };
   log(`starting the kernel engine${sync ? ' with conntrackd' : ''} and keepalived on gateway A`);

@@ -3,7 +3,7 @@ import { FLOW_IN_USE, FLOW_INBOUND, type RemoveReason } from '../conntrack/table
 import { tcpTimeout } from '../conntrack/tcp.js';
 import type { FlowObserver } from './outcome.js';
 import type { NatContext } from './context.js';
-import { restoreFlow, TCP_SEQ_SEEN, type RestoredFlow, type SavedMapping } from './restore.js';
+import { restoreFlow, setSavedState, type RestoredFlow, type SavedMapping } from './restore.js';
 
 /**
  * A data plane's flows as a stream of records, for a standby gateway (`--ha-…`, docs/ha.md).
@@ -249,6 +249,20 @@ export class Replica implements FlowObserver {
     return off === out.length ? out : out.slice(0, off);
   }
 
+  /**
+   * The drain timer's work (one loop's, or a worker's): what changed goes to `send`, and an overflowed log
+   * to `lost` (the peer then needs a full resync). Nothing while this gateway is a standby.
+   */
+  flush(now: number, send: (records: Uint8Array) => void, lost: () => void): void {
+    if (!this.logging) return;
+    const recs = this.drain(now);
+    if (recs) send(recs);
+    if (this.lost) {
+      this.lost = false;
+      lost();
+    }
+  }
+
   /** Every flow, as UPSERT records (a full resync); what was pending is dropped, since the dump supersedes it. */
   dump(now: number): Uint8Array {
     const t = this.nat.flows;
@@ -337,14 +351,8 @@ export class Replica implements FlowObserver {
     if (e >= 0) {
       const f = e >> 1;
       if ((e & 1) === 0 && sameFlow(nat, f, r)) {
-        t.state[f] = r.state;
-        t.detail[f] = r.detail & ~TCP_SEQ_SEEN;
         t.flags[f] = (t.flags[f]! & FLOW_IN_USE) | (r.flags & ~FLOW_IN_USE);
-        t.expires[f] = now + r.msLeft;
-        t.packets[f * 2] = r.packets[0];
-        t.packets[f * 2 + 1] = r.packets[1];
-        t.bytes[f * 2] = r.bytes[0];
-        t.bytes[f * 2 + 1] = r.bytes[1];
+        setSavedState(nat, f, r, now);
         return f;
       }
       t.remove(f, 'flush');

@@ -63,6 +63,13 @@ export function restoreFlow(nat: NatContext, r: RestoredFlow, now: number): bool
   // adjustment were not saved: see docs/operations.md); the flag means nothing to a run without it.
   const flags = nat.alg !== null ? r.flags : r.flags & ~FLOW_ALG;
   commitFlow(nat, flow, r.protocol, m, m2, flags, host, peer, now);
+  setSavedState(nat, flow, r, now);
+  return true;
+}
+
+/** A saved flow's state, timer and counters into `flow` (a restored one, or one a standby updates in place). */
+export function setSavedState(nat: NatContext, flow: number, r: RestoredFlow, now: number): void {
+  const t = nat.flows;
   t.state[flow] = r.state;
   // Not the bits that say a sequence number was seen: the sequence numbers themselves were not saved, and
   // an RST would be judged against zero. They are learnt again from the next segment each way.
@@ -72,7 +79,6 @@ export function restoreFlow(nat: NatContext, r: RestoredFlow, now: number): bool
   t.packets[flow * 2 + 1] = r.packets[1];
   t.bytes[flow * 2] = r.bytes[0];
   t.bytes[flow * 2 + 1] = r.bytes[1];
-  return true;
 }
 
 /** The saved mapping, found or made again on the same public port (noted in `made`), or NONE if it cannot be. */

@@ -254,11 +254,8 @@ export class Translator extends NatContext {
     if (e < 0) {
       // An FTP data endpoint whose flow another worker holds: that worker translates it (alg-redirect.ts).
       if (this.algRedirects !== null && proto === IPPROTO.TCP && fromInside && !firstFragment && this.redirected(src, sport)) return Verdict.HANDOFF;
-      let pickUp = false;
-      if (!this.mayOpen(proto, tcpFlags)) {
-        if (!this.mayPickUp(proto, tcpFlags, fromInside, toPublic)) return this.notOpened(proto, tcpFlags, fromInside, toPublic, dport, total);
-        pickUp = true;
-      }
+      const pickUp = !this.mayOpen(proto, tcpFlags);
+      if (pickUp && !this.mayPickUp(proto, tcpFlags, fromInside, toPublic)) return this.notOpened(proto, tcpFlags, fromInside, toPublic, dport, total);
       const setup = setUpFlow(this, buf, proto, src, dst, sport, dport, fromInside, toPublic, now);
       if (setup === Setup.TO_GATEWAY) return this.toGateway(total);
       if (setup === Setup.REFUSED) return this.drop(this.setupReason);
@@ -269,6 +266,9 @@ export class Translator extends NatContext {
     const flow = e >> 1;
     const dir = e & 1;
     this.lastEntry = e;
+    // Read once for the three tests below (picked up, seen reply, ALG): nothing in between changes those bits
+    // (firstReply changes the first two, after their tests; nothing here changes the ALG's).
+    const flowFlags = flows.flags[flow]!;
 
     // 3. State and timer.
     let timeout: number;
@@ -291,7 +291,7 @@ export class Translator extends NatContext {
       if (flows.state[flow] === TcpState.ESTABLISHED && (tcpFlags & TCP_CONTROL) === TCP_FLAGS.ACK) {
         // An ACK (maybe with data or PSH) on an established connection changes nothing in the state
         // machine: skip it. A connection picked up in the middle keeps a short timer until its first reply.
-        timeout = flows.flags[flow]! & FLOW_LOOSE ? this.timeouts.tcpSynSent : this.timeouts.tcpEstablished;
+        timeout = flowFlags & FLOW_LOOSE ? this.timeouts.tcpSynSent : this.timeouts.tcpEstablished;
       } else {
         if (!this.tcpTransition(flow, dir, tcpFlags, now)) return this.drop(DropReason.TCP_FLAGS);
         timeout = tcpTimeout(flows.state[flow]!, this.timeouts);
@@ -300,7 +300,7 @@ export class Translator extends NatContext {
       // A stream (assured) keeps the long timer, and so does a flow to a port of 1024 or above until it has a
       // reply; a replied flow that may yet become a stream, and a query to a well-known port, are judged
       // out of line (udp-timer.ts).
-      const uf = flows.flags[flow]!;
+      const uf = flowFlags;
       timeout =
         uf & FLOW_ASSURED || (!(uf & FLOW_SEEN_REPLY) && flows.tDport[flow * 2]! >= WELL_KNOWN_BELOW)
           ? this.timeouts.udp
@@ -308,7 +308,7 @@ export class Translator extends NatContext {
     } else {
       timeout = this.timeouts.icmp;
     }
-    if (dir === DIR_REPLY && !(flows.flags[flow]! & FLOW_SEEN_REPLY)) this.firstReply(flow, proto, now);
+    if (dir === DIR_REPLY && !(flowFlags & FLOW_SEEN_REPLY)) this.firstReply(flow, proto, now);
     flows.expires[flow] = now + timeout * 1000;
     // A GSO superpacket counts as one packet of its own length, as the kernel's interface and conntrack
     // counters count it, so tunnat's figures line up with `ip -s link` and `conntrack -L`.
@@ -325,7 +325,7 @@ export class Translator extends NatContext {
       rewriteTransportEndpoints(buf, l4, proto, this.partial, src, dst, sport, dport, newSrc, newDst, flows.tDport[o]!, flows.tSport[o]!);
     }
     rewriteIpv4Header(buf, ip.off, src, dst, newSrc, newDst, true);
-    if (flows.flags[flow]! & FLOW_ALG) return this.algSegment(buf, e, l4, total, now, fromInside, toPublic);
+    if (flowFlags & FLOW_ALG) return this.algSegment(buf, e, l4, total, now, fromInside, toPublic);
     return this.countForward(fromInside ? (toPublic ? Path.HAIRPIN : Path.OUTBOUND) : Path.INBOUND, total);
   }
 

@@ -368,7 +368,7 @@ export interface RunningDataplane {
 }
 
 /** Every few ms, off the packet path, what changed in the flows goes to the standby (replica.ts). */
-const HA_DRAIN_MS = 10;
+export const HA_DRAIN_MS = 10;
 
 /**
  * The data plane of one loop as a gateway of a pair sees it (HaPlane): the translator's standby switch, its
@@ -396,15 +396,7 @@ export function singlePlane(nat: Translator, replica: Replica | null, clock: () 
     healthy: async () => true,
     stop: () => clearInterval(timer),
   };
-  const timer = setInterval(() => {
-    if (replica === null || !replica.logging) return;
-    const recs = replica.drain(clock());
-    if (recs) plane.onChanges?.(recs);
-    if (replica.lost) {
-      replica.lost = false;
-      plane.onLost?.();
-    }
-  }, HA_DRAIN_MS);
+  const timer = setInterval(() => replica?.flush(clock(), (recs) => plane.onChanges?.(recs), () => plane.onLost?.()), HA_DRAIN_MS);
   return plane;
 }
 

@@ -11,7 +11,7 @@ import { tuneJit } from '../util/jit.js';
 import { takeSnapshot } from '../nat/snapshot.js';
 import { cidrToString } from '../wire/addr.js';
 import type { RestoredFlow } from '../nat/restore.js';
-import { buildTranslator, localPortsFollower } from './router.js';
+import { buildTranslator, HA_DRAIN_MS, localPortsFollower } from './router.js';
 import { histogramData, workerSnapshot, type FromWorker, type WorkerInit, type WorkerBase, type ToWorker } from './workers-proto.js';
 import { Observatory, traceQuery } from '../observe/observatory.js';
 import { liveSnapshot } from '../observe/live.js';
@@ -131,15 +131,15 @@ function start(base: WorkerBase, saved: RestoredFlow[]) {
   ];
   if (replica) {
     timers.push(
-      setInterval(() => {
-        if (!replica.logging) return;
-        const buf = replica.drain(clock());
-        if (buf) port.postMessage({ t: 'ha-changes', buf } satisfies FromWorker, [buf.buffer as ArrayBuffer]);
-        if (replica.lost) {
-          replica.lost = false;
-          port.postMessage({ t: 'ha-lost' } satisfies FromWorker);
-        }
-      }, 10),
+      setInterval(
+        () =>
+          replica.flush(
+            clock(),
+            (buf) => port.postMessage({ t: 'ha-changes', buf } satisfies FromWorker, [buf.buffer as ArrayBuffer]),
+            () => port.postMessage({ t: 'ha-lost' } satisfies FromWorker),
+          ),
+        HA_DRAIN_MS,
+      ),
     );
   }
   loop.start();

@@ -307,13 +307,12 @@ export function restoredOwner(steering: Steering, f: RestoredFlow): number {
 /** The worker that owns the flow whose original tuple this is: the owner of its first packet. */
 export function tupleOwner(steering: Steering, protocol: number, src: number, dst: number, sport: number, dport: number): number {
   const buf = scratch;
-  const f = { protocol };
   let len: number;
-  if (f.protocol === IPPROTO.ICMP) {
+  if (protocol === IPPROTO.ICMP) {
     len = emitIpv4IcmpEcho(buf, 0, { src, dst, type: 8, identifier: sport, sequence: 0 });
   } else {
     len = emitIpv4Udp(buf, 0, { src, dst, srcPort: sport, dstPort: dport, payload: new Uint8Array(0) });
-    buf[9] = f.protocol; // only the protocol and the ports are read
+    buf[9] = protocol; // only the protocol and the ports are read
   }
   const o = steering.ownerOf(buf, 0, len);
   return o === HERE ? 0 : o;
