@@ -245,8 +245,8 @@ export async function startTraffic(
   };
 }
 
-/** How the active gateway fails. */
-export type FailureKind = 'kill' | 'gone';
+/** How the active gateway fails: its tunnat killed (SIGKILL), stopped (SIGTERM), or the whole gateway gone. */
+export type FailureKind = 'kill' | 'stop' | 'gone';
 
 export interface FailoverResult {
   kind: FailureKind;
@@ -287,12 +287,10 @@ export async function failoverOnce(
   });
   await sleep(o.settleMs ?? 1200);
   const failed = pair.gateways[from];
-  if (kind === 'kill') {
-    if (pair.engine !== 'userspace') throw new Error('kill -9 is a failure of tunnat: the kernel engine has no process to kill');
-    failed.killRouter();
-  } else {
-    await lab.gatewayGone(from, true);
-  }
+  if (kind !== 'gone' && pair.engine !== 'userspace') throw new Error(`${kind} is a failure of tunnat: the kernel engine has no process`);
+  if (kind === 'kill') failed.killRouter();
+  else if (kind === 'stop') await failed.stopRouter();
+  else await lab.gatewayGone(from, true);
   const other = (1 - from) as 0 | 1;
   const deadline = Date.now() + 10_000;
   while (!(await pair.isActive(other))) {
@@ -305,8 +303,8 @@ export async function failoverOnce(
   // Back as the standby, synced anew: a restarted tunnat from nothing, one whose cables are back by a new
   // full resync (it asked for one when it lost the active).
   const before = kind === 'gone' && pair.engine === 'userspace' ? ((await failed.status().catch(() => null))?.sync?.stats.resyncsApplied ?? 0) : 0;
-  if (kind === 'kill') await failed.startRouter();
-  else await lab.gatewayGone(from, false);
+  if (kind === 'gone') await lab.gatewayGone(from, false);
+  else await failed.startRouter();
   if (to !== null) await pair.waitSynced(to, 30_000, before);
   const result: FailoverResult = {
     kind,

@@ -12,6 +12,7 @@ import { request } from 'node:http';
 import { buildHaLab, type HaLab } from '../../src/lab/ha-topology.js';
 import { failoverOnce, startPair, SYNC_PORT, type Pair } from '../../src/lab/ha-pair.js';
 import { unixGet } from '../../src/lab/router.js';
+import { spawnIn } from '../../src/lab/process.js';
 import { parseFlows, translatedSource } from '../../src/lab/flows.js';
 import { SyncAgent } from '../../src/ha/sync.js';
 import { Cleanup, captureOn, inNs, isRoot, waitUntil, type Capture } from './harness.js';
@@ -54,6 +55,11 @@ describe.skipIf(!isRoot)('a gateway pair: tunnat on both, flow state synced, kee
     lab = await buildHaLab({ cleanup, lanHosts: 2, log });
     // Everything either gateway sends towards the WAN, from before the first start to the end.
     for (const g of lab.gateways) captures.push(await captureOn(lab.switchNetns, g.switchWanPort, cleanup, ['ip']));
+    // A LAN host sending every millisecond from the first start to the end: every instant of every failover,
+    // stop and start below has a packet in it that must not leave untranslated.
+    const h1 = lab.lanHosts[1]!;
+    const every1ms = `const s = require('dgram').createSocket('udp4'); let n = 0; setInterval(() => s.send(String(n++), 9, '${lab.inet.address}'), 1);`;
+    spawnIn(h1.netns, [process.execPath, '-e', every1ms], { label: 'LAN host sending every 1 ms', cleanup });
     pair = await startPair({ lab, cleanup, log, ...(workers ? { workers } : {}) });
   }, 90_000);
 
@@ -108,6 +114,15 @@ describe.skipIf(!isRoot)('a gateway pair: tunnat on both, flow state synced, kee
     expect(replies[active]).toBeGreaterThanOrEqual(3);
     expect(replies[1 - active]).toBe(0);
   }, 60_000);
+
+  it('SIGTERM of the active tunnat (a stop, not a crash): the standby takes over with every connection', async () => {
+    const active = (await pair.active())!;
+    await pair.waitSynced(active, 30_000);
+    const r = await failoverOnce(pair, lab, cleanup, 'stop', { idle: 50, round: 5, log });
+    expect(r.to).toBe(1 - active);
+    expect(r.connectionsKept).toBe(true);
+    expect(r.udpSources).toHaveLength(1);
+  }, 120_000);
 
   it('the restarted gateway gets a full resync as the standby, and the next failover keeps every connection', async () => {
     const active = (await pair.active())!;
